@@ -1,0 +1,21 @@
+"""`sparse-runtime build-samples`: write the sample models into a repository if missing."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from runtime.samples import build_samples
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repo"))
+    parser.add_argument("--force", action="store_true", help="rebuild even if present")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    written = build_samples(args.model_repository, force=args.force)
+    print(f"sample models: {len(written)} written, others already present")
+    return 0

@@ -1,0 +1,77 @@
+"""Error hierarchy: each class declares the gRPC status it maps to.
+
+The servicer catches `RuntimeServerError` once and aborts with `err.code`, so no
+code path needs an isinstance ladder to pick a status.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class RuntimeServerError(Exception):
+    """Base class for errors that reach a client."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "internal"
+
+
+class InvalidArgument(RuntimeServerError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "invalid_argument"
+
+
+class ModelNotFound(RuntimeServerError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "not_found"
+
+
+class ModelNotReady(RuntimeServerError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "unavailable"
+
+
+class QueueFull(RuntimeServerError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "rejected"
+
+
+class ServerShuttingDown(RuntimeServerError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "unavailable"
+
+
+class Unsupported(RuntimeServerError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "unimplemented"
+
+
+class ModelLoadError(RuntimeServerError):
+    """A model could not be loaded (bad config, bad file, engine unavailable)."""
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "load_failed"
+
+
+class ConfigError(ModelLoadError):
+    """config.pbtxt is malformed or inconsistent with the model file."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class EngineUnavailable(ModelLoadError):
+    """An engine's optional dependency or hardware is missing."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class InferenceFailed(RuntimeServerError):
+    code = grpc.StatusCode.INTERNAL
+    reason = "backend"
+
+
+def unknown_model_message(name: str, version: str = "") -> str:
+    """Triton's exact wording, which clients match on."""
+    if version:
+        return f"Request for unknown model: '{name}' version {version} is not found"
+    return f"Request for unknown model: '{name}' is not found"

@@ -1,0 +1,100 @@
+"""Build the bundled sample models deterministically (no downloads).
+
+`mlp_dense`: He-initialised MLP 256->1024->1024->1024->256 with ReLU (MatMul+Add).
+`mlp_sparse24`: the same weights magnitude-pruned to 2:4 along K.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from runtime.sparsity.masks import magnitude_prune_2of4
+
+LOGGER = logging.getLogger(__name__)
+
+MLP_LAYERS: tuple[int, ...] = (256, 1024, 1024, 1024, 256)
+SEED = 20240601
+OPSET = 17
+
+
+def mlp_weights(
+    layers: Sequence[int] = MLP_LAYERS, seed: int = SEED
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """He-initialised (W [K,N], b [N]) pairs, float32."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k, n in zip(layers[:-1], layers[1:], strict=True):
+        w = (rng.standard_normal((k, n)) * np.sqrt(2.0 / k)).astype(np.float32)
+        b = (rng.standard_normal(n) * 0.01).astype(np.float32)
+        out.append((w, b))
+    return out
+
+
+def mlp_model(weights: Sequence[tuple[np.ndarray, np.ndarray]], name: str) -> onnx.ModelProto:
+    """MatMul+Add(+Relu) chain with input `x` [batch, K0] and output `y` [batch, N_last]."""
+    nodes, inits = [], []
+    prev = "x"
+    for i, (w, b) in enumerate(weights):
+        inits.append(numpy_helper.from_array(w, f"fc{i}.weight"))
+        inits.append(numpy_helper.from_array(b, f"fc{i}.bias"))
+        mm, add = f"fc{i}.matmul", f"fc{i}.add"
+        nodes.append(
+            helper.make_node("MatMul", [prev, f"fc{i}.weight"], [mm], name=f"fc{i}/MatMul")
+        )
+        last = i == len(weights) - 1
+        add_out = "y" if last else add
+        nodes.append(helper.make_node("Add", [mm, f"fc{i}.bias"], [add_out], name=f"fc{i}/Add"))
+        if not last:
+            nodes.append(helper.make_node("Relu", [add], [f"fc{i}.relu"], name=f"fc{i}/Relu"))
+            prev = f"fc{i}.relu"
+    k0, n_last = weights[0][0].shape[0], weights[-1][0].shape[1]
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k0])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_last])],
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sparse-runtime"
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def mlp_pair(
+    layers: Sequence[int] = MLP_LAYERS, seed: int = SEED
+) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(dense, 2:4-pruned) models sharing the same initial weights."""
+    weights = mlp_weights(layers, seed)
+    sparse = [(magnitude_prune_2of4(w, k_axis=0), b) for w, b in weights]
+    return mlp_model(weights, "mlp_dense"), mlp_model(sparse, "mlp_sparse24")
+
+
+def write_if_missing(model: onnx.ModelProto, path: Path, force: bool = False) -> bool:
+    if path.exists() and not force:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(model.SerializeToString())
+    tmp.replace(path)
+    LOGGER.info("wrote %s", path)
+    return True
+
+
+def build_samples(repo: Path, force: bool = False) -> list[Path]:
+    """Write the sample .onnx files into `repo` where missing; returns what was written."""
+    dense, sparse = mlp_pair()
+    written = []
+    for model, name in ((dense, "mlp_dense"), (sparse, "mlp_sparse24")):
+        path = repo / name / "1" / "model.onnx"
+        if write_if_missing(model, path, force):
+            written.append(path)
+    return written
