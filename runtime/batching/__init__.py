@@ -1,0 +1,1 @@
+"""Dynamic batching of concurrent requests into single engine calls."""

@@ -1,0 +1,264 @@
+"""Dynamic batcher: many concurrent requests, one engine call.
+
+Policy (why it looks like this): a batcher that always waits for more requests
+halves throughput at concurrency 1, so we never hold a request while the engine
+is idle and nobody else is waiting for an answer. Requests queue up naturally
+while the engine is busy and go out together as the next batch (up to
+max_batch_size rows, same non-batch shapes only). When the engine is idle but
+other clients still have requests in flight elsewhere in the server (decoding,
+or just answered and likely to come back), the batcher waits up to
+max_queue_delay_microseconds for the batch to reach a preferred size.
+
+The engine runs in a dedicated thread, so the event loop keeps serving health
+checks and other models while a batch computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.engines.base import Engine
+from runtime.errors import InferenceFailed, QueueFull, RuntimeServerError, ServerShuttingDown
+from runtime.stats import ModelStats
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class InferRequest:
+    """Decoded, validated inputs of one request, plus what it wants back."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...] | None
+    rows: int
+    signature: tuple[object, ...]
+    arrival_ns: int = field(default_factory=time.perf_counter_ns)
+    future: asyncio.Future[dict[str, np.ndarray]] | None = None
+    dispatch_ns: int = 0
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """What one engine call cost, for stats and histograms."""
+
+    rows: int
+    requests: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+
+
+BatchObserver = Callable[[BatchTiming, Sequence[InferRequest]], None]
+
+
+def merge_inputs(batch: Sequence[InferRequest]) -> dict[str, np.ndarray]:
+    """Concatenate each input along the batch dim (no copy for a single request)."""
+    if len(batch) == 1:
+        return batch[0].inputs
+    return {
+        name: np.concatenate([r.inputs[name] for r in batch], axis=0) for name in batch[0].inputs
+    }
+
+
+def split_outputs(
+    outputs: dict[str, np.ndarray], batch: Sequence[InferRequest], batched: bool
+) -> list[dict[str, np.ndarray]]:
+    """Slice each output back per request; the batch dim must equal the rows sent."""
+    if len(batch) == 1 and not batched:
+        return [outputs]
+    total = sum(r.rows for r in batch)
+    for name, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] != total:
+            raise InferenceFailed(
+                f"output '{name}' has batch dim {value.shape[:1]}, expected {total} rows"
+            )
+    results, offset = [], 0
+    for r in batch:
+        results.append({k: v[offset : offset + r.rows] for k, v in outputs.items()})
+        offset += r.rows
+    return results
+
+
+class DynamicBatcher:
+    """Queue + scheduler for one model version; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        stats: ModelStats,
+        max_batch_size: int,
+        preferred_batch_sizes: Sequence[int] = (),
+        max_queue_delay_us: int = 0,
+        max_queue_size: int = 1024,
+        batching: bool = True,
+        observer: BatchObserver | None = None,
+        name: str = "model",
+    ) -> None:
+        self._engine = engine
+        self._stats = stats
+        self._batched = max_batch_size > 0
+        self._max_rows = max(max_batch_size, 1) if batching else 1
+        preferred = [p for p in preferred_batch_sizes if 0 < p <= self._max_rows]
+        self._target_rows = max(preferred) if preferred else self._max_rows
+        self._delay_ns = max_queue_delay_us * 1000 if batching else 0
+        self._max_queue = max_queue_size
+        self._observer = observer
+        self._queue: collections.deque[InferRequest] = collections.deque()
+        self._busy = False
+        self._closed = False
+        self._outstanding = 0  # accepted and not yet answered, queued or not
+        self._returning = 0  # requests just answered whose clients may come right back
+        self._timer: asyncio.TimerHandle | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
+        """Queue a request and wait for its slice of a batch."""
+        if self._closed:
+            raise ServerShuttingDown("model is unloading; request not accepted")
+        if len(self._queue) >= self._max_queue:
+            raise QueueFull(
+                f"queue of {self._max_queue} pending requests is full; retry later"
+            )
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        request.future = loop.create_future()
+        self._queue.append(request)
+        self._stats.pending += 1
+        self._outstanding += 1
+        self._idle.clear()
+        if self._returning:
+            self._returning -= 1
+        if not self._busy:
+            self._maybe_dispatch()
+        try:
+            return await request.future
+        finally:
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._idle.set()
+
+    def _queued_rows(self) -> int:
+        return sum(r.rows for r in self._queue)
+
+    def _maybe_dispatch(self) -> None:
+        """Run the next batch now, or arm a timer when a fuller batch is on its way."""
+        if self._busy or not self._queue:
+            return
+        if self._delay_ns and self._returning > 0 and self._queued_rows() < self._target_rows:
+            oldest = self._queue[0].arrival_ns
+            remaining = self._delay_ns - (time.perf_counter_ns() - oldest)
+            if remaining > 0:
+                if self._timer is None:
+                    assert self._loop is not None
+                    self._timer = self._loop.call_later(remaining / 1e9, self._on_timer)
+                return
+        self._dispatch()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._returning = 0
+        self._maybe_dispatch()
+
+    def _take_batch(self) -> list[InferRequest]:
+        first = self._queue.popleft()
+        batch, rows = [first], first.rows
+        if self._max_rows > 1 and self._queue:
+            kept: collections.deque[InferRequest] = collections.deque()
+            while self._queue:
+                r = self._queue.popleft()
+                if r.signature == first.signature and rows + r.rows <= self._max_rows:
+                    batch.append(r)
+                    rows += r.rows
+                    if rows >= self._max_rows:
+                        break
+                else:
+                    kept.append(r)
+            kept.extend(self._queue)
+            self._queue = kept
+        return batch
+
+    def _dispatch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch = self._take_batch()
+        self._busy = True
+        now = time.perf_counter_ns()
+        for r in batch:
+            r.dispatch_ns = now
+        self._stats.pending -= len(batch)
+        assert self._loop is not None
+        fut = self._loop.run_in_executor(self._executor, self._run, batch)
+        fut.add_done_callback(lambda f: self._complete(batch, f))
+
+    def _run(self, batch: list[InferRequest]) -> tuple[list[dict[str, np.ndarray]], BatchTiming]:
+        """Engine thread: merge, infer, split; timings for Triton's compute_* stats."""
+        t0 = time.perf_counter_ns()
+        merged = merge_inputs(batch)
+        wanted = batch[0].outputs
+        if wanted is not None and any(r.outputs != wanted for r in batch):
+            wanted = None  # mixed requests: compute all, filter per request later
+        t1 = time.perf_counter_ns()
+        outputs = self._engine.infer(merged, wanted)
+        t2 = time.perf_counter_ns()
+        parts = split_outputs(outputs, batch, self._batched)
+        t3 = time.perf_counter_ns()
+        rows = sum(r.rows for r in batch)
+        return parts, BatchTiming(rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
+
+    def _complete(self, batch: list[InferRequest], fut: asyncio.Future) -> None:
+        self._busy = False
+        try:
+            parts, timing = fut.result()
+        except Exception as exc:  # engine errors fail this batch only
+            err = exc
+            if not isinstance(exc, RuntimeServerError):
+                LOGGER.error("inference failed", exc_info=exc)
+                err = InferenceFailed(f"inference failed: {exc}")
+            for r in batch:
+                if r.future is not None and not r.future.done():
+                    r.future.set_exception(err)
+        else:
+            self._stats.record_execution(
+                timing.rows, timing.requests, timing.input_ns, timing.infer_ns, timing.output_ns
+            )
+            if self._observer is not None:
+                self._observer(timing, batch)
+            for r, part in zip(batch, parts, strict=True):
+                self._stats.queue.add(r.dispatch_ns - r.arrival_ns)
+                if r.future is not None and not r.future.done():
+                    r.future.set_result(part)
+        # clients just answered tend to send again at once (closed-loop load)
+        self._returning = len(batch) if len(batch) > 1 else 0
+        self._maybe_dispatch()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let queued and running requests finish (bounded by timeout)."""
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            LOGGER.warning("drain timed out with %d requests pending", self._outstanding)
+        for r in self._queue:
+            if r.future is not None and not r.future.done():
+                r.future.set_exception(ServerShuttingDown("model unloaded before running"))
+        self._queue.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,30 @@
+"""`sparse-runtime health`: probe a server's grpc.health.v1 service (container HEALTHCHECK)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="localhost:8001", help="gRPC host:port")
+    parser.add_argument("--service", default="", help="service name ('' = server readiness)")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds")
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(args.url) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+    except grpc.RpcError as err:
+        print(f"unhealthy: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1

@@ -1,0 +1,169 @@
+"""A loaded model version: its config, engine, batcher and statistics.
+
+Validation of a decoded request against the model's config lives here, so the
+gRPC codec stays a pure translation layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
+
+from runtime.batching.batcher import BatchObserver, DynamicBatcher, InferRequest
+from runtime.dtypes import WIRE_TO_NUMPY
+from runtime.engines.base import Engine, EngineDescription
+from runtime.errors import InvalidArgument
+from runtime.repository.config import wire_datatype
+from runtime.stats import ModelStats
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a request's input must look like (dims exclude the batch dim if batched)."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+    def check(self, array_shape: Sequence[int], datatype: str, batched: bool, max_rows: int) -> int:
+        """Validate one input; returns its batch rows (1 when not batched)."""
+        if datatype != self.datatype:
+            raise InvalidArgument(
+                f"unexpected datatype {datatype} for input '{self.name}', expecting {self.datatype}"
+            )
+        shape = tuple(array_shape)
+        dims = shape[1:] if batched else shape
+        if batched and not shape:
+            raise InvalidArgument(f"input '{self.name}' needs a batch dim; got shape []")
+        if len(dims) != len(self.dims) or any(
+            want != -1 and want != got for want, got in zip(self.dims, dims, strict=True)
+        ):
+            want = ("[-1," if batched else "[") + ",".join(map(str, self.dims)) + "]"
+            raise InvalidArgument(
+                f"unexpected shape for input '{self.name}' for model: expected {want}, "
+                f"got [{','.join(map(str, shape))}]"
+            )
+        if not batched:
+            return 1
+        rows = shape[0]
+        if rows < 1 or rows > max_rows:
+            raise InvalidArgument(
+                f"inference request batch-size must be <= {max_rows} for input "
+                f"'{self.name}', got {rows}"
+            )
+        return rows
+
+
+@dataclass
+class ServedModel:
+    """A READY model version that can take requests."""
+
+    name: str
+    version: int
+    config: mc.ModelConfig
+    engine: Engine
+    description: EngineDescription
+    stats: ModelStats = field(default_factory=ModelStats)
+    batcher: DynamicBatcher | None = None
+    load_seconds: float = 0.0
+    info: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.inputs: dict[str, InputSpec] = {
+            t.name: InputSpec(
+                t.name, wire_datatype(t.data_type), tuple(t.dims), t.optional
+            )
+            for t in self.config.input
+        }
+        self.output_names: tuple[str, ...] = tuple(o.name for o in self.config.output)
+        self.output_datatypes: dict[str, str] = {
+            o.name: wire_datatype(o.data_type) for o in self.config.output
+        }
+        self.batched = self.config.max_batch_size > 0
+        self.max_rows = self.config.max_batch_size if self.batched else 1
+
+    def start(self, max_queue_size: int, observer: BatchObserver | None) -> None:
+        db = self.config.dynamic_batching
+        has_batching = self.config.HasField("dynamic_batching") and self.batched
+        self.batcher = DynamicBatcher(
+            self.engine,
+            self.stats,
+            max_batch_size=self.config.max_batch_size,
+            preferred_batch_sizes=tuple(db.preferred_batch_size),
+            max_queue_delay_us=int(db.max_queue_delay_microseconds),
+            max_queue_size=int(db.default_queue_policy.max_queue_size or max_queue_size),
+            batching=has_batching,
+            observer=observer,
+            name=self.name,
+        )
+
+    def make_request(
+        self,
+        arrays: Mapping[str, tuple[np.ndarray, str]],
+        requested: Sequence[str],
+    ) -> InferRequest:
+        """Check names, dtypes, shapes and batch agreement; build the batcher request."""
+        rows: int | None = None
+        inputs: dict[str, np.ndarray] = {}
+        for name, (array, datatype) in arrays.items():
+            spec = self.inputs.get(name)
+            if spec is None:
+                raise InvalidArgument(
+                    f"unexpected inference input '{name}' for model '{self.name}'; "
+                    f"expected {sorted(self.inputs)}"
+                )
+            r = spec.check(array.shape, datatype, self.batched, self.max_rows)
+            if rows is not None and r != rows:
+                raise InvalidArgument(
+                    f"input '{name}' has batch size {r}, other inputs have {rows}"
+                )
+            rows = r
+            inputs[name] = array
+        missing = [n for n, s in self.inputs.items() if n not in inputs and not s.optional]
+        if missing:
+            raise InvalidArgument(
+                f"expected {len(self.inputs)} inputs but got {len(inputs)} inputs for model "
+                f"'{self.name}'; missing {missing}"
+            )
+        for out in requested:
+            if out not in self.output_datatypes:
+                raise InvalidArgument(
+                    f"unexpected inference output '{out}' for model '{self.name}'"
+                )
+        signature = tuple(
+            (n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items())
+        )
+        return InferRequest(
+            inputs=inputs,
+            outputs=tuple(requested) or None,
+            rows=rows or 1,
+            signature=signature,
+        )
+
+    async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
+        assert self.batcher is not None
+        return await self.batcher.infer(request)
+
+    def unload(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        try:
+            self.engine.unload()
+        except Exception:  # unload must never take the server down
+            LOGGER.exception("engine unload failed for %s", self.name)
+
+
+def expected_numpy(datatype: str) -> np.dtype:
+    return WIRE_TO_NUMPY[datatype]
+
+
+def now_ns() -> int:
+    return time.perf_counter_ns()

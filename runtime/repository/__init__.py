@@ -1,0 +1,1 @@
+"""Triton-style model repository: config parsing, scanning, lifecycle."""

@@ -1,0 +1,316 @@
+"""Model lifecycle: load, unload, poll, index; per version UNAVAILABLE/LOADING/READY/UNLOADING.
+
+Loading is blocking work (file I/O, analysis, engine start-up) and runs in a worker
+thread, so a slow or failing model never stalls requests to the others. A model
+that fails to load is UNAVAILABLE with its reason (logs and RepositoryIndex);
+every other model keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from runtime.batching.batcher import BatchObserver
+from runtime.errors import ModelLoadError, ModelNotFound, ModelNotReady, unknown_model_message
+from runtime.model import ServedModel
+from runtime.planning import build_model
+from runtime.repository import repository
+from runtime.repository.config import read_config
+from runtime.settings import Settings
+
+LOGGER = logging.getLogger(__name__)
+
+READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
+
+
+@dataclass
+class VersionState:
+    """One version's lifecycle state, and the served model when READY."""
+
+    state: str
+    reason: str = ""
+    model: ServedModel | None = None
+
+
+@dataclass
+class ModelSlot:
+    """Everything known about one model name."""
+
+    versions: dict[int, VersionState] = field(default_factory=dict)
+    fingerprint: tuple[object, ...] = ()
+    reason: str = ""  # model-level failure (e.g. bad config) when no version exists
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def fingerprint(model_dir: Path) -> tuple[object, ...]:
+    """Cheap change detector for poll mode: names, sizes and mtimes of the model's files."""
+    items = []
+    for path in sorted(model_dir.rglob("*")):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        items.append((str(path.relative_to(model_dir)), st.st_size, st.st_mtime_ns))
+    return tuple(items)
+
+
+class ModelManager:
+    """Owns every model of the repository and their states."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        observer_factory: Callable[[str, int], BatchObserver] | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._root = settings.model_repository
+        self._slots: dict[str, ModelSlot] = {}
+        self._observer_factory = observer_factory
+        self._on_change = on_change
+        self._poll_task: asyncio.Task[None] | None = None
+
+    @property
+    def control_mode(self) -> str:
+        return self._settings.model_control_mode
+
+    # ---- queries (event loop, no I/O) -------------------------------------------------
+    def get(self, name: str, version: str = "") -> ServedModel:
+        """The READY model for a request, or Triton's NOT_FOUND / UNAVAILABLE errors."""
+        slot = self._slots.get(name)
+        if slot is None:
+            raise ModelNotFound(unknown_model_message(name, version))
+        if version:
+            if not version.isdigit():
+                raise ModelNotFound(unknown_model_message(name, version))
+            vs = slot.versions.get(int(version))
+            if vs is None:
+                raise ModelNotFound(unknown_model_message(name, version))
+            if vs.model is None:
+                raise ModelNotReady(
+                    f"Request for unknown model: '{name}' version {version} is not at ready "
+                    f"state{': ' + vs.reason if vs.reason else ''}"
+                )
+            return vs.model
+        ready = [v for v in slot.versions.values() if v.model is not None]
+        if not ready:
+            reason = slot.reason or next((v.reason for v in slot.versions.values()), "")
+            if not slot.versions and not slot.reason:
+                raise ModelNotFound(unknown_model_message(name))
+            raise ModelNotReady(
+                f"Request for unknown model: '{name}' has no available versions"
+                f"{': ' + reason if reason else ''}"
+            )
+        return max(ready, key=lambda v: v.model.version).model  # type: ignore[union-attr]
+
+    def ready_models(self) -> list[ServedModel]:
+        return [
+            v.model for s in self._slots.values() for v in s.versions.values() if v.model
+        ]
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except (ModelNotFound, ModelNotReady):
+            return False
+        return True
+
+    def index(self, ready_only: bool = False) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) rows, models on disk included (RepositoryIndex)."""
+        rows: list[tuple[str, str, str, str]] = []
+        names = set(self._slots)
+        try:
+            names |= set(repository.scan(self._root))
+        except ModelLoadError:
+            pass
+        for name in sorted(names):
+            slot = self._slots.get(name)
+            if slot is None or (not slot.versions and not slot.reason):
+                if not ready_only:
+                    rows.append((name, "", UNAVAILABLE, "unloaded"))
+                continue
+            if not slot.versions:
+                if not ready_only:
+                    rows.append((name, "", UNAVAILABLE, slot.reason))
+                continue
+            for version, vs in sorted(slot.versions.items()):
+                if ready_only and vs.state != READY:
+                    continue
+                rows.append((name, str(version), vs.state, vs.reason))
+        return rows
+
+    def all_started_ready(self) -> bool:
+        """Server readiness: every model we tried to load is READY (Triton's strict mode)."""
+        return all(
+            vs.state == READY for s in self._slots.values() for vs in s.versions.values()
+        ) and not any(s.reason for s in self._slots.values())
+
+    # ---- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        mode = self._settings.model_control_mode
+        names = list(repository.scan(self._root))
+        if mode == "explicit":
+            wanted = self._settings.load_model
+            names = names if "*" in wanted else [n for n in names if n in wanted]
+        results = await asyncio.gather(*(self.load(n) for n in names), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, ModelLoadError):
+                LOGGER.error("unexpected load failure", exc_info=result)
+        if mode == "poll":
+            self._poll_task = asyncio.create_task(self._poll_loop())
+
+    async def start_safely(self) -> None:
+        """Start, logging (not raising) models that fail: the others must serve."""
+        try:
+            await self.start()
+        except ModelLoadError:
+            pass  # already logged per model and visible in RepositoryIndex
+
+    async def load(self, name: str, config_override: mc.ModelConfig | None = None) -> None:
+        """(Re)load a model: new versions come up before old ones go, failures are recorded."""
+        slot = self._slots.setdefault(name, ModelSlot())
+        async with slot.lock:
+            await self._load_locked(name, slot, config_override)
+        if self._on_change:
+            self._on_change()
+
+    async def _load_locked(
+        self, name: str, slot: ModelSlot, config_override: mc.ModelConfig | None
+    ) -> None:
+        model_dir = self._root / name
+        slot.reason = ""
+        if not model_dir.is_dir():
+            raise ModelNotFound(f"failed to load '{name}', no version is available")
+        try:
+            config = config_override or await asyncio.to_thread(read_config, model_dir)
+            entry = repository.scan(self._root).get(name)
+            available = entry.versions if entry else ()
+            policy = config.version_policy if config else mc.ModelVersionPolicy()
+            versions = repository.select_versions(available, policy)
+            if not versions:
+                raise ModelLoadError(f"no version folder with a model in {model_dir}")
+        except ModelLoadError as exc:
+            LOGGER.error("model %s failed to load: %s", name, exc)
+            await self._retire(slot, set(slot.versions))
+            slot.reason = str(exc)
+            raise
+        slot.fingerprint = await asyncio.to_thread(fingerprint, model_dir)
+        for v in versions:
+            old = slot.versions.get(v)
+            if old is None or old.model is None:
+                slot.versions[v] = VersionState(LOADING)
+        results = await asyncio.gather(
+            *(self._load_version(name, model_dir, v, config) for v in versions),
+            return_exceptions=True,
+        )
+        retire = {v for v in slot.versions if v not in versions}
+        errors = []
+        for v, result in zip(versions, results, strict=True):
+            if isinstance(result, BaseException):
+                reason = str(result)
+                LOGGER.error("model %s version %d failed to load: %s", name, v, reason)
+                old = slot.versions.get(v)
+                if old is not None and old.model is not None:
+                    await self._drain_and_unload(old.model)
+                slot.versions[v] = VersionState(UNAVAILABLE, reason)
+                errors.append(f"version {v}: {reason}")
+                continue
+            old = slot.versions.get(v)
+            slot.versions[v] = VersionState(READY, "", result)
+            if old is not None and old.model is not None:
+                await self._drain_and_unload(old.model)
+        await self._retire(slot, retire)
+        if errors:
+            raise ModelLoadError(f"failed to load '{name}': " + "; ".join(errors))
+
+    async def _load_version(
+        self, name: str, model_dir: Path, version: int, config: mc.ModelConfig | None
+    ) -> ServedModel:
+        start = time.perf_counter()
+        model = await asyncio.to_thread(
+            build_model, name, model_dir, version, config, self._settings
+        )
+        model.load_seconds = time.perf_counter() - start
+        observer = self._observer_factory(name, version) if self._observer_factory else None
+        model.start(self._settings.max_queue_size, observer)
+        LOGGER.info(
+            "loaded %s version %d in %.2fs: engine=%s device=%s; %s",
+            name,
+            version,
+            model.load_seconds,
+            model.description.engine,
+            model.description.device,
+            model.info.get("dispatch_reason", ""),
+        )
+        return model
+
+    async def _retire(self, slot: ModelSlot, versions: set[int]) -> None:
+        for v in sorted(versions):
+            vs = slot.versions.pop(v, None)
+            if vs is not None and vs.model is not None:
+                vs.state = UNLOADING
+                await self._drain_and_unload(vs.model)
+
+    async def _drain_and_unload(self, model: ServedModel) -> None:
+        if model.batcher is not None:
+            await model.batcher.drain(self._settings.shutdown_grace_secs)
+        await asyncio.to_thread(model.unload)
+        LOGGER.info("unloaded %s version %d", model.name, model.version)
+
+    async def unload(self, name: str) -> None:
+        slot = self._slots.get(name)
+        if slot is None:
+            if name in repository.scan(self._root):
+                return
+            raise ModelNotFound(unknown_model_message(name))
+        async with slot.lock:
+            for vs in slot.versions.values():
+                vs.state = UNLOADING
+            await self._retire(slot, set(slot.versions))
+            slot.reason = ""
+            slot.fingerprint = ()
+        if self._on_change:
+            self._on_change()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.repository_poll_secs)
+            try:
+                await self.poll_once()
+            except Exception:  # a broken repository must not kill the poller
+                LOGGER.exception("repository poll failed")
+
+    async def poll_once(self) -> None:
+        """Load new or changed models, unload removed ones."""
+        on_disk = await asyncio.to_thread(repository.scan, self._root)
+        for name in set(self._slots) - set(on_disk):
+            LOGGER.info("model %s removed from repository; unloading", name)
+            await self.unload(name)
+            self._slots.pop(name, None)
+        for name, entry in on_disk.items():
+            fp = await asyncio.to_thread(fingerprint, entry.path)
+            slot = self._slots.get(name)
+            if slot is not None and slot.fingerprint == fp:
+                continue
+            LOGGER.info("model %s changed on disk; (re)loading", name)
+            try:
+                await self.load(name)
+            except ModelLoadError:
+                pass  # recorded in the slot and logged
+
+    async def stop(self, grace: float) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+        models = self.ready_models()
+        await asyncio.gather(
+            *(m.batcher.drain(grace) for m in models if m.batcher is not None)
+        )
+        for m in models:
+            m.unload()

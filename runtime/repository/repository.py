@@ -1,0 +1,62 @@
+"""Scan a Triton-layout repository: `<root>/<model>/config.pbtxt`, `<root>/<model>/<N>/`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from runtime.errors import ConfigError
+
+MODEL_FILENAMES = ("model.onnx", "model.sparse")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model folder as found on disk."""
+
+    name: str
+    path: Path
+    versions: tuple[int, ...]
+
+
+def scan(root: Path) -> dict[str, ModelEntry]:
+    """Every model folder under `root` (hidden folders skipped), with its numeric versions."""
+    if not root.is_dir():
+        raise ConfigError(f"model repository '{root}' is not a directory")
+    models = {}
+    for path in sorted(root.iterdir()):
+        if not path.is_dir() or path.name.startswith((".", "_")):
+            continue
+        versions = tuple(
+            sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+        )
+        models[path.name] = ModelEntry(path.name, path, versions)
+    return models
+
+
+def model_file(version_dir: Path, default_filename: str = "") -> Path:
+    """The model file in a version folder: config's default_model_filename, model.onnx or
+    model.sparse (a packed 2:4 model)."""
+    candidates = (default_filename,) if default_filename else MODEL_FILENAMES
+    for name in candidates:
+        path = version_dir / name
+        if path.is_file():
+            return path
+    raise ConfigError(f"no model file ({' or '.join(candidates)}) in {version_dir}")
+
+
+def select_versions(available: tuple[int, ...], policy: mc.ModelVersionPolicy) -> tuple[int, ...]:
+    """Triton's version policy: latest N (default latest 1), all, or specific."""
+    which = policy.WhichOneof("policy_choice")
+    if which == "all":
+        return available
+    if which == "specific":
+        wanted = set(policy.specific.versions)
+        missing = wanted - set(available)
+        if missing:
+            raise ConfigError(f"version policy names missing versions {sorted(missing)}")
+        return tuple(v for v in available if v in wanted)
+    n = policy.latest.num_versions if which == "latest" else 1
+    return available[-max(n, 1) :]

@@ -1,0 +1,1 @@
+"""gRPC server: Triton's GRPCInferenceService plus grpc.health.v1."""

@@ -1,0 +1,171 @@
+"""ModelInferRequest <-> numpy, the KServe v2 wire rules in one place.
+
+Raw contents are little-endian, row-major; numeric inputs become zero-copy
+`np.frombuffer` views of the request bytes. BYTES elements are a 4-byte
+little-endian length followed by the bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+
+from runtime.dtypes import WIRE_ITEMSIZE, WIRE_TO_NUMPY, numpy_to_wire
+from runtime.errors import InvalidArgument, Unsupported
+
+# typed-contents field of InferTensorContents for each wire datatype
+TYPED_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+_LE = {k: v.newbyteorder("<") for k, v in WIRE_TO_NUMPY.items() if k != "BYTES"}
+_LEN = struct.Struct("<I")
+
+
+def _element_count(name: str, shape: Sequence[int]) -> int:
+    count = 1
+    for d in shape:
+        if d < 0:
+            raise InvalidArgument(f"input '{name}' has negative dim in shape {list(shape)}")
+        count *= d
+    return count
+
+
+def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+    """Length-prefixed BYTES elements -> object array of bytes."""
+    out, offset, size = [], 0, len(raw)
+    view = memoryview(raw)
+    while offset < size:
+        if offset + 4 > size:
+            raise InvalidArgument(f"input '{name}': truncated BYTES element length")
+        (length,) = _LEN.unpack_from(raw, offset)
+        offset += 4
+        if offset + length > size:
+            raise InvalidArgument(f"input '{name}': BYTES element runs past the end of the data")
+        out.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(out) != count:
+        raise InvalidArgument(
+            f"input '{name}': got {len(out)} BYTES elements, shape needs {count}"
+        )
+    arr = np.empty(len(out), dtype=object)
+    arr[:] = out
+    return arr
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.reshape(-1):
+        b = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(_LEN.pack(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def _from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
+    count = _element_count(name, shape)
+    if datatype == "BYTES":
+        return deserialize_bytes(name, raw, count).reshape(shape)
+    itemsize = WIRE_ITEMSIZE.get(datatype)
+    if itemsize is None:
+        raise InvalidArgument(f"input '{name}': unsupported datatype '{datatype}'")
+    if len(raw) != count * itemsize:
+        raise InvalidArgument(
+            f"unexpected total byte size {len(raw)} for input '{name}', expecting "
+            f"{count * itemsize}"
+        )
+    return np.frombuffer(raw, dtype=_LE[datatype]).reshape(shape)
+
+
+def _from_typed(name: str, datatype: str, shape: Sequence[int], contents: object) -> np.ndarray:
+    field = TYPED_FIELD.get(datatype)
+    if field is None:
+        raise InvalidArgument(
+            f"input '{name}': datatype {datatype} must be sent in raw_input_contents"
+        )
+    values = getattr(contents, field)
+    count = _element_count(name, shape)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"unexpected number of elements {len(values)} for input '{name}', expecting {count}"
+        )
+    if datatype == "BYTES":
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    return np.asarray(values, dtype=WIRE_TO_NUMPY[datatype]).reshape(shape)
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> dict[str, tuple[np.ndarray, str]]:
+    """name -> (array, wire datatype); rejects duplicates, shm and count mismatches."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(
+            f"expected {len(request.inputs)} raw input contents, got {len(raw)}"
+        )
+    arrays: dict[str, tuple[np.ndarray, str]] = {}
+    for i, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in arrays:
+            raise InvalidArgument(f"input '{name}' appears more than once")
+        if tensor.parameters and any(k in tensor.parameters for k in SHM_KEYS):
+            raise Unsupported("shared-memory inputs are not supported by this server")
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidArgument(
+                    f"input '{name}' has both typed contents and raw_input_contents"
+                )
+            array = _from_raw(name, tensor.datatype, tensor.shape, raw[i])
+        else:
+            array = _from_typed(name, tensor.datatype, tensor.shape, tensor.contents)
+        arrays[name] = (array, tensor.datatype)
+    return arrays
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
+    names = []
+    for out in request.outputs:
+        if out.parameters and any(k in out.parameters for k in SHM_KEYS):
+            raise Unsupported("shared-memory outputs are not supported by this server")
+        if "classification" in out.parameters:
+            raise Unsupported("the classification extension is not supported")
+        names.append(out.name)
+    return names
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    request_id: str,
+    outputs: Mapping[str, np.ndarray],
+    names: Sequence[str],
+) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version)
+    if request_id:
+        response.id = request_id
+    raw = response.raw_output_contents
+    for name in names:
+        array = outputs[name]
+        datatype = numpy_to_wire(array.dtype)
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        if datatype == "BYTES":
+            raw.append(serialize_bytes(array))
+        else:
+            if array.dtype.byteorder == ">":
+                array = array.astype(array.dtype.newbyteorder("<"))
+            raw.append(array.tobytes())
+    return response

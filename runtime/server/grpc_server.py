@@ -1,0 +1,120 @@
+"""Server assembly: grpc.aio server, servicers, metrics endpoint, graceful stop.
+
+SIGTERM/SIGINT: stop accepting (new RPCs get UNAVAILABLE, health goes
+NOT_SERVING), let in-flight requests finish within the grace period, unload,
+exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from prometheus_client import CollectorRegistry
+from tritonclient.grpc import service_pb2_grpc
+
+from runtime.metrics import Metrics
+from runtime.repository.manager import ModelManager
+from runtime.server.health import HealthState
+from runtime.server.servicer import InferenceServicer
+from runtime.settings import Settings
+
+LOGGER = logging.getLogger(__name__)
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    size = settings.grpc_max_message_bytes
+    return [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        ("grpc.so_reuseport", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+class Server:
+    """One running server: gRPC + metrics over a ModelManager."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self._health: HealthState | None = None
+        self.manager = ModelManager(
+            settings, observer_factory=self._observer, on_change=self._changed
+        )
+        self.metrics = Metrics(self.registry, self.manager.ready_models)
+        self.servicer = InferenceServicer(self.manager, self.metrics)
+        self._health = HealthState(self.manager)
+        self._server: grpc.aio.Server | None = None
+        self._stopping = asyncio.Event()
+        self.grpc_port = 0
+        self.metrics_port = 0
+
+    def _observer(self, name: str, version: int):  # noqa: ANN202 - BatchObserver
+        return self.metrics.batch_observer(name, version)
+
+    def _changed(self) -> None:
+        asyncio.get_running_loop().create_task(self._refresh_health())
+
+    async def _refresh_health(self) -> None:
+        if self._health is not None:
+            await self._health.update(self.servicer.server_ready())
+
+    async def start(self) -> None:
+        s = self.settings
+        server = grpc.aio.server(options=grpc_options(s))
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        assert self._health is not None
+        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
+        self.grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"could not bind gRPC port {s.host}:{s.grpc_port}")
+        if s.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
+        await self._health.update(False)
+        await server.start()
+        self._server = server
+        LOGGER.info(
+            "gRPC on %s:%d, metrics on %s:%d, repository %s (control mode %s)",
+            s.host, self.grpc_port, s.host, self.metrics_port, s.model_repository,
+            s.model_control_mode,
+        )  # fmt: skip
+        await self.manager.start_safely()
+        self.servicer.started = True
+        await self._refresh_health()
+        if s.port_file is not None:
+            s.port_file.write_text(
+                json.dumps({"grpc": self.grpc_port, "metrics": self.metrics_port})
+            )
+        LOGGER.info("server ready: %s", self.servicer.server_ready())
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_and_stop(self) -> None:
+        await self._stopping.wait()
+        LOGGER.info("stopping: draining in-flight requests")
+        grace = self.settings.shutdown_grace_secs
+        self.servicer.accepting = False
+        if self._health is not None:
+            await self._health.update(False)
+        await self.manager.stop(grace)
+        if self._health is not None:
+            await self._health.shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        LOGGER.info("stopped")
+
+
+async def serve(settings: Settings) -> None:
+    server = Server(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    await server.start()
+    await server.wait_and_stop()

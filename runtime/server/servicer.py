@@ -1,0 +1,305 @@
+"""GRPCInferenceService: proto -> core -> proto, no business logic here.
+
+Every RPC goes through `_rpc`, the one place that maps a `RuntimeServerError`
+to its declared status code; anything else is logged and answered INTERNAL, so
+a bug in one request never takes the server or other requests down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from runtime import SERVER_NAME, __version__
+from runtime.errors import (
+    InvalidArgument,
+    ModelNotFound,
+    RuntimeServerError,
+    ServerShuttingDown,
+    Unsupported,
+)
+from runtime.metrics import Metrics
+from runtime.model import ServedModel
+from runtime.repository.config import wire_datatype
+from runtime.repository.manager import ModelManager
+from runtime.server import codec
+
+LOGGER = logging.getLogger(__name__)
+
+# Only what we really implement: clients and perf_analyzer key behaviour on these.
+EXTENSIONS = ("model_repository", "model_repository(unload_dependents)", "statistics")
+
+T = TypeVar("T")
+
+
+def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await method(self, request, context)
+        except RuntimeServerError as err:
+            await context.abort(err.code, str(err))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            LOGGER.exception("unhandled error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see server log")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return wrapper
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """The Triton / KServe v2 gRPC API over a ModelManager."""
+
+    def __init__(self, manager: ModelManager, metrics: Metrics | None) -> None:
+        self._manager = manager
+        self._metrics = metrics
+        self.accepting = True
+        self.started = False
+
+    # ---- health -------------------------------------------------------------------
+    @_rpc
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    @_rpc
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.server_ready())
+
+    def server_ready(self) -> bool:
+        return self.started and self.accepting and self._manager.all_started_ready()
+
+    @_rpc
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> Any:
+        return pb.ModelReadyResponse(ready=self._manager.is_ready(request.name, request.version))
+
+    # ---- metadata -----------------------------------------------------------------
+    @_rpc
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> Any:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS)
+        )
+
+    @_rpc
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> Any:
+        model = self._manager.get(request.name, request.version)
+        response = pb.ModelMetadataResponse(
+            name=model.name,
+            versions=[str(v) for v in self._ready_versions(model.name)],
+            platform=model.config.platform or "onnxruntime_onnx",
+        )
+        lead = [-1] if model.batched else []
+        for t in model.config.input:
+            response.inputs.add(
+                name=t.name, datatype=wire_datatype(t.data_type), shape=lead + list(t.dims)
+            )
+        for t in model.config.output:
+            response.outputs.add(
+                name=t.name, datatype=wire_datatype(t.data_type), shape=lead + list(t.dims)
+            )
+        return response
+
+    def _ready_versions(self, name: str) -> list[int]:
+        return sorted(m.version for m in self._manager.ready_models() if m.name == name)
+
+    @_rpc
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> Any:
+        model = self._manager.get(request.name, request.version)
+        return pb.ModelConfigResponse(config=model.config)
+
+    @_rpc
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> Any:
+        models = self._manager.ready_models()
+        if request.name:
+            self._manager.get(request.name, request.version)  # NOT_FOUND wording
+            models = [
+                m
+                for m in models
+                if m.name == request.name
+                and (not request.version or str(m.version) == request.version)
+            ]
+        response = pb.ModelStatisticsResponse()
+        for m in sorted(models, key=lambda m: (m.name, m.version)):
+            response.model_stats.append(model_statistics(m))
+        return response
+
+    # ---- repository ---------------------------------------------------------------
+    @_rpc
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> Any:
+        response = pb.RepositoryIndexResponse()
+        for name, version, state, reason in self._manager.index(request.ready):
+            response.models.add(name=name, version=version, state=state, reason=reason)
+        return response
+
+    @_rpc
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> Any:
+        self._require_explicit()
+        override = None
+        if "config" in request.parameters:
+            text = request.parameters["config"].string_param
+            override = mc.ModelConfig()
+            try:  # Triton sends JSON here; accept pbtxt too
+                json_format.Parse(text, override)
+            except Exception:
+                try:
+                    override = text_format.Parse(text, mc.ModelConfig())
+                except text_format.ParseError as exc:
+                    raise InvalidArgument(f"config parameter is not valid: {exc}") from exc
+        await self._manager.load(request.model_name, override)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> Any:
+        self._require_explicit()
+        await self._manager.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _require_explicit(self) -> None:
+        if self._manager.control_mode != "explicit":
+            raise Unsupported(
+                "explicit model load / unload is not allowed if polling is enabled"
+                if self._manager.control_mode == "poll"
+                else "explicit model load / unload is not allowed: start the server with "
+                "--model-control-mode explicit"
+            )
+
+    # ---- inference ------------------------------------------------------------------
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """Decode, validate, batch, encode; errors are counted against the model."""
+        start = time.perf_counter_ns()
+        if not self.accepting:
+            raise ServerShuttingDown("server is shutting down; request not accepted")
+        model = self._manager.get(request.model_name, request.model_version)
+        try:
+            arrays = codec.decode_inputs(request)
+            requested = codec.requested_outputs(request)
+            infer_request = model.make_request(arrays, requested)
+            infer_request.arrival_ns = start
+            outputs = await model.infer(infer_request)
+            names = requested or [n for n in model.output_names if n in outputs] or list(outputs)
+            response = codec.encode_response(
+                model.name, str(model.version), request.id, outputs, names
+            )
+        except RuntimeServerError as err:
+            model.stats.record_failure(err.reason.upper(), time.perf_counter_ns() - start)
+            raise
+        except Exception:
+            model.stats.record_failure("BACKEND", time.perf_counter_ns() - start)
+            raise
+        elapsed = time.perf_counter_ns() - start
+        model.stats.success.add(elapsed)
+        if self._metrics is not None:
+            self._metrics.histograms(model.name, model.version).request.observe(elapsed / 1e9)
+        return response
+
+    @_rpc
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Any:
+        return await self._infer(request)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request is answered on the stream (errors as error_message, as Triton does);
+        requests run concurrently, so they can share batches."""
+        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(req: pb.ModelInferRequest) -> None:
+            try:
+                resp = await self._infer(req)
+                await out.put(pb.ModelStreamInferResponse(infer_response=resp))
+            except RuntimeServerError as err:
+                await out.put(self._stream_error(req, str(err)))
+            except Exception:
+                LOGGER.exception("unhandled error in ModelStreamInfer")
+                await out.put(self._stream_error(req, "internal error; see server log"))
+
+        async def reader() -> None:
+            try:
+                async for req in request_iterator:
+                    task = asyncio.create_task(one(req))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*list(tasks))
+            finally:
+                await out.put(None)
+
+        read_task = asyncio.create_task(reader())
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    break
+                yield item
+        finally:
+            read_task.cancel()
+            for t in list(tasks):
+                t.cancel()
+
+    @staticmethod
+    def _stream_error(req: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+        resp = pb.ModelStreamInferResponse(error_message=message)
+        resp.infer_response.model_name = req.model_name
+        resp.infer_response.id = req.id
+        return resp
+
+    # ---- unsupported (not advertised) -------------------------------------------------
+    async def _unimplemented(self, request: Any, context: Any) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "shared memory, trace and log settings are not supported"
+        )
+
+    SystemSharedMemoryStatus = _unimplemented
+    SystemSharedMemoryRegister = _unimplemented
+    SystemSharedMemoryUnregister = _unimplemented
+    CudaSharedMemoryStatus = _unimplemented
+    CudaSharedMemoryRegister = _unimplemented
+    CudaSharedMemoryUnregister = _unimplemented
+    TraceSetting = _unimplemented
+    LogSettings = _unimplemented
+
+
+def _duration(target: pb.StatisticDuration, ns: int, count: int) -> None:
+    target.count = count
+    target.ns = ns
+
+
+def model_statistics(m: ServedModel) -> pb.ModelStatistics:
+    """Triton's ModelStatistics message from our counters."""
+    s = m.stats
+    out = pb.ModelStatistics(
+        name=m.name,
+        version=str(m.version),
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+    )
+    st = out.inference_stats
+    for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        d = getattr(s, field)
+        _duration(getattr(st, field), d.ns, d.count)
+    for size, b in sorted(s.batches.items()):
+        bs = out.batch_stats.add(batch_size=size)
+        _duration(bs.compute_input, b.compute_input.ns, b.compute_input.count)
+        _duration(bs.compute_infer, b.compute_infer.ns, b.compute_infer.count)
+        _duration(bs.compute_output, b.compute_output.ns, b.compute_output.count)
+    return out
+
+
+__all__ = ["InferenceServicer", "ModelNotFound", "model_statistics"]

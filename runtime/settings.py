@@ -1,0 +1,107 @@
+"""Server settings: one frozen object, flags named like tritonserver's.
+
+Every flag can also be set by an environment variable
+`SPARSE_RUNTIME_<FLAG_IN_UPPER_SNAKE>` (e.g. SPARSE_RUNTIME_GRPC_PORT=9001);
+an explicit flag wins over the environment, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ENV_PREFIX = "SPARSE_RUNTIME_"
+CONTROL_MODES = ("none", "poll", "explicit")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `serve` needs; built once in the CLI or a test fixture."""
+
+    model_repository: Path = field(
+        default=Path("model_repo"), metadata={"help": "model repository root directory"}
+    )
+    host: str = field(default="0.0.0.0", metadata={"help": "address to bind (gRPC and metrics)"})
+    grpc_port: int = field(default=8001, metadata={"help": "gRPC port (0 picks a free one)"})
+    metrics_port: int = field(default=8002, metadata={"help": "Prometheus port, -1 disables"})
+    model_control_mode: str = field(
+        default="none", metadata={"help": "none | poll | explicit", "choices": CONTROL_MODES}
+    )
+    repository_poll_secs: float = field(
+        default=15.0, metadata={"help": "rescan interval in poll mode"}
+    )
+    load_model: tuple[str, ...] = field(
+        default=(), metadata={"help": "models to load at start in explicit mode ('*' = all)"}
+    )
+    log_verbose: int = field(default=0, metadata={"help": "0 = info, >=1 debug"})
+    intra_op_threads: int = field(
+        default=1, metadata={"help": "onnxruntime intra-op threads per model (0 = all cores)"}
+    )
+    max_queue_size: int = field(
+        default=1024,
+        metadata={"help": "pending requests per model before RESOURCE_EXHAUSTED"},
+    )
+    grpc_max_message_bytes: int = field(
+        default=2**31 - 1, metadata={"help": "max gRPC message size, both directions"}
+    )
+    grpc_workers: int = field(
+        default=0, metadata={"help": "0 = asyncio server; reserved for multi-process serving"}
+    )
+    shutdown_grace_secs: float = field(
+        default=30.0, metadata={"help": "how long SIGTERM waits for in-flight requests"}
+    )
+    port_file: Path | None = field(
+        default=None, metadata={"help": "write the bound ports as JSON here (for tests)"}
+    )
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse(raw: str, annotation: str) -> object:
+    if annotation.startswith("tuple"):
+        return tuple(p for p in raw.replace(";", ",").split(",") if p)
+    if annotation == "int":
+        return int(raw)
+    if annotation == "float":
+        return float(raw)
+    if annotation.startswith("Path"):
+        return Path(raw)
+    return raw
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field; defaults come from env at parse time."""
+    for f in fields(Settings):
+        kwargs: dict[str, object] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if str(f.type).startswith("tuple"):
+            kwargs["action"] = "append"
+        parser.add_argument(_flag(f.name), **kwargs)
+
+
+def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """Flag > environment > default."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        flag_value = getattr(args, f.name, None)
+        annotation = str(f.type)
+        if flag_value is not None:
+            if annotation.startswith("tuple"):
+                values[f.name] = tuple(
+                    p for item in flag_value for p in _parse(item, annotation)  # type: ignore[union-attr]
+                )
+            else:
+                values[f.name] = _parse(str(flag_value), annotation)
+        elif ENV_PREFIX + f.name.upper() in env:
+            values[f.name] = _parse(env[ENV_PREFIX + f.name.upper()], annotation)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.model_control_mode not in CONTROL_MODES:
+        raise ValueError(f"--model-control-mode must be one of {CONTROL_MODES}")
+    return settings
