@@ -1,0 +1,43 @@
+"""`sparse-runtime pack MODEL -o MODEL.sparse`: 2:4 weights as values + 2-bit positions, zstd."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from runtime.errors import ModelLoadError
+from runtime.sparsity.pack import DEFAULT_LEVEL, PackStats, pack_file
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register pack's flags."""
+    parser.add_argument("model", type=Path, help="ONNX model to pack")
+    parser.add_argument("-o", "--output", type=Path, help="output file (default MODEL.sparse)")
+    parser.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level (1-22)")
+
+
+def format_sizes(stats: PackStats) -> str:
+    """The size table pack prints: dense, packed (before zstd) and packed+zstd."""
+    lines = [
+        f"2:4 tensors packed: {stats.packed_tensors}",
+        f"2:4 weights   dense {stats.weights_dense_bytes:>12,d} B   packed "
+        f"{stats.weights_packed_bytes:>12,d} B   ({stats.weights_ratio:.2%} of dense)",
+        f"model         dense {stats.original_size:>12,d} B   packed "
+        f"{stats.payload_size:>12,d} B   packed+zstd {stats.file_size:>12,d} B "
+        f"({stats.file_size / stats.original_size:.2%})",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Pack and print the sizes; exit 2 on a bad input."""
+    out = args.output or args.model.with_suffix(".sparse")
+    try:
+        stats = pack_file(args.model, out, level=args.level)
+    except (ModelLoadError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    print(format_sizes(stats))
+    return 0

@@ -1,0 +1,104 @@
+"""inspect / prune / pack / unpack through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from runtime.cli import main
+from runtime.samples import mlp_pair
+from runtime.sparsity.analysis import analyze_model
+
+
+@pytest.fixture()
+def models(tmp_path: Path) -> tuple[Path, Path]:
+    dense, sparse = mlp_pair((64, 128, 128, 32))
+    d, s = tmp_path / "dense.onnx", tmp_path / "sparse.onnx"
+    d.write_bytes(dense.SerializeToString())
+    s.write_bytes(sparse.SerializeToString())
+    return d, s
+
+
+def test_inspect_table_and_json(models: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+                                ) -> None:
+    assert main(["inspect", str(models[1])]) == 0
+    out = capsys.readouterr().out
+    assert "fc0.weight" in out and "pattern: 2:4" in out and "100.0%" in out
+    assert main(["inspect", str(models[1]), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["summary"]["pattern"] == "2:4"
+    assert all(layer["compliance_24"] == 1.0 for layer in data["layers"])
+
+
+def test_inspect_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model at all")
+    assert main(["inspect", str(bad)]) == 2
+    assert "not a valid ONNX model" in capsys.readouterr().err
+
+
+def test_prune_24_then_inspect(models: tuple[Path, Path], tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(models[0]), "-o", str(out), "--pattern", "2:4",
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "relative L2" in text and "cosine" in text
+    assert analyze_model(onnx.load(str(out))).pattern == "2:4"
+
+
+def test_prune_exclude_gives_mixed(models: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(models[0]), "-o", str(out), "--exclude", "fc1.*",
+                 "--no-progress"]) == 0
+    prof = analyze_model(onnx.load(str(out)))
+    assert prof.pattern == "mixed"
+    assert [layer.is_24 for layer in prof.layers] == [True, False, True]
+
+
+def test_prune_unstructured_per_layer_and_global(models: tuple[Path, Path],
+                                                 tmp_path: Path) -> None:
+    out = tmp_path / "u.onnx"
+    assert main(["prune", str(models[0]), "-o", str(out), "--sparsity", "0.5",
+                 "--no-progress"]) == 0
+    prof = analyze_model(onnx.load(str(out)))
+    assert all(abs(layer.sparsity - 0.5) < 1e-3 for layer in prof.layers)
+    assert prof.pattern == "unstructured"
+    assert main(["prune", str(models[0]), "-o", str(out), "--sparsity", "0.5", "--global",
+                 "--no-progress"]) == 0
+    prof = analyze_model(onnx.load(str(out)))
+    assert abs(prof.sparsity - 0.5) < 1e-3
+    assert len({round(layer.sparsity, 3) for layer in prof.layers}) > 1
+
+
+def test_prune_with_inputs_npz(models: tuple[Path, Path], tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    npz = tmp_path / "in.npz"
+    np.savez(npz, x=np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32))
+    report = tmp_path / "r.json"
+    assert main(["prune", str(models[0]), "-o", str(tmp_path / "p.onnx"), "--inputs", str(npz),
+                 "--json", str(report), "--no-progress"]) == 0
+    assert 0 < json.loads(report.read_text())["deviation"]["cosine"] < 1
+    np.savez(npz, wrong=np.zeros((8, 64), np.float32))
+    assert main(["prune", str(models[0]), "-o", str(tmp_path / "q.onnx"), "--inputs",
+                 str(npz)]) == 2
+    assert "missing ['x']" in capsys.readouterr().err
+
+
+def test_pack_unpack_bit_exact(models: tuple[Path, Path], tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    packed, restored = tmp_path / "m.sparse", tmp_path / "r.onnx"
+    assert main(["pack", str(models[1]), "-o", str(packed)]) == 0
+    out = capsys.readouterr().out
+    assert "53.12% of dense" in out and "packed+zstd" in out
+    assert main(["unpack", str(packed), "-o", str(restored)]) == 0
+    assert restored.read_bytes() == models[1].read_bytes()
+    assert main(["inspect", str(packed)]) == 0
+    assert "pattern: 2:4" in capsys.readouterr().out
+    packed.write_bytes(packed.read_bytes()[:-10])
+    assert main(["unpack", str(packed), "-o", str(restored)]) == 2
+    assert "truncated" in capsys.readouterr().err
