@@ -235,7 +235,9 @@ class WeightFedModel:
         """Run with the given weights; graph inputs among `outputs` are echoed from feeds."""
         names = list(outputs) if outputs is not None else self.outputs
         fetch = [n for n in names if n not in self.graph_inputs]
-        results = dict(zip(fetch, self.session.run(fetch, {**feeds, **weights}), strict=True))
+        results: dict[str, np.ndarray] = {}
+        if fetch:  # NOTE: an empty fetch list would make onnxruntime return every output
+            results = dict(zip(fetch, self.session.run(fetch, {**feeds, **weights}), strict=True))
         for n in names:
             if n in self.graph_inputs:
                 results[n] = np.asarray(feeds[n])
