@@ -1,0 +1,626 @@
+"""ONNX graph -> a small torch interpreter for GEMM-centric models (MLPs, BERT-like encoders).
+
+Why our own interpreter and not onnx2torch: we need every linear layer (MatMul/Gemm with a
+constant weight, plus its bias Add) as one swappable object so the engine can put a 2:4
+compressed kernel behind it, and we need shape arithmetic (Shape/Gather/Concat/...) to stay
+on the CPU so a whole forward pass can be captured in a CUDA graph without host syncs.
+
+Rules the interpreter keeps:
+- float constants live on the compute device in the compute dtype; integer constants and
+  everything derived from `Shape` stay on the CPU (they are shape arithmetic);
+- nodes whose inputs are all constants are folded once at conversion time;
+- every `Cast` to a float type casts to the compute dtype, so an fp16 run stays fp16.
+
+This module imports torch at import time; only `runtime.engines.torch_sparse.load()` imports it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F  # noqa: N812
+from onnx import helper, numpy_helper
+
+Tensor = torch.Tensor
+OpFn = Callable[[list[Any], dict[str, Any], "Ctx"], Any]
+
+_FLOAT_ONNX = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.DOUBLE,
+}
+INT_ONNX_TO_TORCH: dict[int, torch.dtype] = {
+    onnx.TensorProto.INT64: torch.int64,
+    onnx.TensorProto.INT32: torch.int32,
+    onnx.TensorProto.INT16: torch.int16,
+    onnx.TensorProto.INT8: torch.int8,
+    onnx.TensorProto.UINT8: torch.uint8,
+    onnx.TensorProto.BOOL: torch.bool,
+}
+
+
+class UnsupportedModel(ValueError):
+    """The graph uses an op or attribute this interpreter does not implement."""
+
+
+@dataclass
+class Ctx:
+    """What ops need to know beyond their inputs."""
+
+    opset: int
+    float_dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _align(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Put two operands on one device; 0-d CPU tensors may stay (torch treats them as scalars)."""
+    if a.device == b.device:
+        return a, b
+    if a.device.type == "cpu" and a.dim() == 0:
+        return a, b
+    if b.device.type == "cpu" and b.dim() == 0:
+        return a, b
+    if a.device.type == "cpu":
+        return a.to(b.device), b
+    return a, b.to(a.device)
+
+
+def _ints(t: Tensor | Sequence[int] | None) -> list[int]:
+    if t is None:
+        return []
+    if isinstance(t, Tensor):
+        return [int(v) for v in t.reshape(-1).tolist()]
+    return [int(v) for v in t]
+
+
+def _binary(fn: Callable[[Tensor, Tensor], Tensor]) -> OpFn:
+    def op(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+        a, b = _align(inputs[0], inputs[1])
+        return fn(a, b)
+
+    return op
+
+
+def _div(a: Tensor, b: Tensor) -> Tensor:
+    if not a.is_floating_point() and not b.is_floating_point():
+        return torch.div(a, b, rounding_mode="trunc")
+    return a / b
+
+
+def _unary(fn: Callable[[Tensor], Tensor]) -> OpFn:
+    return lambda inputs, attrs, ctx: fn(inputs[0])
+
+
+def _cast_dtype(onnx_type: int, ctx: Ctx) -> torch.dtype:
+    if onnx_type in _FLOAT_ONNX:
+        return ctx.float_dtype
+    if onnx_type in INT_ONNX_TO_TORCH:
+        return INT_ONNX_TO_TORCH[onnx_type]
+    raise UnsupportedModel(f"Cast to ONNX type {onnx_type} is not supported")
+
+
+def tensor_from_proto(proto: onnx.TensorProto) -> Tensor:
+    """An initializer or Constant value as a CPU tensor (floats as float32)."""
+    arr = numpy_helper.to_array(proto)
+    if arr.dtype.kind == "f":
+        arr = arr.astype(np.float32)
+    # NOTE: np.ascontiguousarray would turn 0-d scalars into 1-d arrays; np.array keeps rank.
+    return torch.from_numpy(np.array(arr, copy=True, order="C"))
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+def _gemm(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    a, b = inputs[0], inputs[1]
+    a, b = _align(a, b)
+    if attrs.get("transA", 0):
+        a = a.t()
+    if attrs.get("transB", 0):
+        b = b.t()
+    y = float(attrs.get("alpha", 1.0)) * (a @ b)
+    if len(inputs) > 2 and inputs[2] is not None:
+        c, y = _align(inputs[2], y)
+        y = y + float(attrs.get("beta", 1.0)) * c
+    return y
+
+
+def _softmax(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    x = inputs[0]
+    if ctx.opset >= 13:
+        return torch.softmax(x, dim=int(attrs.get("axis", -1)))
+    axis = int(attrs.get("axis", 1)) % max(x.dim(), 1)
+    flat = x.reshape(math.prod(x.shape[:axis]), -1)
+    return torch.softmax(flat, dim=1).reshape(x.shape)
+
+
+def _layer_norm(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    x, scale = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    axis = int(attrs.get("axis", -1)) % x.dim()
+    return F.layer_norm(x, tuple(x.shape[axis:]), scale, bias, float(attrs.get("epsilon", 1e-5)))
+
+
+def _reduce_axes(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> list[int]:
+    if "axes" in attrs:
+        return _ints(attrs["axes"])
+    if len(inputs) > 1 and inputs[1] is not None:
+        return _ints(inputs[1])
+    return []
+
+
+def _reduce_mean(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    x = inputs[0]
+    axes = _reduce_axes(inputs, attrs, ctx)
+    keep = bool(attrs.get("keepdims", 1))
+    if not axes:
+        if attrs.get("noop_with_empty_axes", 0):
+            return x
+        axes = list(range(x.dim()))
+    return x.mean(dim=axes, keepdim=keep)
+
+
+def _reshape(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    x = inputs[0]
+    shape = _ints(inputs[1])
+    if not attrs.get("allowzero", 0):
+        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
+def _transpose(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    x = inputs[0]
+    perm = _ints(attrs.get("perm")) or list(reversed(range(x.dim())))
+    return x.permute(perm)
+
+
+def _shape(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    dims = list(inputs[0].shape)
+    start = int(attrs.get("start", 0))
+    end = attrs.get("end")
+    dims = dims[start:] if end is None else dims[start : int(end)]
+    return torch.tensor(dims, dtype=torch.int64)  # NOTE: CPU on purpose (shape arithmetic)
+
+
+def _gather(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    data, idx = inputs[0], inputs[1]
+    axis = int(attrs.get("axis", 0)) % data.dim()
+    if idx.device != data.device:
+        idx = idx.to(data.device)
+    idx = idx.long()
+    idx = torch.where(idx < 0, idx + data.shape[axis], idx)
+    flat = torch.index_select(data, axis, idx.reshape(-1))
+    return flat.reshape((*data.shape[:axis], *idx.shape, *data.shape[axis + 1 :]))
+
+
+def _unsqueeze(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    x = inputs[0]
+    axes = _ints(attrs["axes"]) if "axes" in attrs else _ints(inputs[1])
+    rank = x.dim() + len(axes)
+    for a in sorted(a % rank for a in axes):
+        x = x.unsqueeze(a)
+    return x
+
+
+def _squeeze(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    x = inputs[0]
+    second = inputs[1] if len(inputs) > 1 else None
+    axes = _ints(attrs["axes"]) if "axes" in attrs else _ints(second)
+    if not axes:
+        return x.squeeze()
+    for a in sorted((a % x.dim() for a in axes), reverse=True):
+        x = x.squeeze(a)
+    return x
+
+
+def _concat(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    parts = [t for t in inputs if t is not None]
+    devices = {t.device for t in parts}
+    if len(devices) > 1:
+        dev = next(d for d in devices if d.type != "cpu")
+        parts = [t.to(dev) for t in parts]
+    return torch.cat(parts, dim=int(attrs["axis"]))
+
+
+def _slice(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    x = inputs[0]
+    if "starts" in attrs:  # opset < 10
+        starts, ends = _ints(attrs["starts"]), _ints(attrs["ends"])
+        axes = _ints(attrs.get("axes")) or list(range(len(starts)))
+        steps = [1] * len(starts)
+    else:
+        starts, ends = _ints(inputs[1]), _ints(inputs[2])
+        axes = _ints(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else []
+        axes = axes or list(range(len(starts)))
+        steps = _ints(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else []
+        steps = steps or [1] * len(starts)
+    index: list[slice] = [slice(None)] * x.dim()
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
+        if st <= 0:
+            raise UnsupportedModel("Slice with non-positive steps is not supported")
+        dim = x.shape[a % x.dim()]
+        s = max(0, min(dim, s + dim if s < 0 else s))
+        e = max(0, min(dim, e + dim if e < 0 else e))
+        index[a % x.dim()] = slice(s, e, st)
+    return x[tuple(index)]
+
+
+def _cast(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    return inputs[0].to(_cast_dtype(int(attrs["to"]), ctx))
+
+
+def _matmul(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    a, b = _align(inputs[0], inputs[1])
+    return torch.matmul(a, b)
+
+
+def _gelu(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    approx = attrs.get("approximate", "none")
+    return F.gelu(inputs[0], approximate="tanh" if approx == "tanh" else "none")
+
+
+def _where(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    cond, x, y = inputs
+    x, y = _align(x, y)
+    dev = x.device if x.dim() else y.device
+    cond = cond.to(dev)
+    return torch.where(cond.bool(), x, y)
+
+
+def _expand(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    x, shape = inputs[0], _ints(inputs[1])
+    # ONNX Expand broadcasts both ways (a 1 in `shape` keeps x's dim).
+    out = list(torch.broadcast_shapes(tuple(x.shape), tuple(shape)))
+    return x.expand(out)
+
+
+def _constant_of_shape(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    value = attrs.get("value")
+    fill = tensor_from_proto(value) if value is not None else torch.zeros(1)
+    return fill.reshape(-1)[0].expand(_ints(inputs[0])).clone()
+
+
+def _flatten(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    x = inputs[0]
+    axis = int(attrs.get("axis", 1)) % (x.dim() + 1)
+    return x.reshape(math.prod(x.shape[:axis]), -1)
+
+
+def _dropout(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    return inputs[0]
+
+
+def _constant(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    if "value" in attrs:
+        return tensor_from_proto(attrs["value"])
+    if "value_float" in attrs:
+        return torch.tensor(float(attrs["value_float"]), dtype=torch.float32)
+    if "value_floats" in attrs:
+        return torch.tensor([float(v) for v in attrs["value_floats"]], dtype=torch.float32)
+    if "value_int" in attrs:
+        return torch.tensor(int(attrs["value_int"]), dtype=torch.int64)
+    if "value_ints" in attrs:
+        return torch.tensor(_ints(attrs["value_ints"]), dtype=torch.int64)
+    raise UnsupportedModel(f"Constant with attributes {sorted(attrs)} is not supported")
+
+
+OPS: dict[str, OpFn] = {
+    "Add": _binary(torch.add),
+    "Sub": _binary(torch.sub),
+    "Mul": _binary(torch.mul),
+    "Div": _binary(_div),
+    "Pow": _binary(torch.pow),
+    "Equal": _binary(torch.eq),
+    "Sqrt": _unary(torch.sqrt),
+    "Relu": _unary(torch.relu),
+    "Tanh": _unary(torch.tanh),
+    "Erf": _unary(torch.erf),
+    "Sigmoid": _unary(torch.sigmoid),
+    "Exp": _unary(torch.exp),
+    "Neg": _unary(torch.neg),
+    "Identity": _unary(lambda x: x),
+    "Gelu": _gelu,
+    "Softmax": _softmax,
+    "LayerNormalization": _layer_norm,
+    "ReduceMean": _reduce_mean,
+    "Reshape": _reshape,
+    "Transpose": _transpose,
+    "Shape": _shape,
+    "Gather": _gather,
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Concat": _concat,
+    "Slice": _slice,
+    "Cast": _cast,
+    "MatMul": _matmul,
+    "Gemm": _gemm,
+    "Where": _where,
+    "Expand": _expand,
+    "ConstantOfShape": _constant_of_shape,
+    "Flatten": _flatten,
+    "Dropout": _dropout,
+    "Constant": _constant,
+}
+"""Supported ONNX ops (default domain)."""
+
+
+# ----------------------------------------------------------------------------- linear layers
+
+
+class LinearOp:
+    """One linear layer y = x @ W^T + b (W in torch layout [N, K]) with swappable kernels.
+
+    The engine registers kernels by name ("dense", "sparse") and a per-bucket choice, so a
+    layer can run sparse at large batches and dense at small ones when that is what measured
+    faster. Kernels receive a 2-D input [M, K] and return [M, N].
+    """
+
+    def __init__(self, name: str, weight: Tensor, bias: Tensor | None) -> None:
+        self.name = name
+        self.weight: Tensor | None = weight
+        self.bias = bias
+        self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
+        self.kernels: dict[str, Callable[[Tensor], Tensor]] = {}
+        self.choice: dict[int, str] = {}
+        self.default_kernel = "dense"
+        self.rows_seen: dict[int, int] = {}
+
+    def dense(self, x2: Tensor) -> Tensor:
+        if self.weight is None:
+            raise RuntimeError(f"layer {self.name}: dense weight was released")
+        return F.linear(x2, self.weight, self.bias)
+
+    def kernel_name(self, bucket: int | None) -> str:
+        if bucket is not None and bucket in self.choice:
+            return self.choice[bucket]
+        return self.default_kernel
+
+    def __call__(self, x: Tensor, bucket: int | None, force: str | None = None) -> Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        if bucket is not None:
+            self.rows_seen[bucket] = int(x2.shape[0])
+        name = force or self.kernel_name(bucket)
+        kernel = self.kernels.get(name, self.dense) if name != "dense" else self.dense
+        y = kernel(x2)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+# ----------------------------------------------------------------------------- the graph
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """Graph input/output: name, ONNX element type, dims (-1 = dynamic)."""
+
+    name: str
+    elem_type: int
+    dims: tuple[int, ...]
+
+
+@dataclass
+class _Step:
+    op_type: str
+    fn: OpFn | None
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any]
+    linear: LinearOp | None = None
+    release: list[str] = field(default_factory=list)
+
+
+class TorchGraph:
+    """A converted ONNX graph: call it with a dict of tensors, get a dict of tensors back."""
+
+    def __init__(
+        self,
+        steps: list[_Step],
+        consts: dict[str, Tensor],
+        linears: dict[str, LinearOp],
+        inputs: tuple[IOSpec, ...],
+        outputs: tuple[IOSpec, ...],
+        opset: int,
+    ) -> None:
+        self.steps = steps
+        self.consts = consts
+        self.linears = linears
+        self.inputs = inputs
+        self.outputs = outputs
+        self.ctx = Ctx(opset=opset)
+        self.bucket: int | None = None
+        self.force_kernel: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @property
+    def float_dtype(self) -> torch.dtype:
+        return self.ctx.float_dtype
+
+    def to(self, device: torch.device | str, float_dtype: torch.dtype) -> TorchGraph:
+        """Move float constants and linear weights to `device`/`float_dtype`; ints stay on CPU."""
+        device = torch.device(device)
+        self.ctx.device, self.ctx.float_dtype = device, float_dtype
+        for name, t in self.consts.items():
+            if t.is_floating_point():
+                self.consts[name] = t.to(device=device, dtype=float_dtype).contiguous()
+        for lin in self.linears.values():
+            if lin.weight is not None:
+                lin.weight = lin.weight.to(device=device, dtype=float_dtype).contiguous()
+            if lin.bias is not None:
+                lin.bias = lin.bias.to(device=device, dtype=float_dtype).contiguous()
+        return self
+
+    def prepare_input(self, name: str, value: Tensor | np.ndarray) -> Tensor:
+        """Floats to the compute dtype, everything to the compute device."""
+        t = torch.as_tensor(value)
+        if t.is_floating_point():
+            t = t.to(dtype=self.float_dtype)
+        return t.to(self.device)
+
+    def __call__(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        env: dict[str, Any] = dict(self.consts)
+        env.update(feeds)
+        ctx, bucket, force = self.ctx, self.bucket, self.force_kernel
+        for step in self.steps:
+            if step.linear is not None:
+                env[step.outputs[0]] = step.linear(env[step.inputs[0]], bucket, force)
+            else:
+                args = [env[n] if n else None for n in step.inputs]
+                result = step.fn(args, step.attrs, ctx)  # type: ignore[misc]
+                if isinstance(result, tuple):
+                    for out_name, val in zip(step.outputs, result, strict=False):
+                        env[out_name] = val
+                else:
+                    env[step.outputs[0]] = result
+            for name in step.release:
+                env.pop(name, None)
+        return {o.name: env[o.name] for o in self.outputs}
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def _io(values: Sequence[onnx.ValueInfoProto]) -> tuple[IOSpec, ...]:
+    specs = []
+    for v in values:
+        tt = v.type.tensor_type
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tt.shape.dim
+        )
+        specs.append(IOSpec(v.name, tt.elem_type, dims))
+    return tuple(specs)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 13
+
+
+def _as_linear(
+    node: onnx.NodeProto, attrs: dict[str, Any], consts: Mapping[str, Tensor]
+) -> tuple[Tensor, Tensor | None] | None:
+    """(weight [N,K], bias) when `node` is a linear layer with a constant 2-D weight."""
+    if len(node.input) < 2 or node.input[0] in consts:
+        return None
+    w = consts.get(node.input[1])
+    if w is None or w.dim() != 2 or not w.is_floating_point():
+        return None
+    if node.op_type == "MatMul":
+        return w.t().contiguous(), None
+    if node.op_type != "Gemm" or attrs.get("transA", 0):
+        return None
+    weight = w if attrs.get("transB", 0) else w.t()
+    weight = (weight * float(attrs.get("alpha", 1.0))).contiguous()
+    bias = None
+    if len(node.input) > 2 and node.input[2]:
+        c = consts.get(node.input[2])
+        n = weight.shape[0]
+        if c is None or c.numel() != n or (c.dim() == 2 and c.shape[0] != 1):
+            return None
+        bias = (c.reshape(n) * float(attrs.get("beta", 1.0))).contiguous()
+    return weight, bias
+
+
+def convert(model: onnx.ModelProto | bytes | str) -> TorchGraph:
+    """Convert an ONNX model (proto, bytes or path) into a `TorchGraph` on the CPU in fp32."""
+    if isinstance(model, bytes):
+        model = onnx.load_from_string(model)
+    elif isinstance(model, str):
+        model = onnx.load(model)
+    graph = model.graph
+    opset = _opset(model)
+    ctx = Ctx(opset=opset)
+    consts: dict[str, Tensor] = {init.name: tensor_from_proto(init) for init in graph.initializer}
+    init_names = {i.name for i in graph.initializer}
+    inputs = tuple(s for s in _io(graph.input) if s.name not in init_names)
+    outputs = _io(graph.output)
+    graph_outputs = {o.name for o in outputs}
+
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    steps: list[_Step] = []
+    linears: dict[str, LinearOp] = {}
+    fused: set[int] = set()  # id() of Add nodes folded into a linear layer
+    for index, node in enumerate(graph.node):
+        if id(node) in fused:
+            continue
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedModel(f"op {node.domain}::{node.op_type} is not supported")
+        fn = OPS.get(node.op_type)
+        if fn is None:
+            raise UnsupportedModel(f"ONNX op {node.op_type} (node {node.name!r}) is not supported")
+        attrs = _attrs(node)
+        live = [n for n in node.input if n]
+        foldable = node.op_type != "Shape" and all(n in consts for n in live)
+        if foldable or node.op_type == "Constant":
+            value = fn([consts[n] if n else None for n in node.input], attrs, ctx)
+            values = value if isinstance(value, tuple) else (value,)
+            for out_name, val in zip(node.output, values, strict=False):
+                consts[out_name] = val
+            continue
+        if node.op_type in ("MatMul", "Gemm"):
+            found = _as_linear(node, attrs, consts)
+            if found is not None:
+                weight, bias = found
+                out = node.output[0]
+                users = consumers.get(out, [])
+                if (
+                    bias is None
+                    and out not in graph_outputs
+                    and len(users) == 1
+                    and users[0].op_type == "Add"
+                ):
+                    add = users[0]
+                    other = add.input[1] if add.input[0] == out else add.input[0]
+                    c = consts.get(other)
+                    n_out = int(weight.shape[0])
+                    if c is not None and tuple(c.shape) in {(n_out,), (1, n_out)}:
+                        bias = c.reshape(-1).contiguous()
+                        out = add.output[0]
+                        fused.add(id(add))
+                name = node.name or f"{node.op_type}_{index}"
+                if name in linears:
+                    name = f"{name}_{index}"
+                lin = LinearOp(name, weight, bias)
+                linears[name] = lin
+                steps.append(_Step(node.op_type, None, [node.input[0]], [out], {}, linear=lin))
+                continue
+        steps.append(_Step(node.op_type, fn, list(node.input), list(node.output), attrs))
+
+    # Drop constants no step reads (folded intermediates, fused weights).
+    used = {n for s in steps for n in s.inputs} | graph_outputs
+    consts = {k: v for k, v in consts.items() if k in used}
+    # Release each intermediate after its last reader, to keep peak memory down.
+    last_use: dict[str, int] = {}
+    for i, s in enumerate(steps):
+        for n in s.inputs:
+            if n and n not in consts:
+                last_use[n] = i
+    for name, i in last_use.items():
+        if name not in graph_outputs:
+            steps[i].release.append(name)
+    return TorchGraph(steps, consts, linears, inputs, outputs, opset)

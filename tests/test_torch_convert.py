@@ -1,0 +1,300 @@
+"""ONNX -> torch interpreter on CPU in fp32 must agree with onnxruntime (atol 1e-4).
+
+Why 1e-4: both sides compute in fp32; only summation order differs, which for these sizes
+(K <= 1024, values O(1)) moves results by ~1e-6..1e-5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from runtime.samples import mlp_pair
+
+torch = pytest.importorskip("torch")
+
+from runtime.engines.onnx_to_torch import UnsupportedModel, convert  # noqa: E402
+
+ATOL = 1e-4
+
+
+def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _torch(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    graph = convert(model.SerializeToString())
+    with torch.inference_mode():
+        out = graph({k: graph.prepare_input(k, v) for k, v in feeds.items()})
+    return [out[o.name].float().numpy() for o in graph.outputs]
+
+
+def _check(model: onnx.ModelProto, feeds: dict[str, np.ndarray], atol: float = ATOL) -> None:
+    onnx.checker.check_model(model)
+    for want, got in zip(_ort(model, feeds), _torch(model, feeds), strict=True):
+        assert want.shape == got.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["dense", "sparse24"])
+def test_sample_mlp_matches_onnxruntime(which: int) -> None:
+    model = mlp_pair()[which]
+    x = np.random.default_rng(0).standard_normal((5, 256)).astype(np.float32)
+    _check(model, {"x": x})
+
+
+def test_mlp_linears_are_extracted_with_fused_bias() -> None:
+    graph = convert(mlp_pair()[1])
+    assert len(graph.linears) == 4
+    assert all(lin.bias is not None for lin in graph.linears.values())
+    assert [s.op_type for s in graph.steps].count("Add") == 0  # bias Adds folded in
+    first = next(iter(graph.linears.values()))
+    assert (first.out_features, first.in_features) == (1024, 256)
+
+
+def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...], scale: float = 0.2):
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def _c(name: str, value: object, dtype: type = np.int64) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+
+def bert_like(hidden: int = 32, heads: int = 4, ffn: int = 64, vocab: int = 50) -> onnx.ModelProto:
+    """One BERT/MiniLM-style encoder layer + pooler, written the way exporters write it.
+
+    It exercises the shape arithmetic exporters emit (Shape/Gather/Unsqueeze/Concat/Slice,
+    Reshape with 0), attention (MatMul/Transpose/Softmax with an additive mask), both
+    LayerNormalization and its decomposed form, erf-GELU, and a Gemm pooler with transB.
+    """
+    rng = np.random.default_rng(7)
+    hd = hidden // heads
+    inits = [
+        _init(rng, "word_emb", (vocab, hidden), 1.0),
+        _init(rng, "pos_emb", (64, hidden), 0.5),
+        _c("pos_range", np.arange(64)[None, :]),
+        numpy_helper.from_array(np.ones(hidden, np.float32), "ln1_g"),
+        numpy_helper.from_array(np.zeros(hidden, np.float32), "ln1_b"),
+        _init(rng, "ln2_g", (hidden,), 1.0),
+        _init(rng, "ln2_b", (hidden,), 0.1),
+        _c("i0", 0),
+        _c("i1", 1),
+        _c("ax0", [0]),
+        _c("ax12", [1, 2]),
+        _c("zero1", [0]),
+        _c("heads_hd", [heads, hd]),
+        _c("out_shape", [0, 0, hidden]),
+        _c("red_axes", [-1]),
+        _c("one_f", 1.0, np.float32),
+        _c("neg_big", -10000.0, np.float32),
+        _c("sqrt_hd", np.sqrt(hd), np.float32),
+        _c("two", 2.0, np.float32),
+        _c("eps", 1e-12, np.float32),
+        _c("half", 0.5, np.float32),
+        _c("sqrt2", np.sqrt(2.0), np.float32),
+    ]
+    for n, shape in {
+        "Wq": (hidden, hidden),
+        "Wk": (hidden, hidden),
+        "Wv": (hidden, hidden),
+        "Wo": (hidden, hidden),
+        "W1": (hidden, ffn),
+        "W2": (ffn, hidden),
+        "Wp": (hidden, hidden),
+    }.items():
+        inits.append(_init(rng, n, shape, 1.0 / np.sqrt(shape[0])))
+        inits.append(_init(rng, "b" + n[1:], (shape[1],), 0.05))
+    nh = helper.make_node
+    nodes = [
+        nh("Gather", ["word_emb", "input_ids"], ["word"]),
+        nh("Shape", ["input_ids"], ["ids_shape"]),
+        nh("Gather", ["ids_shape", "i1"], ["seq"]),
+        nh("Unsqueeze", ["seq", "ax0"], ["seq_u"]),
+        nh("Slice", ["pos_range", "zero1", "seq_u", "ax0_1"], ["pos_ids"]),
+        nh("Gather", ["pos_emb", "pos_ids"], ["pos"]),
+        nh("Add", ["word", "pos"], ["emb"]),
+        nh("LayerNormalization", ["emb", "ln1_g", "ln1_b"], ["h"], epsilon=1e-12),
+        # additive attention mask [B,1,1,S]
+        nh("Unsqueeze", ["attention_mask", "ax12"], ["m4"]),
+        nh("Cast", ["m4"], ["mf"], to=TensorProto.FLOAT),
+        nh("Sub", ["one_f", "mf"], ["inv"]),
+        nh("Mul", ["inv", "neg_big"], ["madd"]),
+        # dynamic [B, S, heads, hd]
+        nh("Shape", ["h"], ["h_shape"]),
+        nh("Gather", ["h_shape", "i0"], ["bsz"]),
+        nh("Unsqueeze", ["bsz", "ax0"], ["bsz_u"]),
+        nh("Concat", ["bsz_u", "seq_u", "heads_hd"], ["split_shape"], axis=0),
+    ]
+    for n in "qkv":
+        w = "W" + n
+        nodes += [
+            nh("MatMul", ["h", w], [f"{n}_mm"], name=f"attn/{n}/MatMul"),
+            nh("Add", [f"{n}_mm", "b" + n], [f"{n}_lin"]),
+            nh("Reshape", [f"{n}_lin", "split_shape"], [f"{n}_4d"]),
+        ]
+    nodes += [
+        nh("Transpose", ["q_4d"], ["q_t"], perm=[0, 2, 1, 3]),
+        nh("Transpose", ["k_4d"], ["k_t"], perm=[0, 2, 3, 1]),
+        nh("Transpose", ["v_4d"], ["v_t"], perm=[0, 2, 1, 3]),
+        nh("MatMul", ["q_t", "k_t"], ["scores"]),
+        nh("Div", ["scores", "sqrt_hd"], ["scaled"]),
+        nh("Add", ["scaled", "madd"], ["masked"]),
+        nh("Softmax", ["masked"], ["probs"], axis=-1),
+        nh("MatMul", ["probs", "v_t"], ["ctx"]),
+        nh("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]),
+        nh("Reshape", ["ctx_t", "out_shape"], ["ctx_flat"]),
+        nh("MatMul", ["ctx_flat", "Wo"], ["o_mm"], name="attn/out/MatMul"),
+        nh("Add", ["o_mm", "bo"], ["o_lin"]),
+        nh("Add", ["o_lin", "h"], ["res"]),
+        # decomposed LayerNorm, as older exporters write it
+        nh("ReduceMean", ["res"], ["mu"], axes=[-1]),
+        nh("Sub", ["res", "mu"], ["d"]),
+        nh("Pow", ["d", "two"], ["d2"]),
+        nh("ReduceMean", ["d2"], ["var"], axes=[-1]),
+        nh("Add", ["var", "eps"], ["var_eps"]),
+        nh("Sqrt", ["var_eps"], ["std"]),
+        nh("Div", ["d", "std"], ["normed"]),
+        nh("Mul", ["normed", "ln2_g"], ["scaled_n"]),
+        nh("Add", ["scaled_n", "ln2_b"], ["h2"]),
+        # FFN with erf GELU
+        nh("MatMul", ["h2", "W1"], ["f1_mm"], name="ffn/1/MatMul"),
+        nh("Add", ["f1_mm", "b1"], ["f1"]),
+        nh("Div", ["f1", "sqrt2"], ["f1s"]),
+        nh("Erf", ["f1s"], ["erf"]),
+        nh("Add", ["erf", "one_f"], ["erf1"]),
+        nh("Mul", ["f1", "erf1"], ["g0"]),
+        nh("Mul", ["g0", "half"], ["gelu"]),
+        nh("MatMul", ["gelu", "W2"], ["f2_mm"], name="ffn/2/MatMul"),
+        nh("Add", ["f2_mm", "b2"], ["f2"]),
+        nh("Add", ["f2", "h2"], ["last_hidden_state"]),
+        # pooler on the first token: Gemm with transB
+        nh("Gather", ["last_hidden_state", "i0"], ["first"], axis=1),
+        nh("Transpose", ["Wp"], ["Wp_t"], perm=[1, 0]),
+        nh("Gemm", ["first", "Wp_t", "bp"], ["pool_lin"], transB=1),
+        nh("Tanh", ["pool_lin"], ["pooled"]),
+    ]
+    inits.append(_c("ax0_1", [1]))
+    graph = helper.make_graph(
+        nodes,
+        "bert_like",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
+        [
+            helper.make_tensor_value_info(
+                "last_hidden_state", TensorProto.FLOAT, ["batch", "seq", hidden]
+            ),
+            helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", hidden]),
+        ],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _bert_feeds(batch: int, seq: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(batch * 100 + seq)
+    mask = np.ones((batch, seq), np.int64)
+    mask[0, seq // 2 :] = 0  # padded tail on one row
+    return {"input_ids": rng.integers(0, 50, (batch, seq)).astype(np.int64), "attention_mask": mask}
+
+
+@pytest.mark.parametrize(("batch", "seq"), [(1, 5), (3, 7), (2, 16)])
+def test_bert_like_matches_onnxruntime(batch: int, seq: int) -> None:
+    _check(bert_like(), _bert_feeds(batch, seq))
+
+
+def test_bert_like_linears_and_cpu_shape_math() -> None:
+    graph = convert(bert_like())
+    # q/k/v/out/ffn1/ffn2 MatMuls + the Gemm pooler (its weight is a folded Transpose)
+    assert len(graph.linears) == 7
+    assert "attn/q/MatMul" in graph.linears
+    # integer constants (shape arithmetic) stay on CPU even after moving floats to a device
+    assert all(not t.is_floating_point() for n, t in graph.consts.items() if n == "pos_range")
+
+
+def _single(node: onnx.NodeProto, inputs, outputs, inits, opset: int) -> onnx.ModelProto:
+    graph = helper.make_graph([node], "t", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9 if opset >= 19 else 8
+    return model
+
+
+def _fvi(name: str, shape: list[object]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_opset20(approximate: str) -> None:
+    node = helper.make_node("Gelu", ["x"], ["y"], approximate=approximate)
+    model = _single(node, [_fvi("x", ["b", 8])], [_fvi("y", ["b", 8])], [], 20)
+    x = np.linspace(-4, 4, 24, dtype=np.float32).reshape(3, 8)
+    _check(model, {"x": x})
+
+
+def test_reduce_mean_axes_as_input_opset18() -> None:
+    node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=0)
+    model = _single(node, [_fvi("x", [2, 3, 4])], [_fvi("y", [2, 4])], [_c("axes", [1])], 18)
+    _check(model, {"x": np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)})
+
+
+def test_gemm_with_alpha_beta_and_2d_bias_is_a_linear() -> None:
+    rng = np.random.default_rng(2)
+    node = helper.make_node("Gemm", ["x", "W", "C"], ["y"], alpha=0.5, beta=2.0, transB=1)
+    inits = [_init(rng, "W", (16, 32)), _init(rng, "C", (1, 16))]
+    model = _single(node, [_fvi("x", ["b", 32])], [_fvi("y", ["b", 16])], inits, 13)
+    assert len(convert(model).linears) == 1
+    _check(model, {"x": rng.standard_normal((4, 32)).astype(np.float32)})
+
+
+def test_softmax_opset11_flattens_from_axis() -> None:
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=1)
+    model = _single(node, [_fvi("x", [2, 3, 4])], [_fvi("y", [2, 3, 4])], [], 11)
+    _check(model, {"x": np.random.default_rng(3).standard_normal((2, 3, 4)).astype(np.float32)})
+
+
+def test_unsupported_op_is_reported_by_name() -> None:
+    node = helper.make_node("Conv", ["x", "w"], ["y"])
+    rng = np.random.default_rng(4)
+    model = _single(
+        node,
+        [_fvi("x", [1, 1, 4, 4])],
+        [_fvi("y", [1, 1, 2, 2])],
+        [_init(rng, "w", (1, 1, 3, 3))],
+        13,
+    )
+    with pytest.raises(UnsupportedModel, match="Conv"):
+        convert(model)
+
+
+def test_linear_kernel_choice_per_bucket() -> None:
+    """The engine's per-bucket dispatch: a layer can be sparse at one bucket, dense at another."""
+    graph = convert(mlp_pair()[0])
+    lin = next(iter(graph.linears.values()))
+    calls: list[int] = []
+
+    def fake_sparse(x2):
+        calls.append(int(x2.shape[0]))
+        return lin.dense(x2)
+
+    lin.kernels["sparse"] = fake_sparse
+    lin.choice = {1: "dense", 8: "sparse"}
+    x = torch.zeros(8, 256)
+    for bucket in (1, 8):
+        graph.bucket = bucket
+        graph({"x": x[:bucket]})
+    graph.bucket = None
+    assert calls == [8]
+    assert lin.rows_seen == {1: 1, 8: 8}
+    graph.force_kernel = "dense"
+    graph.bucket = 8
+    graph({"x": x})
+    assert calls == [8]  # forced dense never calls the sparse kernel
