@@ -14,7 +14,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import psutil
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -51,8 +54,25 @@ _COUNTERS: tuple[tuple[str, str, str, str | None], ...] = (
 )  # fmt: skip
 
 
+FAILURE_COUNTER = "nv_inference_request_failure"
+TRITON_COUNTERS = (*(c[0] for c in _COUNTERS), FAILURE_COUNTER)
+
+
 def _counter(name: str, documentation: str) -> Metric:
     return Metric(name, documentation, "counter")
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """Prometheus text format with Triton's counter names kept exactly.
+
+    prometheus_client writes `# TYPE <name>_total counter` for every counter;
+    Triton (and its dashboards) use the bare names, so undo that for ours.
+    """
+    text = generate_latest(registry).decode()
+    for name in TRITON_COUNTERS:
+        text = text.replace(f"# HELP {name}_total ", f"# HELP {name} ", 1)
+        text = text.replace(f"# TYPE {name}_total counter", f"# TYPE {name} counter", 1)
+    return text.encode()
 
 
 class TritonCollector(Collector):
@@ -74,14 +94,14 @@ class TritonCollector(Collector):
                     value = value.count
                 metric.add_sample(name, {"model": m.name, "version": str(m.version)}, value)
             yield metric
-        failure = _counter("nv_inference_request_failure", "Number of failed inference requests")
+        failure = _counter(FAILURE_COUNTER, "Number of failed inference requests")
         for m in models:
             for reason, n in sorted(m.stats.fail_by_reason.items()):
                 labels = {"model": m.name, "version": str(m.version), "reason": reason}
-                failure.add_sample("nv_inference_request_failure", labels, n)
+                failure.add_sample(FAILURE_COUNTER, labels, n)
             if not m.stats.fail_by_reason:
                 labels = {"model": m.name, "version": str(m.version), "reason": "OTHER"}
-                failure.add_sample("nv_inference_request_failure", labels, 0)
+                failure.add_sample(FAILURE_COUNTER, labels, 0)
         yield failure
         pending = GaugeMetricFamily(
             "nv_inference_pending_request_count", "Requests waiting in the queue", labels=LABELS
@@ -239,5 +259,30 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if self.path.split("?")[0] not in ("/metrics", "/"):
+                    self.send_error(404, "only /metrics is served here")
+                    return
+                body = exposition(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                LOGGER.debug("metrics: " + format, *args)
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        self._http = server
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         return int(server.server_address[1])
+
+    def close(self) -> None:
+        http = getattr(self, "_http", None)
+        if http is not None:
+            http.shutdown()

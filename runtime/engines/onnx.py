@@ -25,6 +25,17 @@ def _dims(shape: Sequence[object]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
 
 
+def _as_ort_strings(array: np.ndarray) -> np.ndarray:
+    """Wire BYTES arrive as bytes objects; onnxruntime string tensors want str."""
+    flat = [
+        v.decode("utf-8", errors="surrogateescape") if isinstance(v, bytes) else str(v)
+        for v in array.reshape(-1)
+    ]
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out.reshape(array.shape)
+
+
 class OnnxRuntimeEngine:
     """Runs an ONNX model with one onnxruntime InferenceSession."""
 
@@ -97,8 +108,9 @@ class OnnxRuntimeEngine:
         if self._session is None:
             raise InferenceFailed("engine is not loaded")
         names = list(outputs) if outputs else self._output_names
+        feed = {k: _as_ort_strings(v) if v.dtype == object else v for k, v in inputs.items()}
         try:
-            results = self._session.run(names, dict(inputs))
+            results = self._session.run(names, feed)
         except Exception as exc:
             raise InferenceFailed(f"onnxruntime inference failed: {exc}") from exc
         return dict(zip(names, results, strict=True))

@@ -70,7 +70,7 @@ def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
 def serialize_bytes(array: np.ndarray) -> bytes:
     parts = []
     for item in array.reshape(-1):
-        b = item if isinstance(item, bytes) else str(item).encode()
+        b = item if isinstance(item, bytes) else str(item).encode("utf-8", "surrogateescape")
         parts.append(_LEN.pack(len(b)))
         parts.append(b)
     return b"".join(parts)

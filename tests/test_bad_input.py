@@ -1,0 +1,142 @@
+"""Bad requests get a clear status and message, and never disturb other requests."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import ServerProcess, metric, parse_metrics
+
+
+@pytest.fixture()
+def stub(server: ServerProcess) -> service_pb2_grpc.GRPCInferenceServiceStub:
+    return service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.url))
+
+
+def raw_request(
+    model: str, shape: list[int], datatype: str = "FP32", raw: bytes | None = None
+) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="x", datatype=datatype, shape=shape)
+    n = int(np.prod(shape)) if shape else 1
+    request.raw_input_contents.append(raw if raw is not None else b"\0" * (4 * n))
+    return request
+
+
+def expect(stub: service_pb2_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest,
+           code: grpc.StatusCode, *fragments: str) -> None:  # fmt: skip
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(request)
+    assert err.value.code() == code, err.value.details()
+    for fragment in fragments:
+        assert fragment in err.value.details()
+
+
+def test_unknown_model_uses_tritons_wording(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    expect(stub, raw_request("nope", [1, 256]), grpc.StatusCode.NOT_FOUND,
+           "Request for unknown model: 'nope' is not found")  # fmt: skip
+
+
+def test_unknown_version(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = raw_request("mlp_dense", [1, 256])
+    request.model_version = "7"
+    expect(stub, request, grpc.StatusCode.NOT_FOUND, "'mlp_dense' version 7 is not found")
+
+
+def test_unknown_model_metadata_and_config(server: ServerProcess) -> None:
+    client = grpcclient.InferenceServerClient(server.url)
+    for call in (client.get_model_metadata, client.get_model_config):
+        with pytest.raises(InferenceServerException) as err:
+            call("nope")
+        assert err.value.status() == "StatusCode.NOT_FOUND"
+    assert client.is_model_ready("nope") is False
+
+
+def test_wrong_shape_names_input_and_expected(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    expect(stub, raw_request("mlp_dense", [1, 255]), grpc.StatusCode.INVALID_ARGUMENT,
+           "'x'", "expected [-1,256]", "got [1,255]")  # fmt: skip
+
+
+def test_wrong_rank(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    expect(stub, raw_request("mlp_dense", [256]), grpc.StatusCode.INVALID_ARGUMENT, "'x'")
+
+
+def test_wrong_dtype(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    expect(stub, raw_request("mlp_dense", [1, 256], "FP64", b"\0" * 8 * 256),
+           grpc.StatusCode.INVALID_ARGUMENT, "datatype FP64", "'x'", "FP32")  # fmt: skip
+
+
+def test_unknown_datatype(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    expect(stub, raw_request("mlp_dense", [1, 256], "FP8"), grpc.StatusCode.INVALID_ARGUMENT,
+           "FP8")  # fmt: skip
+
+
+def test_byte_size_mismatch(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    expect(stub, raw_request("mlp_dense", [1, 256], raw=b"\0" * 1000),
+           grpc.StatusCode.INVALID_ARGUMENT, "byte size 1000", "'x'", "1024")  # fmt: skip
+
+
+def test_typed_element_count_mismatch(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = pb.ModelInferRequest(model_name="mlp_dense")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 256])
+    tensor.contents.fp32_contents.extend([1.0] * 10)
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "number of elements 10", "256")
+
+
+def test_missing_input(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = pb.ModelInferRequest(model_name="mlp_dense")
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "missing ['x']")
+
+
+def test_unexpected_input_name(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = raw_request("mlp_dense", [1, 256])
+    request.inputs[0].name = "nope"
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "'nope'")
+
+
+def test_batch_too_large(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    expect(stub, raw_request("mlp_dense", [65, 256]), grpc.StatusCode.INVALID_ARGUMENT,
+           "batch-size must be <= 64")  # fmt: skip
+
+
+def test_unknown_requested_output(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = raw_request("mlp_dense", [1, 256])
+    request.outputs.add(name="nope")
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "output 'nope'")
+
+
+def test_raw_contents_count_mismatch(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = raw_request("mlp_dense", [1, 256])
+    request.raw_input_contents.append(b"")
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "raw input contents")
+
+
+def test_truncated_bytes_element(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = pb.ModelInferRequest(model_name="zoo")
+    request.inputs.add(name="s", datatype="BYTES", shape=[1, 2])
+    request.raw_input_contents.append(b"\x05\x00\x00\x00ab")
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "'s'")
+
+
+def test_failures_are_counted_and_others_unaffected(
+    server: ServerProcess, stub: service_pb2_grpc.GRPCInferenceServiceStub
+) -> None:
+    before = parse_metrics(server.scrape())
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError):
+            stub.ModelInfer(raw_request("mlp_sparse24", [1, 7]))
+    ok = stub.ModelInfer(raw_request("mlp_sparse24", [2, 256]))
+    assert len(ok.raw_output_contents[0]) == 2 * 256 * 4
+    after = parse_metrics(server.scrape())
+    name = "nv_inference_request_failure"
+    delta = metric(after, name, model="mlp_sparse24") - metric(before, name, model="mlp_sparse24")
+    assert delta == 3
+    success = "nv_inference_request_success"
+    assert metric(after, success, model="mlp_sparse24") - metric(
+        before, success, model="mlp_sparse24"
+    ) == 1
