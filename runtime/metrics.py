@@ -10,13 +10,12 @@ it lives on an injected CollectorRegistry: tests get a fresh one each time.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-
-import psutil
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
@@ -274,7 +273,7 @@ class Metrics:
                 self.wfile.write(body)
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                LOGGER.debug("metrics: " + format, *args)
+                LOGGER.debug("metrics: %s", format % args)
 
         server = ThreadingHTTPServer((host, port), Handler)
         server.daemon_threads = True

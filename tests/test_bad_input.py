@@ -37,7 +37,9 @@ def expect(stub: service_pb2_grpc.GRPCInferenceServiceStub, request: pb.ModelInf
         assert fragment in err.value.details()
 
 
-def test_unknown_model_uses_tritons_wording(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+def test_unknown_model_uses_tritons_wording(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+) -> None:
     expect(stub, raw_request("nope", [1, 256]), grpc.StatusCode.NOT_FOUND,
            "Request for unknown model: 'nope' is not found")  # fmt: skip
 
@@ -57,7 +59,9 @@ def test_unknown_model_metadata_and_config(server: ServerProcess) -> None:
     assert client.is_model_ready("nope") is False
 
 
-def test_wrong_shape_names_input_and_expected(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+def test_wrong_shape_names_input_and_expected(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+) -> None:
     expect(stub, raw_request("mlp_dense", [1, 255]), grpc.StatusCode.INVALID_ARGUMENT,
            "'x'", "expected [-1,256]", "got [1,255]")  # fmt: skip
 

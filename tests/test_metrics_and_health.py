@@ -121,5 +121,6 @@ def test_health_cli(server: ServerProcess) -> None:
                         capture_output=True, text=True, timeout=30)  # fmt: skip
     assert ok.returncode == 0 and "SERVING" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "runtime", "health", "--url", "127.0.0.1:1",
-                          "--timeout", "1"], capture_output=True, text=True, timeout=30)  # fmt: skip
+                          "--timeout", "1"],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
     assert bad.returncode == 1 and "unhealthy" in bad.stderr

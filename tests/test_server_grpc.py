@@ -209,7 +209,9 @@ def test_repository_index(client: grpcclient.InferenceServerClient) -> None:
         assert index[name]["version"] == "1"
 
 
-def test_load_unload_refused_outside_explicit_mode(client: grpcclient.InferenceServerClient) -> None:
+def test_load_unload_refused_outside_explicit_mode(
+    client: grpcclient.InferenceServerClient,
+) -> None:
     with pytest.raises(InferenceServerException) as err:
         client.unload_model("mlp_dense")
     assert "explicit" in str(err.value)
