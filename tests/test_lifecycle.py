@@ -1,0 +1,270 @@
+"""Repository lifecycle through the real server: control modes, failures, back-pressure, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from onnx import TensorProto, helper, numpy_helper
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import copy_repo, start_server
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def infer(client: grpcclient.InferenceServerClient, model: str, rows: int = 1) -> np.ndarray:
+    inp = grpcclient.InferInput("x", [rows, 256], "FP32")
+    inp.set_data_from_numpy(np.ones((rows, 256), np.float32))
+    return client.infer(model, [inp]).as_numpy("y")
+
+
+def slow_model(layers: int = 40, width: int = 1024) -> onnx.ModelProto:
+    """[batch,256] -> [batch,256] through `layers` MatMuls sharing one weight: slow, small."""
+    rng = np.random.default_rng(0)
+    w_in = numpy_helper.from_array(rng.standard_normal((256, width)).astype(np.float32) * 0.01,
+                                   "w_in")  # fmt: skip
+    w = numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")
+    w_out = numpy_helper.from_array(rng.standard_normal((width, 256)).astype(np.float32), "w_out")
+    nodes = [helper.make_node("MatMul", ["x", "w_in"], ["h0"])]
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]))
+    nodes.append(helper.make_node("MatMul", [f"h{layers}", "w_out"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 256])],
+        initializer=[w_in, w, w_out],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def write_model(repo: Path, name: str, model: onnx.ModelProto, config: str | None = None,
+                version: int = 1) -> None:  # fmt: skip
+    (repo / name / str(version)).mkdir(parents=True, exist_ok=True)
+    (repo / name / str(version) / "model.onnx").write_bytes(model.SerializeToString())
+    if config is not None:
+        (repo / name / "config.pbtxt").write_text(config)
+
+
+@pytest.fixture()
+def repo(sample_repo: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "repo"
+    copy_repo(sample_repo, dst)
+    return dst
+
+
+def test_explicit_mode_load_and_unload(repo: Path, tmp_path: Path) -> None:
+    srv = start_server(repo, tmp_path, ["--model-control-mode", "explicit",
+                                        "--load-model", "mlp_dense"])  # fmt: skip
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert wait_for(client.is_server_ready)
+        assert client.is_model_ready("mlp_dense")
+        assert not client.is_model_ready("mlp_sparse24")
+        index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
+        assert index["mlp_sparse24"]["state"] == "UNAVAILABLE"
+        assert index["mlp_dense"]["state"] == "READY"
+        with pytest.raises(InferenceServerException):
+            infer(client, "mlp_sparse24")
+        client.load_model("mlp_sparse24")
+        assert client.is_model_ready("mlp_sparse24")
+        assert infer(client, "mlp_sparse24").shape == (1, 256)
+        client.unload_model("mlp_dense")
+        assert not client.is_model_ready("mlp_dense")
+        with pytest.raises(InferenceServerException) as err:
+            infer(client, "mlp_dense")
+        assert "mlp_dense" in str(err.value)
+        assert infer(client, "mlp_sparse24").shape == (1, 256)
+        with pytest.raises(InferenceServerException) as err:
+            client.load_model("does_not_exist")
+        client.load_model("mlp_dense")
+        assert client.is_model_ready("mlp_dense")
+    finally:
+        assert srv.stop() == 0
+
+
+def test_poll_mode_picks_up_new_versions_and_models(repo: Path, tmp_path: Path) -> None:
+    srv = start_server(repo, tmp_path, ["--model-control-mode", "poll",
+                                        "--repository-poll-secs", "0.3"])  # fmt: skip
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert wait_for(client.is_server_ready)
+        before = infer(client, "mlp_dense")
+        # version 2 with different weights: the latest version policy switches to it
+        v2 = repo / "mlp_dense" / "2"
+        v2.mkdir()
+        os.link(repo / "mlp_sparse24" / "1" / "model.onnx", v2 / "model.onnx")
+        assert wait_for(lambda: client.get_model_metadata("mlp_dense").versions == ["2"])
+        after = infer(client, "mlp_dense")
+        np.testing.assert_allclose(after, infer(client, "mlp_sparse24"), atol=1e-5)
+        assert not np.allclose(before, after)
+        # a new model folder appears, then goes away
+        shutil.copytree(repo / "mlp_sparse24", repo / "late_model")
+        (repo / "late_model" / "config.pbtxt").write_text(
+            (repo / "mlp_sparse24" / "config.pbtxt").read_text().replace("mlp_sparse24",
+                                                                        "late_model")
+        )  # fmt: skip
+        assert wait_for(lambda: client.is_model_ready("late_model"))
+        shutil.rmtree(repo / "late_model")
+        assert wait_for(lambda: not client.is_model_ready("late_model"))
+        with pytest.raises(InferenceServerException) as err:
+            client.unload_model("mlp_dense")
+        assert "polling" in str(err.value)
+    finally:
+        assert srv.stop() == 0
+
+
+def test_broken_models_are_unavailable_and_others_serve(repo: Path, tmp_path: Path) -> None:
+    (repo / "garbage" / "1").mkdir(parents=True)
+    (repo / "garbage" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
+    (repo / "badconfig" / "1").mkdir(parents=True)
+    os.link(repo / "mlp_dense" / "1" / "model.onnx", repo / "badconfig" / "1" / "model.onnx")
+    (repo / "badconfig" / "config.pbtxt").write_text("max_batch_size: [ oops")
+    (repo / "wrongio" / "1").mkdir(parents=True)
+    os.link(repo / "mlp_dense" / "1" / "model.onnx", repo / "wrongio" / "1" / "model.onnx")
+    (repo / "wrongio" / "config.pbtxt").write_text(
+        'max_batch_size: 8\ninput [ { name: "input0" data_type: TYPE_FP32 dims: [ 256 ] } ]'
+    )
+    (repo / "noversion").mkdir()
+    srv = start_server(repo, tmp_path)
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert wait_for(lambda: client.is_model_ready("mlp_dense"))
+        assert infer(client, "mlp_dense").shape == (1, 256)
+        assert not client.is_server_ready()  # strict readiness, as Triton
+        index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
+        for name, fragment in (("garbage", "not a valid ONNX"), ("badconfig", "malformed"),
+                               ("wrongio", "input0"), ("noversion", "no version")):  # fmt: skip
+            assert index[name]["state"] == "UNAVAILABLE", name
+            assert fragment in index[name]["reason"], index[name]
+            assert not client.is_model_ready(name)
+        with pytest.raises(InferenceServerException) as err:
+            infer(client, "garbage")
+        assert err.value.status() == "StatusCode.UNAVAILABLE"
+        assert "not a valid ONNX" in str(err.value)
+        assert "garbage" in srv.log_text()
+    finally:
+        assert srv.stop() == 0
+
+
+def test_model_without_config_gets_a_derived_one(repo: Path, tmp_path: Path) -> None:
+    shutil.copytree(repo / "mlp_dense" / "1", repo / "noconfig" / "1")
+    srv = start_server(repo, tmp_path)
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert wait_for(lambda: client.is_model_ready("noconfig"))
+        config = client.get_model_config("noconfig").config
+        assert config.name == "noconfig" and config.max_batch_size > 0
+        assert [i.name for i in config.input] == ["x"] and list(config.input[0].dims) == [256]
+        assert config.platform == "onnxruntime_onnx"
+        np.testing.assert_allclose(infer(client, "noconfig", 3), infer(client, "mlp_dense", 3),
+                                   atol=1e-6)  # fmt: skip
+    finally:
+        srv.stop()
+
+
+def test_version_policy_all_and_specific(repo: Path, tmp_path: Path) -> None:
+    for v in (2, 3):
+        (repo / "mlp_dense" / str(v)).mkdir()
+        os.link(repo / "mlp_dense" / "1" / "model.onnx", repo / "mlp_dense" / str(v) / "model.onnx")
+    config = (repo / "mlp_dense" / "config.pbtxt").read_text()
+    (repo / "mlp_dense" / "config.pbtxt").write_text(config + "\nversion_policy: { all { } }\n")
+    shutil.copytree(repo / "mlp_dense", repo / "specific")
+    (repo / "specific" / "config.pbtxt").write_text(
+        config.replace("mlp_dense", "specific")
+        + "\nversion_policy: { specific { versions: [1, 3] } }\n"
+    )
+    srv = start_server(repo, tmp_path)
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert wait_for(lambda: client.is_model_ready("specific"))
+        assert sorted(client.get_model_metadata("mlp_dense").versions) == ["1", "2", "3"]
+        assert sorted(client.get_model_metadata("specific").versions) == ["1", "3"]
+        assert client.is_model_ready("specific", "3") and not client.is_model_ready("specific", "2")
+    finally:
+        srv.stop()
+
+
+SLOW_CONFIG = """
+name: "slow"
+max_batch_size: 64
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 256 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 256 ] } ]
+dynamic_batching { default_queue_policy { max_queue_size: 2 } }
+"""
+
+
+def test_full_queue_answers_resource_exhausted(repo: Path, tmp_path: Path) -> None:
+    write_model(repo, "slow", slow_model(), SLOW_CONFIG.replace("64", "1", 1))
+    srv = start_server(repo, tmp_path)
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert wait_for(lambda: client.is_model_ready("slow"))
+
+        async def burst() -> list[object]:
+            async with aioclient.InferenceServerClient(srv.url) as c:
+                async def one() -> object:
+                    inp = aioclient.InferInput("x", [1, 256], "FP32")
+                    inp.set_data_from_numpy(np.ones((1, 256), np.float32))
+                    return await c.infer("slow", [inp])
+
+                return await asyncio.gather(*(one() for _ in range(12)), return_exceptions=True)
+
+        results = asyncio.run(burst())
+        rejected = [r for r in results if isinstance(r, InferenceServerException)]
+        done = [r for r in results if not isinstance(r, Exception)]
+        assert rejected and done
+        assert all(r.status() == "StatusCode.RESOURCE_EXHAUSTED" for r in rejected)
+        assert client.is_server_live() and infer(client, "mlp_dense").shape == (1, 256)
+    finally:
+        srv.stop()
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_zero(repo: Path, tmp_path: Path) -> None:
+    config = SLOW_CONFIG.replace("max_queue_size: 2", "max_queue_size: 100")
+    write_model(repo, "slow", slow_model(), config)
+    srv = start_server(repo, tmp_path)
+    client = grpcclient.InferenceServerClient(srv.url)
+    assert wait_for(lambda: client.is_model_ready("slow"))
+
+    async def in_flight() -> list[object]:
+        async with aioclient.InferenceServerClient(srv.url) as c:
+            async def one() -> np.ndarray:
+                inp = aioclient.InferInput("x", [16, 256], "FP32")
+                inp.set_data_from_numpy(np.ones((16, 256), np.float32))
+                return (await c.infer("slow", [inp])).as_numpy("y")
+
+            tasks = [asyncio.create_task(one()) for _ in range(8)]
+            await asyncio.sleep(0.3)  # all sent and queued or running
+            srv.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(in_flight())
+    assert all(isinstance(r, np.ndarray) and r.shape == (16, 256) for r in results), [
+        str(r) for r in results if not isinstance(r, np.ndarray)
+    ]
+    srv.proc.wait(60)
+    assert srv.proc.returncode == 0
+    assert "stopped" in srv.log_text()
+    with pytest.raises(grpc.FutureTimeoutError):
+        grpc.channel_ready_future(grpc.insecure_channel(srv.url)).result(timeout=1)
