@@ -1,0 +1,35 @@
+#!/bin/sh
+# Init container of the sparse-runtime pods: prepares /models (an emptyDir the server reads)
+# from the node's model store (/model-store, hostPath) and, if MODEL_ARCHIVE_URL is set, a
+# .tar.gz fetched from there. Packed 2:4 models (model.sparse) are restored to model.onnx with
+# `sparse-runtime unpack` when the image has the sparsity toolkit; otherwise they are left as
+# they are (a server with the toolkit loads .sparse files directly).
+set -eu
+cp -R /model-store/. /models/ 2>/dev/null || true
+if [ -n "${MODEL_ARCHIVE_URL:-}" ]; then
+    echo "fetch-models: fetching $MODEL_ARCHIVE_URL"
+    python3 - "$MODEL_ARCHIVE_URL" /models <<'PY'
+import sys, tarfile, tempfile, urllib.request
+url, dest = sys.argv[1], sys.argv[2]
+with tempfile.TemporaryFile() as tmp:
+    with urllib.request.urlopen(url, timeout=300) as response:
+        while chunk := response.read(1 << 20):
+            tmp.write(chunk)
+    tmp.seek(0)
+    with tarfile.open(fileobj=tmp, mode="r:*") as archive:
+        if hasattr(tarfile, "data_filter"):  # refuse absolute paths, links out, devices
+            archive.extractall(dest, filter="data")
+        else:
+            archive.extractall(dest)
+PY
+fi
+if sparse-runtime unpack --help >/dev/null 2>&1; then
+    find /models -name '*.sparse' | while read -r packed; do
+        onnx="${packed%.sparse}.onnx"
+        [ -e "$onnx" ] && continue
+        echo "fetch-models: unpacking $packed"
+        sparse-runtime unpack "$packed" -o "$onnx"
+    done
+fi
+echo "fetch-models: model repository:"
+find /models -maxdepth 3 | sort
