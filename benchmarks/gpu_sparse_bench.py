@@ -1,0 +1,602 @@
+"""2:4 sparse vs dense on one GPU: GEMM microbenchmark, engine level, and through the server.
+
+Parts (each one a separate command so a driver can give each its own timeout):
+  models  build the hidden-8192 MLP once into --models-dir (shared by the other parts and tests)
+  gemm    (a) fp16 GEMM y = x @ W^T, W 2:4: cuSPARSELt vs cuBLAS, CUDA events, median of reps
+  engine  (b) TorchSparseEngine in-process on the 8192 MLP: sparsity off (dense twin) / on / auto,
+          batch 1..256: infer latency p50/p99 and throughput (numpy in/out), device-only time
+          (CUDA graph replay), GPU memory
+  server  (c) the same through `python -m runtime serve` and tritonclient.grpc; skips cleanly
+          when tritonclient is missing or the server does not come up
+
+The 8192 MLP: the weights of `runtime.samples.mlp_pair((8192, 8192, 8192, 8192))` (same
+`mlp_weights` seed; three 8192x8192 layers, ReLU), pruned with the same rule as
+`magnitude_prune_2of4` (keep the 2 largest |w| of each 4 along K) but on the GPU, because the
+numpy pruning of 200M weights takes minutes on a busy host; a slice is cross-checked against
+the numpy function. Each part prints a table and writes JSON to --out as rows complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MLP_LAYERS = (8192, 8192, 8192, 8192)
+MS = (1, 16, 64, 256, 1024, 4096)
+KNS = ((1024, 1024), (4096, 4096), (8192, 8192), (3072, 10240))
+BATCHES = (1, 8, 32, 64, 128, 256)
+SPARSE_FILE = "mlp8192_sparse24.onnx"
+
+
+class Recorder:
+    """Writes `<out>/<part>.json` after every row, so a killed run still leaves its results."""
+
+    def __init__(self, out: Path, part: str, meta: dict[str, Any]) -> None:
+        self.path = out / f"{part}.json"
+        self.data: dict[str, Any] = {"part": part, "meta": meta, "rows": [], "errors": []}
+        out.mkdir(parents=True, exist_ok=True)
+        self.flush()
+
+    def row(self, row: dict[str, Any]) -> None:
+        self.data["rows"].append(row)
+        self.flush()
+
+    def error(self, where: str, exc: BaseException) -> None:
+        print(f"ERROR in {where}: {exc!r}", flush=True)
+        traceback.print_exc()
+        self.data["errors"].append({"where": where, "error": repr(exc)})
+        self.flush()
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        self.flush()
+
+    def flush(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        tmp.replace(self.path)
+
+
+def table(rows: Sequence[dict[str, Any]], cols: Sequence[str], title: str) -> str:
+    """Markdown table of `cols` (missing values print as '-')."""
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    lines = [f"### {title}", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def env_meta() -> dict[str, Any]:
+    import torch
+
+    meta: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    if torch.cuda.is_available():
+        meta["device"] = torch.cuda.get_device_name(0)
+        meta["cc"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+    try:
+        meta["cusparselt"] = torch.backends.cusparselt.version()
+    except Exception as exc:  # noqa: BLE001
+        meta["cusparselt"] = f"unavailable: {exc}"
+    return meta
+
+
+def prune24_gpu(w_kn: np.ndarray) -> np.ndarray:
+    """2:4 along K (axis 0) of an ONNX MatMul weight [K, N]; same rule as the numpy masks."""
+    import torch
+
+    t = torch.from_numpy(w_kn).cuda().t().contiguous()  # [N, K]: groups along the last dim
+    n, k = t.shape
+    groups = t.reshape(n, k // 4, 4)
+    keep = groups.abs().topk(2, dim=-1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
+    pruned = torch.where(mask, groups, torch.zeros_like(groups)).reshape(n, k)
+    return pruned.t().contiguous().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def make_models(models_dir: Path, layers: Sequence[int] = MLP_LAYERS) -> Path:
+    """Write the 2:4-pruned hidden-8192 MLP once; returns its path (reused when present)."""
+    from runtime.samples import mlp_model, mlp_weights
+    from runtime.sparsity.masks import magnitude_prune_2of4
+
+    path = models_dir / SPARSE_FILE
+    stamp = models_dir / "layers.json"
+    if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == list(layers):
+        print(f"models: reusing {path}", flush=True)
+        return path
+    models_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    weights = mlp_weights(layers)
+    print(f"models: weights in {time.perf_counter() - t0:.1f}s", flush=True)
+    pruned = []
+    for i, (w, b) in enumerate(weights):
+        p = prune24_gpu(w)
+        if i == 0:  # cross-check the GPU rule against the project's numpy rule on a slice
+            ref = magnitude_prune_2of4(w[:, :64], k_axis=0)
+            if not np.array_equal(ref, p[:, :64]):
+                raise RuntimeError("GPU 2:4 pruning disagrees with magnitude_prune_2of4")
+        pruned.append((p, b))
+    del weights
+    print(f"models: pruned in {time.perf_counter() - t0:.1f}s", flush=True)
+    model = mlp_model(pruned, "mlp8192_sparse24")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(model.SerializeToString())
+    tmp.replace(path)
+    stamp.write_text(json.dumps(list(layers)))
+    size = path.stat().st_size
+    print(f"models: wrote {path} ({size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f}s")
+    return path
+
+
+# ----------------------------------------------------------------------------- (a) GEMM
+
+
+def part_gemm(out: Path, reps: int, ms: Sequence[int], kns: Sequence[tuple[int, int]]) -> None:
+    import torch
+
+    from runtime.engines.torch_sparse import CsltLinear, cusparselt_available, time_pair
+
+    rec = Recorder(out, "gemm", env_meta())
+    if not cusparselt_available(torch):
+        rec.error("gemm", RuntimeError("cuSPARSELt is not available in this torch build"))
+        return
+    torch.manual_seed(0)
+    rows: list[dict[str, Any]] = []
+    for k, n in kns:
+        try:
+            w = torch.randn(n, k, device="cuda", dtype=torch.float16)
+            keep = w.reshape(n, k // 4, 4).abs().topk(2, dim=-1).indices
+            mask = torch.zeros(n, k // 4, 4, device="cuda", dtype=torch.bool)
+            w = (w.reshape(n, k // 4, 4) * mask.scatter_(-1, keep, True)).reshape(n, k)
+            kernel = CsltLinear(torch, w, None)
+        except Exception as exc:  # noqa: BLE001
+            rec.error(f"compress {k}x{n}", exc)
+            continue
+        for m in ms:
+            try:
+                x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+                dense = lambda x, w=w: torch.nn.functional.linear(x, w)  # noqa: E731
+                alg0 = CsltLinear.__new__(CsltLinear)
+                alg0.__dict__.update(kernel.__dict__)
+                alg0.alg_ids = {}
+                t_search = time.perf_counter()
+                alg = kernel.search(m)
+                search_s = time.perf_counter() - t_search
+                ref = dense(x).float()
+                err = float((kernel(x).float() - ref).abs().max() / ref.abs().max())
+                t = time_pair(
+                    torch, {"dense": dense, "sparse": kernel, "sparse_alg0": alg0}, x, reps=reps
+                )
+                flops = 2.0 * m * k * n
+                row = {
+                    "M": m,
+                    "K": k,
+                    "N": n,
+                    "dense_us": t["dense"],
+                    "sparse_us": t["sparse"],
+                    "sparse_alg0_us": t["sparse_alg0"],
+                    "speedup": (t["dense"] / t["sparse"]) if t["dense"] and t["sparse"] else None,
+                    "dense_tflops": flops / t["dense"] / 1e6 if t["dense"] else None,
+                    "alg_id": alg,
+                    "search_s": round(search_s, 3),
+                    "rel_err": err,
+                }
+            except Exception as exc:  # noqa: BLE001
+                rec.error(f"gemm M={m} K={k} N={n}", exc)
+                continue
+            rows.append(row)
+            rec.row(row)
+            print(
+                f"gemm M={m:5d} K={k:5d} N={n:5d} dense {row['dense_us']:.1f}us "
+                f"sparse {row['sparse_us']:.1f}us speedup {row['speedup']:.3f} alg {alg}",
+                flush=True,
+            )
+        del kernel, w
+        torch.cuda.empty_cache()
+    cols = ["M", "K", "N", "dense_us", "sparse_us", "sparse_alg0_us", "speedup", "dense_tflops"]
+    print(table(rows, cols + ["alg_id", "rel_err"], "(a) fp16 GEMM, cuSPARSELt 2:4 vs cuBLAS"))
+
+
+# ----------------------------------------------------------------------------- (b) engine
+
+
+def _lat_stats(lat_s: list[float], batch: int) -> dict[str, float]:
+    arr = np.asarray(lat_s) * 1e3
+    return {
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "throughput_per_s": float(batch * len(arr) / (arr.sum() / 1e3)),
+    }
+
+
+def _iters(batch: int, budget_s: float, one_s: float, lo: int = 10, hi: int = 300) -> int:
+    return int(max(lo, min(hi, budget_s / max(one_s, 1e-5))))
+
+
+def part_engine(
+    out: Path, models_dir: Path, modes: Sequence[str], batches: Sequence[int], secs: float
+) -> None:
+    import torch
+
+    from runtime.engines.base import EngineOptions
+    from runtime.engines.torch_sparse import TorchSparseEngine
+
+    rec = Recorder(out, "engine", env_meta())
+    path = make_models(models_dir)
+    source = path.read_bytes()
+    rows: list[dict[str, Any]] = []
+    per_mode: dict[str, dict[int, dict[str, Any]]] = {}
+    for mode in modes:
+        engine = None
+        try:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            t0 = time.perf_counter()
+            params = {"sparsity": mode, "precision": "fp16"}
+            engine = TorchSparseEngine(
+                source,
+                EngineOptions(device="cuda", batch_buckets=tuple(batches), parameters=params),
+            )
+            engine.load()
+            load_s = time.perf_counter() - t0
+            details = dict(engine.describe().details)
+            rec.set(f"details_{mode}", details)
+            rec.set(f"decisions_{mode}", engine.layer_decisions())
+            print(f"engine {mode}: loaded in {load_s:.1f}s; {details.get('kernel_table')}")
+            rng = np.random.default_rng(0)
+            for batch in batches:
+                x = rng.standard_normal((batch, MLP_LAYERS[0])).astype(np.float32)
+                t1 = time.perf_counter()
+                for _ in range(3):
+                    engine.infer({"x": x})
+                one = (time.perf_counter() - t1) / 3
+                lat = []
+                for _ in range(_iters(batch, secs, one)):
+                    t1 = time.perf_counter()
+                    engine.infer({"x": x})
+                    lat.append(time.perf_counter() - t1)
+                row = {
+                    "mode": mode,
+                    "batch": batch,
+                    **_lat_stats(lat, batch),
+                    "device_us": engine.replay_us(batch),
+                    "n": len(lat),
+                    "load_s": round(load_s, 2),
+                    "gpu_mem_mb": (torch.cuda.memory_allocated() - base) / 2**20,
+                    "gpu_peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20,
+                    "w_dense_mb": int(details.get("weight_bytes_dense_resident", 0)) / 2**20,
+                    "w_comp_mb": int(details.get("weight_bytes_compressed_resident", 0)) / 2**20,
+                }
+                per_mode.setdefault(mode, {})[batch] = row
+                rows.append(row)
+                rec.row(row)
+                print(json.dumps(row), flush=True)
+        except Exception as exc:  # noqa: BLE001
+            rec.error(f"engine mode={mode}", exc)
+        finally:
+            if engine is not None:
+                engine.unload()
+            del engine
+            torch.cuda.empty_cache()
+    base_rows = per_mode.get("off", {})
+    for row in rows:
+        ref = base_rows.get(row["batch"])
+        if ref and row["mode"] != "off":
+            row["speedup_infer"] = ref["p50_ms"] / row["p50_ms"]
+            if ref.get("device_us") and row.get("device_us"):
+                row["speedup_device"] = ref["device_us"] / row["device_us"]
+    rec.set("rows", rows)
+    cols = [
+        "mode", "batch", "p50_ms", "p99_ms", "throughput_per_s", "device_us",
+        "speedup_infer", "speedup_device", "gpu_mem_mb", "w_dense_mb", "w_comp_mb",
+    ]  # fmt: skip
+    print(table(rows, cols, "(b) engine level, hidden-8192 MLP (3x 8192x8192), fp16"))
+
+
+# ----------------------------------------------------------------------------- (c) server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+CONFIG = """name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch}
+parameters {{ key: "engine" value {{ string_value: "{engine}" }} }}
+parameters {{ key: "sparsity" value {{ string_value: "{sparsity}" }} }}
+parameters {{ key: "precision" value {{ string_value: "fp16" }} }}
+"""
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _wait(
+    pred: Callable[[], bool],
+    timeout: float,
+    proc: subprocess.Popen[bytes],
+    swallow: tuple[type[BaseException], ...] = (Exception,),
+    stop: tuple[type[BaseException], ...] = (),
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if pred():
+                return True
+        except stop:
+            raise
+        except swallow:  # not up yet
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _wait_model(client: Any, name: str, timeout: float, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait for READY; give up early when the index reports the load failed (with a reason)."""
+
+    def settled() -> bool:
+        if client.is_model_ready(name):
+            return True
+        index = client.get_model_repository_index(as_json=True).get("models", [])
+        failed = [m for m in index if m.get("name") == name and m.get("reason")]
+        if failed and failed[0].get("state") not in ("LOADING", "READY"):
+            raise _LoadFailed(str(failed[0]))
+        return False
+
+    try:
+        return _wait(settled, timeout, proc, swallow=(Exception,), stop=(_LoadFailed,))
+    except _LoadFailed as exc:
+        print(f"(c) {name} failed to load: {exc}", flush=True)
+        return False
+
+
+class _LoadFailed(Exception):
+    pass
+
+
+def part_server(
+    out: Path,
+    models_dir: Path,
+    batches: Sequence[int],
+    secs: float,
+    start_timeout: float,
+    load_timeout: float,
+    engine: str = "torch_sparse",
+) -> None:
+    rec = Recorder(out, "server", {"engine": engine})
+    try:
+        import tritonclient.grpc as grpcclient
+    except Exception as exc:  # noqa: BLE001
+        rec.set("skipped", f"tritonclient.grpc not importable: {exc!r}")
+        print(f"SKIP (c): tritonclient.grpc not importable: {exc!r}")
+        return
+    path = make_models(models_dir)
+    models = {"mlp8192_dense": "off", "mlp8192_sparse24": "auto"}
+    repo = Path(tempfile.mkdtemp(prefix="sr_repo_"))
+    for name, sparsity in models.items():
+        _link(path, repo / name / "1" / "model.onnx")
+        cfg = CONFIG.format(name=name, sparsity=sparsity, max_batch=max(batches), engine=engine)
+        (repo / name / "config.pbtxt").write_text(cfg)
+    grpc_port, metrics_port = _free_port(), _free_port()
+    log_path = out / "server.log"
+    cmd = [
+        sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo),
+        "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+        "--host", "127.0.0.1",
+    ]  # fmt: skip
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(ROOT)) if p)
+    rec.set("command", " ".join(cmd))
+    log = log_path.open("wb")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        if not _wait(client.is_server_live, start_timeout, proc):
+            rec.set("skipped", f"server not live within {start_timeout}s (rc={proc.poll()})")
+            print(f"SKIP (c): server not live within {start_timeout}s; see {log_path}")
+            return
+        ready = {name: _wait_model(client, name, load_timeout, proc) for name in models}
+        rec.set("ready", ready)
+        try:
+            rec.set("repository_index", client.get_model_repository_index(as_json=True))
+        except Exception as exc:  # noqa: BLE001
+            rec.error("repository index", exc)
+        rows: list[dict[str, Any]] = []
+        for name in models:
+            if not ready[name]:
+                rec.error(
+                    name, RuntimeError(f"{name} not ready (load failed or > {load_timeout}s)")
+                )
+                continue
+            try:
+                cfg = client.get_model_config(name, as_json=True)
+                params = cfg.get("config", {}).get("parameters", {})
+                rec.set(
+                    f"config_{name}",
+                    {k: v.get("string_value") for k, v in params.items() if "sparse" in k},
+                )
+            except Exception as exc:  # noqa: BLE001
+                rec.error(f"config {name}", exc)
+            rng = np.random.default_rng(1)
+            for batch in batches:
+                try:
+                    x = rng.standard_normal((batch, MLP_LAYERS[0])).astype(np.float32)
+                    inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+                    inp.set_data_from_numpy(x)
+                    outs = [grpcclient.InferRequestedOutput("y")]
+                    t1 = time.perf_counter()
+                    for _ in range(3):
+                        client.infer(name, [inp], outputs=outs)
+                    one = (time.perf_counter() - t1) / 3
+                    lat = []
+                    for _ in range(_iters(batch, secs, one, lo=10, hi=200)):
+                        t1 = time.perf_counter()
+                        res = client.infer(name, [inp], outputs=outs)
+                        lat.append(time.perf_counter() - t1)
+                    y = res.as_numpy("y")
+                    row = {"model": name, "batch": batch, **_lat_stats(lat, batch), "n": len(lat)}
+                    row["out_shape"] = list(y.shape) if y is not None else None
+                    rows.append(row)
+                    rec.row(row)
+                    print(json.dumps(row), flush=True)
+                except Exception as exc:  # noqa: BLE001
+                    rec.error(f"infer {name} batch={batch}", exc)
+        dense = {r["batch"]: r for r in rows if r["model"] == "mlp8192_dense"}
+        for r in rows:
+            if r["model"] != "mlp8192_dense" and r["batch"] in dense:
+                r["speedup"] = dense[r["batch"]]["p50_ms"] / r["p50_ms"]
+        rec.set("rows", rows)
+        try:
+            import urllib.request
+
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback
+                text = resp.read().decode()
+            keep = [
+                ln for ln in text.splitlines()
+                if ln.startswith(("sparse_runtime_layer_kernel", "nv_gpu_memory", "nv_gpu_util"))
+            ]  # fmt: skip
+            rec.set("metrics_excerpt", keep[:200])
+        except Exception as exc:  # noqa: BLE001
+            rec.error("metrics", exc)
+        cols = ["model", "batch", "p50_ms", "p99_ms", "throughput_per_s", "speedup", "n"]
+        print(table(rows, cols, "(c) through the server (gRPC, tritonclient), fp16"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def part_summary(out: Path) -> None:
+    """Print every table again from the JSON files, so one log tail holds all results."""
+
+    def load(name: str) -> dict[str, Any]:
+        path = out / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    gemm, engine, server = load("gemm"), load("engine"), load("server")
+    print("## meta", json.dumps(gemm.get("meta") or engine.get("meta") or {}))
+    cols = ["M", "K", "N", "dense_us", "sparse_us", "sparse_alg0_us", "speedup", "alg_id"]
+    print(table(gemm.get("rows", []), cols, "(a) fp16 GEMM, cuSPARSELt 2:4 vs cuBLAS"))
+    cols = [
+        "mode", "batch", "p50_ms", "p99_ms", "throughput_per_s", "device_us",
+        "speedup_infer", "speedup_device", "gpu_mem_mb", "w_dense_mb", "w_comp_mb",
+    ]  # fmt: skip
+    print(table(engine.get("rows", []), cols, "(b) engine level, hidden-8192 MLP, fp16"))
+    for mode in ("on", "auto"):
+        details = engine.get(f"details_{mode}", {})
+        if details:
+            keys = ("kernel_table", "load_seconds", "cuda_graphs", "sparse_backend")
+            print(f"engine {mode}: " + json.dumps({k: details.get(k) for k in keys}))
+            e2e = {k: v for k, v in details.items() if k.startswith("e2e_us")}
+            if e2e:
+                print(f"engine {mode} end-to-end guard timings: {json.dumps(e2e)}")
+    if server.get("skipped"):
+        print(f"(c) server: SKIPPED: {server['skipped']}")
+    cols = ["model", "batch", "p50_ms", "p99_ms", "throughput_per_s", "speedup", "n"]
+    print(table(server.get("rows", []), cols, "(c) through the server (gRPC), fp16"))
+    for name in ("gemm", "engine", "server"):
+        for err in load(name).get("errors", []):
+            print(f"error [{name}] {err['where']}: {err['error'][:300]}")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=("models", "gemm", "engine", "server", "summary", "all"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/sparse_runtime_models"))
+    parser.add_argument("--reps", type=int, default=15, help="timed reps per GEMM (median)")
+    parser.add_argument("--ms", type=_ints, default=MS)
+    parser.add_argument("--batches", type=_ints, default=BATCHES)
+    parser.add_argument("--modes", default="off,on,auto")
+    parser.add_argument("--secs", type=float, default=0.4, help="timing budget per batch size")
+    parser.add_argument("--start-timeout", type=float, default=60.0)
+    parser.add_argument("--load-timeout", type=float, default=150.0)
+    parser.add_argument("--engine", default="torch_sparse", help="server part: engine parameter")
+    args = parser.parse_args(argv)
+    if args.part == "summary":
+        part_summary(args.out)
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to benchmark")
+        return 2
+    parts = ("models", "gemm", "engine", "server") if args.part == "all" else (args.part,)
+    status = 0
+    for part in parts:
+        t0 = time.perf_counter()
+        try:
+            if part == "models":
+                make_models(args.models_dir)
+            elif part == "gemm":
+                part_gemm(args.out, args.reps, args.ms, KNS)
+            elif part == "engine":
+                modes = [m for m in args.modes.split(",") if m]
+                part_engine(args.out, args.models_dir, modes, args.batches, args.secs)
+            else:
+                part_server(
+                    args.out, args.models_dir, args.batches, args.secs,
+                    args.start_timeout, args.load_timeout, args.engine,
+                )  # fmt: skip
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
+            status = 1
+        print(f"[{part}] done in {time.perf_counter() - t0:.1f}s", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
