@@ -102,11 +102,12 @@ def write_outputs(report: dict[str, Any], latencies: Any, out: Path) -> dict[str
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from runtime.compare import runner
+    from runtime.compare import plots, runner
     from runtime.compare.report import format_table
 
     try:
         settings = settings_from_args(args)
+        plots.require_matplotlib()
         _make_out_dir(settings.out)
         report, latencies = asyncio.run(runner.collect(settings))
         write_outputs(report, latencies, settings.out)

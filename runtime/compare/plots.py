@@ -17,14 +17,22 @@ from runtime.compare.errors import CompareError
 Latencies = dict[tuple[str, int, int], np.ndarray]
 
 
-def _figure(width: float, height: float, ncols: int = 1) -> tuple[Any, Any]:
+def require_matplotlib() -> None:
+    """Checked before any load is sent, so a missing install costs seconds, not a run."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError:
         raise CompareError(
-            "matplotlib is needed for the report plots: pip install matplotlib"
+            "matplotlib is needed for the report plots: pip install 'sparse-runtime[compare]' "
+            "(or pip install matplotlib)"
         ) from None
+
+
+def _figure(width: float, height: float, ncols: int = 1) -> tuple[Any, Any]:
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
