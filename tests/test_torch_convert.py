@@ -298,3 +298,54 @@ def test_linear_kernel_choice_per_bucket() -> None:
     graph.bucket = 8
     graph({"x": x})
     assert calls == [8]  # forced dense never calls the sparse kernel
+
+
+def test_bert_like_forward_needs_no_host_to_device_copies() -> None:
+    """Capture-readiness: with floats on another device (meta stands in for CUDA), shape math
+    stays on the CPU and position ids become a narrow(), so nothing is copied host->device."""
+    graph = convert(bert_like()).to("meta", torch.float16)
+    feeds = {k: torch.as_tensor(v).to("meta") for k, v in _bert_feeds(2, 9).items()}
+    out = graph(feeds)
+    assert graph.ctx.host_to_device == 0
+    assert tuple(out["last_hidden_state"].shape) == (2, 9, 32)
+    assert tuple(out["pooled"].shape) == (2, 32)
+    assert out["pooled"].dtype == torch.float16
+
+
+def test_gather_with_cpu_range_on_device_data_is_a_narrow() -> None:
+    from runtime.engines.onnx_to_torch import OPS, Ctx
+
+    ctx = Ctx(opset=17)
+    data = torch.arange(40.0).reshape(10, 4).to("meta")
+    out = OPS["Gather"]([data, torch.arange(2, 6).reshape(1, 4)], {}, ctx)
+    assert tuple(out.shape) == (1, 4, 4) and ctx.host_to_device == 0
+    OPS["Gather"]([data, torch.tensor([3, 1])], {}, ctx)  # not a range: must copy
+    assert ctx.host_to_device == 1
+    cpu = torch.arange(40.0).reshape(10, 4)
+    assert torch.equal(
+        OPS["Gather"]([cpu, torch.tensor([[-2, -1]])], {}, ctx), cpu[8:10].reshape(1, 2, 4)
+    )
+
+
+def test_mask_helper_ops_match_onnxruntime() -> None:
+    """Range / Less / Where / ReduceSum / Max: the helper ops HF exports use around masks."""
+    nh = helper.make_node
+    nodes = [
+        nh("Shape", ["x"], ["shape"]),
+        nh("Gather", ["shape", "i1"], ["n"]),
+        nh("Range", ["zero", "n", "one"], ["r"]),
+        nh("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
+        nh("Less", ["rf", "x"], ["lt"]),
+        nh("Not", ["lt"], ["ge"]),
+        nh("Where", ["ge", "x", "neg"], ["w"]),
+        nh("ReduceSum", ["w", "axes"], ["s"], keepdims=1),
+        nh("Max", ["w", "s", "x"], ["y"]),
+    ]
+    inits = [_c("i1", 1), _c("zero", 0), _c("one", 1), _c("axes", [1]), _c("neg", -1.0, np.float32)]
+    graph = helper.make_graph(
+        nodes, "masks", [_fvi("x", ["b", "s"])], [_fvi("y", ["b", "s"])], initializer=inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = (np.random.default_rng(5).standard_normal((3, 6)) * 4).astype(np.float32)
+    _check(model, {"x": x})

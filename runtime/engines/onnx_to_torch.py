@@ -57,12 +57,23 @@ class Ctx:
     opset: int
     float_dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    host_to_device: int = 0
+    """Copies of CPU tensors to the device so far; such a pass cannot be put in a CUDA graph."""
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _align(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+def _to(t: Tensor, device: torch.device, ctx: Ctx) -> Tensor:
+    """Move t to device, counting host->device copies (they rule out CUDA graph capture)."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu":
+        ctx.host_to_device += 1
+    return t.to(device)
+
+
+def _align(a: Tensor, b: Tensor, ctx: Ctx) -> tuple[Tensor, Tensor]:
     """Put two operands on one device; 0-d CPU tensors may stay (torch treats them as scalars)."""
     if a.device == b.device:
         return a, b
@@ -71,8 +82,8 @@ def _align(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     if b.device.type == "cpu" and b.dim() == 0:
         return a, b
     if a.device.type == "cpu":
-        return a.to(b.device), b
-    return a, b.to(a.device)
+        return _to(a, b.device, ctx), b
+    return a, _to(b, a.device, ctx)
 
 
 def _ints(t: Tensor | Sequence[int] | None) -> list[int]:
@@ -85,7 +96,7 @@ def _ints(t: Tensor | Sequence[int] | None) -> list[int]:
 
 def _binary(fn: Callable[[Tensor, Tensor], Tensor]) -> OpFn:
     def op(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
-        a, b = _align(inputs[0], inputs[1])
+        a, b = _align(inputs[0], inputs[1], ctx)
         return fn(a, b)
 
     return op
@@ -123,14 +134,14 @@ def tensor_from_proto(proto: onnx.TensorProto) -> Tensor:
 
 def _gemm(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
     a, b = inputs[0], inputs[1]
-    a, b = _align(a, b)
+    a, b = _align(a, b, ctx)
     if attrs.get("transA", 0):
         a = a.t()
     if attrs.get("transB", 0):
         b = b.t()
     y = float(attrs.get("alpha", 1.0)) * (a @ b)
     if len(inputs) > 2 and inputs[2] is not None:
-        c, y = _align(inputs[2], y)
+        c, y = _align(inputs[2], y, ctx)
         y = y + float(attrs.get("beta", 1.0)) * c
     return y
 
@@ -195,8 +206,17 @@ def _shape(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
 def _gather(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
     data, idx = inputs[0], inputs[1]
     axis = int(attrs.get("axis", 0)) % data.dim()
-    if idx.device != data.device:
-        idx = idx.to(data.device)
+    if idx.device != data.device and idx.device.type == "cpu" and idx.numel() > 0:
+        # NOTE: position ids are a CPU range (shape arithmetic); a narrow() keeps the pass
+        # free of host->device copies, so it can still be captured in a CUDA graph.
+        flat = idx.reshape(-1).long()
+        start = int(flat[0]) % data.shape[axis]
+        if torch.equal(flat, torch.arange(int(flat[0]), int(flat[0]) + flat.numel())):
+            if start + flat.numel() <= data.shape[axis]:
+                picked = data.narrow(axis, start, flat.numel())
+                shape = (*data.shape[:axis], *idx.shape, *data.shape[axis + 1 :])
+                return picked.reshape(shape)
+    idx = _to(idx, data.device, ctx)
     idx = idx.long()
     idx = torch.where(idx < 0, idx + data.shape[axis], idx)
     flat = torch.index_select(data, axis, idx.reshape(-1))
@@ -228,7 +248,7 @@ def _concat(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
     devices = {t.device for t in parts}
     if len(devices) > 1:
         dev = next(d for d in devices if d.type != "cpu")
-        parts = [t.to(dev) for t in parts]
+        parts = [_to(t, dev, ctx) for t in parts]
     return torch.cat(parts, dim=int(attrs["axis"]))
 
 
@@ -260,7 +280,7 @@ def _cast(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
 
 
 def _matmul(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
-    a, b = _align(inputs[0], inputs[1])
+    a, b = _align(inputs[0], inputs[1], ctx)
     return torch.matmul(a, b)
 
 
@@ -271,9 +291,9 @@ def _gelu(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
 
 def _where(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
     cond, x, y = inputs
-    x, y = _align(x, y)
+    x, y = _align(x, y, ctx)
     dev = x.device if x.dim() else y.device
-    cond = cond.to(dev)
+    cond = _to(cond, dev, ctx)
     return torch.where(cond.bool(), x, y)
 
 
@@ -294,6 +314,37 @@ def _flatten(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
     x = inputs[0]
     axis = int(attrs.get("axis", 1)) % (x.dim() + 1)
     return x.reshape(math.prod(x.shape[:axis]), -1)
+
+
+def _range(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    start, limit, delta = (t.item() for t in inputs)
+    dtype = inputs[0].dtype
+    return torch.arange(start, limit, delta, dtype=dtype, device=inputs[0].device)
+
+
+def _reduce(fn: Callable[..., Tensor]) -> OpFn:
+    def op(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+        x = inputs[0]
+        axes = _reduce_axes(inputs, attrs, ctx)
+        keep = bool(attrs.get("keepdims", 1))
+        if not axes:
+            if attrs.get("noop_with_empty_axes", 0):
+                return x
+            axes = list(range(x.dim()))
+        return fn(x, axes, keep)
+
+    return op
+
+
+def _variadic(fn: Callable[[Tensor, Tensor], Tensor]) -> OpFn:
+    def op(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+        acc = inputs[0]
+        for t in inputs[1:]:
+            acc, t = _align(acc, t, ctx)
+            acc = fn(acc, t)
+        return acc
+
+    return op
 
 
 def _dropout(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
@@ -350,6 +401,18 @@ OPS: dict[str, OpFn] = {
     "Flatten": _flatten,
     "Dropout": _dropout,
     "Constant": _constant,
+    "Range": _range,
+    "Not": _unary(torch.logical_not),
+    "Abs": _unary(torch.abs),
+    "Reciprocal": _unary(torch.reciprocal),
+    "Less": _binary(torch.lt),
+    "Greater": _binary(torch.gt),
+    "And": _binary(torch.logical_and),
+    "Or": _binary(torch.logical_or),
+    "Max": _variadic(torch.maximum),
+    "Min": _variadic(torch.minimum),
+    "ReduceSum": _reduce(lambda x, axes, keep: x.sum(dim=axes, keepdim=keep)),
+    "ReduceMax": _reduce(lambda x, axes, keep: x.amax(dim=axes, keepdim=keep)),
 }
 """Supported ONNX ops (default domain)."""
 

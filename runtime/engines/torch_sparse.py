@@ -588,12 +588,18 @@ class TorchSparseEngine:
         static_in = {n: t.clone() for n, t in feeds.items()}
         graph.bucket = bucket
         try:
+            graph.ctx.host_to_device = 0
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
                     graph(static_in)
             torch.cuda.current_stream().wait_stream(side)
+            if graph.ctx.host_to_device:
+                # NOTE: a pageable host->device copy would invalidate the capture; do not try.
+                LOGGER.info("%s: the forward copies host tensors to the GPU; no CUDA graph", key)
+                self._captured[key] = None
+                return
             cuda_graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(cuda_graph, pool=self._pool):
                 static_out = graph(static_in)
