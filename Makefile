@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 REPO ?= model_repo
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
-EXTRAS ?= dev
+EXTRAS ?= dev,compare
 
 .PHONY: install models serve test bench lint clean
 
