@@ -212,11 +212,7 @@ def part_gemm(out: Path, reps: int, ms: Sequence[int], kns: Sequence[tuple[int, 
                 continue
             rows.append(row)
             rec.row(row)
-            print(
-                f"gemm M={m:5d} K={k:5d} N={n:5d} dense {row['dense_us']:.1f}us "
-                f"sparse {row['sparse_us']:.1f}us speedup {row['speedup']:.3f} alg {alg}",
-                flush=True,
-            )
+            print(f"gemm {json.dumps(row)}", flush=True)
         del kernel, w
         torch.cuda.empty_cache()
     cols = ["M", "K", "N", "dense_us", "sparse_us", "sparse_alg0_us", "speedup", "dense_tflops"]

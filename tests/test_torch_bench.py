@@ -1,0 +1,46 @@
+"""gpu_sparse_bench helpers on the CPU: the JSON it leaves and the tables it prints."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_sparse_bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("gpu_sparse_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_recorder_flushes_every_row(bench, tmp_path: Path) -> None:
+    rec = bench.Recorder(tmp_path, "gemm", {"device": "x"})
+    rec.row({"M": 1, "speedup": 0.5})
+    assert json.loads((tmp_path / "gemm.json").read_text())["rows"] == [{"M": 1, "speedup": 0.5}]
+    rec.error("somewhere", RuntimeError("boom"))
+    data = json.loads((tmp_path / "gemm.json").read_text())
+    assert data["errors"][0]["where"] == "somewhere"
+
+
+def test_table_and_summary(bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = bench.table([{"a": 1.23456, "b": None}, {"a": 12345.6}], ["a", "b"], "t")
+    assert text.splitlines()[1:] == ["| a | b |", "|---|---|", "| 1.23 | - |", "| 12346 | - |"]
+    rec = bench.Recorder(tmp_path, "server", {})
+    rec.set("skipped", "tritonclient.grpc not importable")
+    assert bench.main(["summary", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "(c) server: SKIPPED: tritonclient.grpc not importable" in out
+    assert "(a) fp16 GEMM" in out
+
+
+def test_latency_stats(bench) -> None:
+    stats = bench._lat_stats([0.001] * 99 + [0.011], batch=4)
+    assert stats["p50_ms"] == pytest.approx(1.0)
+    assert stats["p99_ms"] > 1.0
+    assert stats["throughput_per_s"] == pytest.approx(4 * 100 / 0.11)
