@@ -562,6 +562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--load-timeout", type=float, default=150.0)
     parser.add_argument("--engine", default="torch_sparse", help="server part: engine parameter")
     args = parser.parse_args(argv)
+    # NOTE: `timeout` sends SIGTERM; exiting through SystemExit runs the `finally` blocks,
+    # so the server subprocess of part (c) is stopped instead of orphaned on the GPU.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.part == "summary":
         part_summary(args.out)
         return 0
