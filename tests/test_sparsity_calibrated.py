@@ -150,3 +150,46 @@ def test_cli_sparsegpt_with_stop_table(mlp: onnx.ModelProto, tmp_path: Path,
                  str(cal), "--min-cosine", "0.999", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "sensitivity" in text and "kept dense" in text
+
+
+def _branchy_model() -> onnx.ModelProto:
+    """Two layers sharing an input, a residual add, then a third layer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), n)
+             for n in ("wa", "wb", "wc")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wa"], ["a"]),
+        helper.make_node("Relu", ["a"], ["h"]),
+        helper.make_node("MatMul", ["x", "wb"], ["g"]),
+        helper.make_node("Add", ["h", "g"], ["s"]),
+        helper.make_node("Add", ["s", "x"], ["r"]),
+        helper.make_node("MatMul", ["r", "wc"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "branchy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])], initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_segmented_sweep_matches_full_reruns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.sparsity import calibrate
+
+    model = _branchy_model()
+    x = _correlated_inputs(300, 32, 3).astype(np.float32)
+    cal, ev = {"x": x[:256]}, {"x": x[256:]}
+    config = PruneConfig(method="sparsegpt", progress=False)
+    seg_model, seg_report = prune_model(model, config, cal, ev)
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise ValueError("forced fallback")
+
+    monkeypatch.setattr(calibrate.SegmentedModel, "__init__", refuse)
+    full_model, full_report = prune_model(model, config, cal, ev)
+    for a, b in zip(seg_model.graph.initializer, full_model.graph.initializer, strict=True):
+        np.testing.assert_allclose(onnx.numpy_helper.to_array(a),
+                                   onnx.numpy_helper.to_array(b), rtol=1e-4, atol=1e-5)
+    assert seg_report.deviation.rel_l2 == pytest.approx(full_report.deviation.rel_l2, rel=1e-3)
+    assert analyze_model(seg_model).pattern == "2:4"

@@ -78,6 +78,18 @@ def wanda(w: np.ndarray, col_norm: np.ndarray, pattern: str | None = "2:4",
     return np.where(mask, w, 0.0)
 
 
+def prepare_hessian(hessian: np.ndarray, damp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """(dead-column mask, upper U with U^T U = H_damped^-1), shareable by layers with one input.
+
+    Dead inputs (never active in calibration) get H_jj = 1 so H stays invertible;
+    their weights are zeroed by `sparsegpt`.
+    """
+    h = np.array(hessian, dtype=np.float64)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    return dead, _inverse_cholesky_upper(h, damp)
+
+
 def _inverse_cholesky_upper(h: np.ndarray, damp: float) -> np.ndarray:
     """Upper U with U^T U = (H + damp*mean(diag H) I)^-1, retrying with more damping."""
     k = h.shape[0]
@@ -119,19 +131,21 @@ def sparsegpt(
     blocksize: int = 128,
     damp: float = 0.01,
     mask_selection: str = "obs",
+    prepared: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """SparseGPT with OBS weight updates; returns the pruned, compensated [N, K] weight."""
+    """SparseGPT with OBS weight updates; returns the pruned, compensated [N, K] weight.
+
+    `prepared` is `prepare_hessian(hessian, damp)`, passed in when several layers
+    (q/k/v) share one input so the factorization runs once.
+    """
     w = np.array(w, dtype=np.float64)
     n, k = w.shape
     if pattern == "2:4":
         if k % 4:
             raise ValueError(f"K={k} is not a multiple of 4: 2:4 needs whole groups")
         blocksize = max(4, blocksize - blocksize % 4)
-    h = np.array(hessian, dtype=np.float64)
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
+    dead, u = prepared if prepared is not None else prepare_hessian(hessian, damp)
     w[:, dead] = 0.0
-    u = _inverse_cholesky_upper(h, damp)
     for i1 in range(0, k, blocksize):
         i2 = min(i1 + blocksize, k)
         w1 = w[:, i1:i2].copy()

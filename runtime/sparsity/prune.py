@@ -10,10 +10,11 @@ by batch, so memory does not grow with the calibration set.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +24,7 @@ from onnx import helper, numpy_helper
 from tqdm import tqdm
 
 from runtime.errors import ConfigError
-from runtime.sparsity import methods
+from runtime.sparsity import calibrate, methods
 from runtime.sparsity.analysis import analyze_model, find_gemm_weights, k_axis_for
 from runtime.sparsity.inputs import Feeds, input_specs, iter_batches, num_samples
 from runtime.sparsity.masks import magnitude_prune_unstructured
@@ -120,6 +121,7 @@ class PruneReport:
     seconds: float
     stop_metric: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    prune_seconds: float = 0.0
 
 
 # ---- layer discovery ---------------------------------------------------------
@@ -222,10 +224,7 @@ class WeightFedModel:
                 continue
             graph.output.append(helper.make_tensor_value_info(name, default_elem, None))
             existing.add(name)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts = calibrate.session_options(threads)
         self.session = ort.InferenceSession(
             m.SerializeToString(), opts, providers=["CPUExecutionProvider"]
         )
@@ -316,7 +315,8 @@ def _stages(layers: Sequence[Layer]) -> list[list[Layer]]:
 
 
 def _prune_one(w: np.ndarray, layer: Layer, config: PruneConfig,
-               acc: methods.HessianAccumulator | None) -> np.ndarray:
+               acc: methods.HessianAccumulator | None,
+               prepared: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     nk = to_nk(w, layer)
     if config.method == "magnitude" or acc is None:
         out = methods.magnitude(nk, config.pattern, config.sparsity)
@@ -324,7 +324,7 @@ def _prune_one(w: np.ndarray, layer: Layer, config: PruneConfig,
         out = methods.wanda(nk, acc.column_norms(), config.pattern, config.sparsity)
     else:
         out = methods.sparsegpt(nk, acc.hessian(), config.pattern, config.sparsity,
-                                config.blocksize, config.damp, config.mask_selection)
+                                config.blocksize, config.damp, config.mask_selection, prepared)
     if config.pattern == "2:4":
         # NOTE: float casts can turn a tiny kept value into 0 but never a 0 into non-zero,
         # so the result stays 2:4; re-zero explicitly for safety.
@@ -338,7 +338,6 @@ def prune_model(
     calibration: Feeds | None = None,
     evaluation: Feeds | None = None,
     holdout: Feeds | None = None,
-    log: Callable[[str], None] | None = None,
 ) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune `model` and measure the output deviation.
 
@@ -348,7 +347,6 @@ def prune_model(
         calibration: inputs for Wanda/SparseGPT (required for them).
         evaluation: inputs for the final deviation report.
         holdout: inputs the stop condition measures on (defaults to `evaluation`).
-        log: where to print progress notes (defaults to the module logger).
 
     Returns:
         The pruned model and the report.
@@ -357,7 +355,34 @@ def prune_model(
         ConfigError: bad configuration or missing calibration data.
     """
     config.validate()
-    log = log or LOGGER.info
+    with _single_threaded_blas():
+        return _prune_model(model, config, calibration, evaluation, holdout)
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """Run numpy's BLAS on one thread while pruning, when threadpoolctl is installed.
+
+    # NOTE: the matrices here are small (K <= a few thousand) and onnxruntime runs
+    # between them; multi-threaded OpenBLAS spin-waits and was 40x slower for a
+    # 384x384 Cholesky on a busy 2-core host than a single thread.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def _prune_model(
+    model: onnx.ModelProto,
+    config: PruneConfig,
+    calibration: Feeds | None,
+    evaluation: Feeds | None,
+    holdout: Feeds | None,
+) -> tuple[onnx.ModelProto, PruneReport]:
     start = time.perf_counter()
     layers = prunable_layers(model, config)
     if not layers:
@@ -385,23 +410,8 @@ def prune_model(
                                                         None)
     else:
         assert calibration is not None
-        for stage in tqdm(_stages(layers), desc=f"{config.method} stages",
-                          disable=not config.progress):
-            accs = {}
-            for layer in stage:
-                k = to_nk(dense[layer.weight_name], layer).shape[1]
-                accs[layer.weight_name] = methods.HessianAccumulator(k)
-            act_names = list(dict.fromkeys(layer.activation for layer in stage))
-            for batch in iter_batches(calibration, config.batch_size):
-                outs = runner.run(batch, current, act_names)
-                mask = _token_mask(batch)
-                for layer in stage:
-                    accs[layer.weight_name].add(activation_rows(outs[layer.activation], layer,
-                                                                mask))
-            for layer in stage:
-                current[layer.weight_name] = _prune_one(
-                    dense[layer.weight_name], layer, config, accs[layer.weight_name]
-                )
+        _calibrated_sweep(model, layers, dense, current, calibration, config, runner)
+    prune_seconds = time.perf_counter() - start
     if evaluation is None:
         from runtime.sparsity.inputs import generate_inputs
 
@@ -433,10 +443,63 @@ def prune_model(
         layers=tuple(results),
         deviation=final,
         seconds=time.perf_counter() - start,
+        prune_seconds=prune_seconds,
         stop_metric=stop_metric,
         notes=tuple(notes),
     )
     return out, report
+
+
+def _calibrated_sweep(model: onnx.ModelProto, layers: Sequence[Layer],
+                      dense: Mapping[str, np.ndarray], current: dict[str, np.ndarray],
+                      calibration: Feeds, config: PruneConfig, runner: WeightFedModel) -> None:
+    """Prune stage by stage, each calibrated on the outputs of the stages pruned before it."""
+    stages = _stages(layers)
+    # NOTE: layers of a stage share one input (q/k/v), so one Hessian and one
+    # factorization serve them all.
+    accs: dict[str, methods.HessianAccumulator] = {}
+
+    def start(stage: Sequence[Layer]) -> None:
+        layer = stage[0]
+        accs[layer.activation] = methods.HessianAccumulator(
+            to_nk(dense[layer.weight_name], layer).shape[1]
+        )
+
+    def on_batch(j: int, batch: Feeds, acts: Mapping[str, np.ndarray]) -> None:
+        if not accs:
+            start(stages[j])
+        layer = stages[j][0]
+        accs[layer.activation].add(activation_rows(acts[layer.activation], layer,
+                                                   _token_mask(batch)))
+
+    def done(j: int) -> None:
+        if not accs:
+            start(stages[j])
+        acc = accs[stages[j][0].activation]
+        prepared = None
+        if config.method == "sparsegpt":
+            prepared = methods.prepare_hessian(acc.hessian(), config.damp)
+        for layer in stages[j]:
+            current[layer.weight_name] = _prune_one(
+                dense[layer.weight_name], layer, config, acc, prepared
+            )
+        accs.clear()
+
+    def fallback() -> None:
+        for j, stage in enumerate(stages):
+            names = list(dict.fromkeys(layer.activation for layer in stage))
+            for batch in iter_batches(calibration, config.batch_size):
+                on_batch(j, batch, runner.run(batch, current, names))
+            done(j)
+            bar.update(1)
+
+    cuts = [min(calibrate.node_index(model, layer.weight_name) for layer in stage)
+            for stage in stages]
+    acts = [list(dict.fromkeys(layer.activation for layer in stage)) for stage in stages]
+    with tqdm(total=len(stages), desc=f"{config.method} stages",
+              disable=not config.progress) as bar:
+        calibrate.sweep(model, cuts, acts, current, calibration, config.batch_size, on_batch,
+                        done, fallback, lambda _j: bar.update(1))
 
 
 def results_pruned(results: Sequence[LayerResult], name: str) -> bool:

