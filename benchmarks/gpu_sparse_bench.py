@@ -532,6 +532,18 @@ def part_summary(out: Path) -> None:
             e2e = {k: v for k, v in details.items() if k.startswith("e2e_us")}
             if e2e:
                 print(f"engine {mode} end-to-end guard timings: {json.dumps(e2e)}")
+    for mode in ("on", "auto"):
+        rows = [r for r in engine.get("rows", []) if r.get("mode") == mode]
+        for key in ("speedup_device", "speedup_infer"):
+            vals = [(r[key], r["batch"]) for r in rows if r.get(key)]
+            if vals:
+                worst, best = min(vals), max(vals)
+                print(
+                    f"verdict {mode} {key}: worst {worst[0]:.3f}x at batch {worst[1]}, "
+                    f"best {best[0]:.3f}x at batch {best[1]}; "
+                    f"never slower than dense beyond 3%: {worst[0] >= 0.97}; "
+                    f">= 1.3x at the largest batch: {vals[-1][0] >= 1.3}"
+                )
     if server.get("skipped"):
         print(f"(c) server: SKIPPED: {server['skipped']}")
     cols = ["model", "batch", "p50_ms", "p99_ms", "throughput_per_s", "speedup", "n"]
