@@ -227,3 +227,24 @@ def test_bert_like_graph_on_gpu() -> None:
             assert max(errs) <= 5e-2
     finally:
         engine.unload()
+
+
+def test_int8_qdq_sample_runs_sparse_in_fp16() -> None:
+    """The 2:4 int8 (QDQ) sample: folded weights keep 2:4, so its linears run sparse in fp16;
+    activations are fake-quantized. Loose bound (10% of the output scale): a value that lands
+    near a rounding tie can move one quantization step per layer in fp16."""
+    from runtime.samples import quantize_sample
+
+    model = quantize_sample(mlp_pair()[1]).SerializeToString()
+    engine = load(model, (1, 8), sparsity="on")
+    try:
+        assert engine.describe().details["layers_sparse"] == "4"
+        x = np.random.default_rng(0).standard_normal((8, 256)).astype(np.float32)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        err = rel_err(engine.infer({"x": x})["y"], sess.run(None, {"x": x})[0])
+        record("int8_qdq_sparse", rel_err=err)
+        assert err <= 0.1
+    finally:
+        engine.unload()

@@ -349,3 +349,32 @@ def test_mask_helper_ops_match_onnxruntime() -> None:
     model.ir_version = 8
     x = (np.random.default_rng(5).standard_normal((3, 6)) * 4).astype(np.float32)
     _check(model, {"x": x})
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["dense_int8", "sparse24_int8"])
+def test_qdq_int8_sample_matches_onnxruntime_reference(which: int) -> None:
+    """Static QDQ (the int8 samples): weights' DequantizeLinear folds into fp32 constants, so
+    the linears (and their 2:4 pattern) are found; activations are fake-quantized elementwise.
+
+    Compared with onnxruntime's unoptimized (reference-semantics) run; the bound is two steps
+    of the output's quantization scale, since x / scale landing on a .5 tie may round either way
+    under a different summation order.
+    """
+    from runtime.samples import quantize_sample
+
+    model = quantize_sample(mlp_pair()[which])
+    graph = convert(model)
+    assert len(graph.linears) == 4
+    if which == 1:
+        from runtime.engines.torch_sparse import is_2to4
+
+        assert all(is_2to4(lin.weight) for lin in graph.linears.values())
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    out_scale = float(inits["fc3.matmul_scale"])
+    x = np.random.default_rng(0).standard_normal((16, 256)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": x})[0]
+    got = _torch(model, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=2 * out_scale)

@@ -347,6 +347,55 @@ def _variadic(fn: Callable[[Tensor, Tensor], Tensor]) -> OpFn:
     return op
 
 
+_QRANGE: dict[torch.dtype, tuple[int, int]] = {
+    torch.int8: (-128, 127),
+    torch.uint8: (0, 255),
+    torch.int16: (-32768, 32767),
+    torch.int32: (-(2**31), 2**31 - 1),
+}
+
+
+def _per_axis(param: Tensor, x: Tensor, axis: int) -> Tensor:
+    """Shape a per-tensor (0-d/1-element) or per-axis (1-D) scale/zero point to broadcast."""
+    if param.numel() == 1:
+        return param.reshape(())
+    shape = [1] * x.dim()
+    shape[axis % x.dim()] = param.numel()
+    return param.reshape(shape)
+
+
+def _quantize_linear(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point)."""
+    x, scale = inputs[0], inputs[1]
+    zp = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+    qdtype = zp.dtype if zp is not None else torch.uint8
+    if qdtype not in _QRANGE:
+        raise UnsupportedModel(f"QuantizeLinear to {qdtype} is not supported")
+    axis = int(attrs.get("axis", 1))
+    scale = _per_axis(scale, x, axis)
+    q = torch.round(x / _to(scale, x.device, ctx) if scale.dim() else x / scale)
+    if zp is not None:
+        zp_b = _per_axis(zp, x, axis)
+        q = q + (_to(zp_b, x.device, ctx) if zp_b.dim() else zp_b)
+    lo, hi = _QRANGE[qdtype]
+    return q.clamp(lo, hi).to(qdtype)
+
+
+def _dequantize_linear(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    """ONNX DequantizeLinear: (x - zero_point) * scale, in the compute dtype."""
+    x, scale = inputs[0], inputs[1]
+    zp = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+    axis = int(attrs.get("axis", 1))
+    # NOTE: int32 math first so that int8 - zero_point cannot wrap around.
+    v = x.to(torch.int32) if not x.is_floating_point() else x
+    if zp is not None:
+        zp_b = _per_axis(zp, x, axis).to(torch.int32)
+        v = v - (_to(zp_b, x.device, ctx) if zp_b.dim() else zp_b)
+    scale = _per_axis(scale, x, axis)
+    scale = _to(scale, x.device, ctx) if scale.dim() else scale
+    return v.to(scale.dtype if scale.is_floating_point() else ctx.float_dtype) * scale
+
+
 def _dropout(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
     return inputs[0]
 
@@ -402,6 +451,8 @@ OPS: dict[str, OpFn] = {
     "Dropout": _dropout,
     "Constant": _constant,
     "Range": _range,
+    "QuantizeLinear": _quantize_linear,
+    "DequantizeLinear": _dequantize_linear,
     "Not": _unary(torch.logical_not),
     "Abs": _unary(torch.abs),
     "Reciprocal": _unary(torch.reciprocal),
