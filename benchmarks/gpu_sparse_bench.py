@@ -190,9 +190,9 @@ def part_gemm(out: Path, reps: int, ms: Sequence[int], kns: Sequence[tuple[int, 
                 search_s = time.perf_counter() - t_search
                 ref = dense(x).float()
                 err = float((kernel(x).float() - ref).abs().max() / ref.abs().max())
-                t = time_pair(
-                    torch, {"dense": dense, "sparse": kernel, "sparse_alg0": alg0}, x, reps=reps
-                )
+                info: dict[str, str] = {}
+                fns = {"dense": dense, "sparse": kernel, "sparse_alg0": alg0}
+                t = time_pair(torch, fns, x, reps=reps, info=info)
                 flops = 2.0 * m * k * n
                 row = {
                     "M": m,
@@ -206,6 +206,7 @@ def part_gemm(out: Path, reps: int, ms: Sequence[int], kns: Sequence[tuple[int, 
                     "alg_id": alg,
                     "search_s": round(search_s, 3),
                     "rel_err": err,
+                    "timing": info.get("mode"),
                 }
             except Exception as exc:  # noqa: BLE001
                 rec.error(f"gemm M={m} K={k} N={n}", exc)
@@ -216,7 +217,9 @@ def part_gemm(out: Path, reps: int, ms: Sequence[int], kns: Sequence[tuple[int, 
         del kernel, w
         torch.cuda.empty_cache()
     cols = ["M", "K", "N", "dense_us", "sparse_us", "sparse_alg0_us", "speedup", "dense_tflops"]
-    print(table(rows, cols + ["alg_id", "rel_err"], "(a) fp16 GEMM, cuSPARSELt 2:4 vs cuBLAS"))
+    print(
+        table(rows, cols + ["alg_id", "rel_err", "timing"], "(a) fp16 GEMM, cuSPARSELt vs cuBLAS")
+    )
 
 
 # ----------------------------------------------------------------------------- (b) engine
@@ -517,7 +520,7 @@ def part_summary(out: Path) -> None:
 
     gemm, engine, server = load("gemm"), load("engine"), load("server")
     print("## meta", json.dumps(gemm.get("meta") or engine.get("meta") or {}))
-    cols = ["M", "K", "N", "dense_us", "sparse_us", "sparse_alg0_us", "speedup", "alg_id"]
+    cols = ["M", "K", "N", "dense_us", "sparse_us", "sparse_alg0_us", "speedup", "alg_id", "timing"]
     print(table(gemm.get("rows", []), cols, "(a) fp16 GEMM, cuSPARSELt 2:4 vs cuBLAS"))
     cols = [
         "mode", "batch", "p50_ms", "p99_ms", "throughput_per_s", "device_us",

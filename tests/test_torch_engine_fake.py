@@ -184,3 +184,76 @@ def test_bert_like_dynamic_seq(monkeypatch: pytest.MonkeyPatch) -> None:
         assert np.abs(got[name] - want[name]).max() <= 0.1 * np.abs(want[name]).max()
     only = engine.infer(feeds, ["pooled"])
     assert list(only) == ["pooled"]
+
+
+class _FakeEvent:
+    def __init__(self, enable_timing: bool = False) -> None:
+        self.t = 0.0
+
+    def record(self) -> None:
+        import time
+
+        self.t = time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, end: _FakeEvent) -> float:
+        return (end.t - self.t) * 1e3
+
+
+class _FakeGraph:
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+    def replay(self) -> None:
+        self.body()
+
+
+@pytest.mark.parametrize("capture_works", [True, False])
+def test_time_pair_logic_with_fake_cuda(
+    monkeypatch: pytest.MonkeyPatch, capture_works: bool
+) -> None:
+    """time_pair's bookkeeping (warm-up, graph-or-eager for all, interleaved medians, failures)."""
+    import contextlib
+    import time
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(
+        torch.cuda, "Stream", lambda *a, **k: type("S", (), {"wait_stream": lambda self, o: None})()
+    )
+    monkeypatch.setattr(
+        torch.cuda,
+        "current_stream",
+        lambda *a, **k: type("S", (), {"wait_stream": lambda self, o: None})(),
+    )
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    captured: list[str] = []
+
+    def fake_capture(torch_mod: Any, body: Any, pool: Any = None) -> tuple[Any, Any]:
+        if not capture_works:
+            raise RuntimeError("capture not supported")
+        captured.append("x")
+        return _FakeGraph(body), body()
+
+    monkeypatch.setattr(torch_sparse, "capture_graph", fake_capture)
+    calls = {"slow": 0, "fast": 0}
+
+    def slow(x: Any) -> None:
+        calls["slow"] += 1
+        time.sleep(0.002)
+
+    def fast(x: Any) -> None:
+        calls["fast"] += 1
+
+    def broken(x: Any) -> None:
+        raise RuntimeError("no kernel")
+
+    info: dict[str, str] = {}
+    fns = {"slow": slow, "fast": fast, "broken": broken}
+    r = torch_sparse.time_pair(torch, fns, None, inner=2, reps=3, warmup=1, info=info)
+    assert r["broken"] is None
+    assert r["slow"] > 1500 > r["fast"]  # microseconds per call
+    assert info["mode"] == ("graph" if capture_works else "eager")
+    assert len(captured) == (2 if capture_works else 0)
