@@ -8,25 +8,29 @@ model's config parameters, so ModelConfig shows where and why it runs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
 from tritonclient.grpc import model_config_pb2 as mc
 
-from runtime import dispatch
-from runtime.engines.base import EngineOptions, ModelSource, create_engine
+from runtime import cpu_dispatch, cpufeatures, dispatch
+from runtime.engines.base import Engine, EngineOptions, ModelSource, create_engine
 from runtime.errors import ConfigError, ModelLoadError
 from runtime.model import ServedModel
 from runtime.repository import repository
 from runtime.repository.config import complete_config, parameter, set_parameter
 from runtime.settings import Settings
 from runtime.sparsity import analysis, pack
+from runtime.sparsity.inputs import generate_inputs, take
 
 LOGGER = logging.getLogger(__name__)
 
 # config parameters this runtime reads (all optional)
-ENGINE_PARAM = "engine"  # auto | onnxruntime | torch_sparse
+ENGINE_PARAM = "engine"  # auto | onnxruntime | openvino | torch_sparse
 SPARSITY_PARAM = "sparsity"  # auto | on | off
+CPU_BUDGET_PARAM = "cpu_dispatch_budget_s"  # seconds for the measured CPU choice (default 3)
 
 
 def read_source(path: Path) -> tuple[ModelSource, onnx.ModelProto, str]:
@@ -69,11 +73,13 @@ def build_model(
     path = repository.model_file(model_dir / str(version), filename)
     source, graph, stored_form = read_source(path)
     profile = analysis.analyze_model(graph)
+    io_stub = _io_stub(graph)
     del graph
     mode = parameter(config, SPARSITY_PARAM, "auto") if config is not None else "auto"
     forced = parameter(config, ENGINE_PARAM, "auto") if config is not None else "auto"
     caps = dispatch.probe_device()
-    engines = dispatch.installed_engines()
+    cpu_engines = cpu_dispatch.installed_cpu_engines()
+    engines = dispatch.installed_engines() | frozenset(cpu_engines)
     decision = dispatch.decide(profile, caps, engines, mode)
     engine_name, device = decision.engine, decision.device
     reason = decision.reason
@@ -85,7 +91,7 @@ def build_model(
         if forced != engine_name:
             reason = f"engine forced by config to {forced} ({reason})"
             engine_name = forced
-            if forced == "onnxruntime":
+            if forced in cpu_dispatch.CPU_ENGINES:
                 device = "cpu"
     params = {k: v.string_value for k, v in (config.parameters.items() if config else [])}
     options = EngineOptions(
@@ -93,12 +99,23 @@ def build_model(
         device_id=int(device.split(":")[1]) if ":" in device else 0,
         intra_op_threads=int(params.get("intra_op_thread_count", settings.intra_op_threads)),
         inter_op_threads=int(params.get("inter_op_thread_count", 0)),
-        precision=params.get("precision", "fp32" if engine_name == "onnxruntime" else "fp16"),
+        precision=params.get("precision", "fp16" if engine_name == "torch_sparse" else "fp32"),
         batch_buckets=batch_buckets(config),
         parameters=params,
     )
-    engine = create_engine(engine_name, source, options)
-    engine.load()
+    try:
+        budget = float(params.get(CPU_BUDGET_PARAM, cpu_dispatch.DEFAULT_BUDGET_S))
+    except ValueError as exc:
+        raise ConfigError(f"{CPU_BUDGET_PARAM} must be a number of seconds: {exc}") from exc
+    timings = ""
+    if forced in ("", "auto") and device == "cpu" and engine_name in cpu_engines:
+        engine, cpu_reason, timings = _measured_cpu_engine(
+            name, source, options, cpu_engines, lambda: _timing_feeds(io_stub, config), budget
+        )
+        reason = f"{reason}; {cpu_reason}"
+    else:
+        engine = create_engine(engine_name, source, options)
+        engine.load()
     try:
         description = engine.describe()
         config = complete_config(config, name, description)
@@ -120,6 +137,10 @@ def build_model(
         "weight_bytes_compressed_24": str(profile.compressed_24_bytes),
         "stored_form": stored_form,
     }
+    if description.device == "cpu":
+        info["cpu_features"] = cpufeatures.detect().summary()
+    if timings:
+        info["cpu_engine_timings"] = timings
     for key, value in description.details.items():
         info[f"engine_{key}"] = value
     for key, value in info.items():
@@ -132,3 +153,84 @@ def build_model(
         description=description,
         info=info,
     )
+
+
+def _io_stub(graph: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph's inputs and initializer names only: enough to generate inputs later
+    without keeping the weights in memory."""
+    stub = onnx.ModelProto()
+    stub.graph.input.extend(graph.graph.input)
+    stub.graph.initializer.extend(onnx.TensorProto(name=i.name) for i in graph.graph.initializer)
+    return stub
+
+
+def _timing_feeds(
+    graph: onnx.ModelProto, config: mc.ModelConfig | None
+) -> tuple[dict[str, np.ndarray] | None, str]:
+    """Synthetic inputs for the measured CPU choice, or None and why there are none."""
+    batched = config is not None and config.max_batch_size > 0
+    samples = max(batch_buckets(config)) if batched else 1
+    try:
+        return generate_inputs(graph, samples=samples), ""
+    except (ModelLoadError, ValueError) as exc:  # NOTE: e.g. string inputs
+        return None, str(exc)
+
+
+def _measured_cpu_engine(
+    name: str,
+    source: ModelSource,
+    options: EngineOptions,
+    candidates: tuple[str, ...],
+    make_feeds: Callable[[], tuple[dict[str, np.ndarray] | None, str]],
+    budget: float,
+) -> tuple[Engine, str, str]:
+    """Load every installed CPU engine, time them on the model, keep the fastest.
+
+    Returns (the loaded engine, the reason, the timing table). With one engine
+    installed nothing is timed. Engines that fail to load or run are skipped, with
+    their error in the reason; if all fail, the default engine's error is raised.
+    """
+    default = cpu_dispatch.DEFAULT_ENGINE
+    if len(candidates) < 2:
+        engine = create_engine(default, source, options)
+        engine.load()
+        return engine, f"cpu: {default} (the only CPU engine installed)", ""
+    inputs, no_inputs = make_feeds()
+    if inputs is None:
+        engine = create_engine(default, source, options)
+        engine.load()
+        return engine, f"cpu: {default} (not measured: {no_inputs})", ""
+    loaded: dict[str, Engine] = {}
+    failures: dict[str, str] = {}
+    errors: dict[str, Exception] = {}
+    for candidate in candidates:
+        try:
+            engine = create_engine(candidate, source, options)
+            engine.load()
+            loaded[candidate] = engine
+        except Exception as exc:  # noqa: BLE001 - a candidate failing must not fail the model
+            failures[candidate] = cpu_dispatch.shorten(str(exc))
+            errors[candidate] = exc
+    if not loaded:
+        raise errors[default]
+    if len(loaded) == 1:
+        only = next(iter(loaded))
+        choice = cpu_dispatch.choose({}, failures, default=only)
+        return loaded[only], choice.reason, ""
+    buckets = options.batch_buckets or (1,)
+
+    def feeds_for(batch: int) -> dict[str, np.ndarray]:
+        # NOTE: buckets other than (1,) exist only for batched models (axis 0 = batch)
+        return inputs if buckets == (1,) else take(inputs, slice(0, batch))
+
+    runners = {e: (lambda f, eng=eng: eng.infer(f)) for e, eng in loaded.items()}
+    measured, run_failures = cpu_dispatch.time_engines(runners, feeds_for, buckets, budget)
+    failures.update(run_failures)
+    choice = cpu_dispatch.choose(measured, failures)
+    if choice.engine not in loaded:  # nothing measured: keep whichever default loaded
+        choice = cpu_dispatch.choose({}, failures, default=next(iter(loaded)))
+    for engine_name, engine in loaded.items():
+        if engine_name != choice.engine:
+            engine.unload()
+    LOGGER.info("%s: %s; timings: %s", name, choice.reason, choice.table or "none")
+    return loaded[choice.engine], choice.reason, choice.table

@@ -76,6 +76,7 @@ class Engine(Protocol):
 ENGINE_REGISTRY: dict[str, str] = {
     "onnxruntime": "runtime.engines.onnx:OnnxRuntimeEngine",
     "torch_sparse": "runtime.engines.torch_sparse:TorchSparseEngine",
+    "openvino": "runtime.engines.openvino:OpenVinoEngine",
 }
 
 
