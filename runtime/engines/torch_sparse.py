@@ -747,7 +747,7 @@ class TorchSparseEngine:
         if cap is None:
             return None
         torch = self._torch
-        with self._lock:
+        with self._lock, torch.inference_mode():
             times = []
             for _ in range(reps):
                 start = torch.cuda.Event(enable_timing=True)
