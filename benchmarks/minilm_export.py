@@ -10,6 +10,7 @@ L2 normalization, as the sentence-transformers pipeline (modules.json) does, so
 cosine similarity of embeddings is a dot product.
 
 Usage: .venv/bin/python benchmarks/minilm_export.py -o benchmarks/results/minilm/model.onnx
+       [--repo model_repo]   # also add minilm_dense / minilm_sparse24 to the sample repository
 """
 
 from __future__ import annotations
@@ -74,14 +75,48 @@ def export(out: Path, opset: int = 17) -> Path:
     return out
 
 
+def add_to_repository(dense_path: Path, repo: Path) -> list[Path]:
+    """Write minilm_dense and minilm_sparse24 (SparseGPT 2:4) into a model repository.
+
+    The 2:4 variant is calibrated on tests/data/sentences_calibration.txt, so the
+    server can compare a real transformer dense vs 2:4 (the issue's item 6).
+    """
+    import sys
+
+    import onnx
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    from runtime.sparsity.inputs import tokenize_text
+    from runtime.sparsity.prune import PruneConfig, prune_model
+
+    model = onnx.load(str(dense_path))
+    cal = tokenize_text(root / "tests/data/sentences_calibration.txt", dense_path.parent, model)
+    sparse, report = prune_model(model, PruneConfig(method="sparsegpt", progress=False), cal, cal)
+    written = []
+    for name, m in (("minilm_dense", model), ("minilm_sparse24", sparse)):
+        target = repo / name / "1" / "model.onnx"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(m, str(target))
+        shutil.copy(dense_path.parent / "tokenizer.json", target.parent.parent / "tokenizer.json")
+        written.append(target)
+    print(f"minilm_sparse24: SparseGPT 2:4, in-sample cosine {report.deviation.cosine:.4f}")
+    return written
+
+
 def main() -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path,
                         default=Path("benchmarks/results/minilm/model.onnx"))
+    parser.add_argument("--repo", type=Path,
+                        help="also write minilm_dense and minilm_sparse24 into this repository")
     args = parser.parse_args()
-    path = export(args.output)
-    print(f"wrote {path} and {path.parent / 'tokenizer.json'}")
+    path = args.output if args.output.exists() and args.repo else export(args.output)
+    print(f"ONNX model at {path} (tokenizer.json beside it)")
+    if args.repo:
+        for target in add_to_repository(path, args.repo):
+            print(f"wrote {target}")
     return 0
 
 

@@ -48,11 +48,13 @@ def format_table(profile: ModelProfile, show_all: bool = False) -> str:
     """Human-readable per-layer table plus summary lines."""
     layers = profile.layers if show_all else profile.gemm_layers
     header = (
-        "layer", "op", "shape", "dtype", "K", "sparsity", "2:4", "eligible", "dense", "2:4 size"
+        "node", "weight", "op", "shape", "dtype", "K", "sparsity", "2:4", "eligible", "dense",
+        "2:4 size",
     )
     rows = [header]
     for layer in layers:
         rows.append((
+            layer.name,
             layer.weight_name,
             layer.op or "-",
             "x".join(map(str, layer.shape)),

@@ -74,11 +74,12 @@ def format_report(report: PruneReport) -> str:
     """Per-layer table and the deviation summary."""
     lines = []
     stop = bool(report.stop_metric)
-    header = ["layer", "sparsity"] + (["sensitivity", "decision", "deviation after"] if stop
-                                      else [])
+    header = ["node", "weight", "sparsity"]
+    if stop:
+        header += ["sensitivity", "decision", "deviation after"]
     rows = [header]
     for r in report.layers:
-        row = [r.weight_name, f"{r.sparsity:.1%}"]
+        row = [r.node_name, r.weight_name, f"{r.sparsity:.1%}"]
         if stop:
             row += [f"{r.sensitivity:.5f}", "pruned" if r.pruned else "kept dense",
                     f"{r.deviation_after:.5f}"]
@@ -128,11 +129,14 @@ def run(args: argparse.Namespace) -> int:
         if calibration is not None and (args.max_deviation or args.min_cosine):
             calibration, holdout = split_holdout(calibration)
         if args.inputs is not None:
-            evaluation = load_npz(args.inputs, model)
+            evaluation, source = load_npz(args.inputs, model), str(args.inputs)
         elif holdout is not None:
-            evaluation = holdout
+            evaluation, source = holdout, "held-out 20% of the calibration samples"
+        elif calibration is not None:
+            evaluation, source = calibration, "the calibration samples (in-sample)"
         else:
             evaluation = generate_inputs(model, seed=args.seed)
+            source = f"generated random inputs (seed {args.seed}); pass --inputs for real data"
         pruned, report = prune_model(model, config, calibration, evaluation, holdout)
     except (ConfigError, ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -142,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     tmp.write_bytes(pruned.SerializeToString())
     tmp.replace(args.output)
     print(format_report(report))
+    print(f"deviation measured on {source}")
     print(f"wrote {args.output}")
     if args.json:
         args.json.write_text(json.dumps({
