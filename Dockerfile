@@ -3,7 +3,7 @@
 #   make image                                      # CPU image, see deploy/image/build.sh
 #   podman build --format docker -t sparse-runtime:cpu .
 #   podman build --format docker -t sparse-runtime:gpu --build-arg FLAVOR=gpu \
-#       --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 .
+#       --build-arg BASE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 .
 #
 # BASE may be any Debian/Ubuntu image: python3 and venv are installed from the base's own apt
 # archive when it lacks them (the CUDA runtime bases do). Where no registry can be reached,
@@ -23,7 +23,8 @@ RUN if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
 FROM base AS builder
 ARG FLAVOR=cpu
 # onnxruntime-gpu replaces onnxruntime (both install the `onnxruntime` module and conflict);
-# torch drives the 2:4 sparse engine (cuSPARSELt). Pinned so GPU builds are reproducible.
+# torch drives the 2:4 sparse engine (cuSPARSELt). Pinned so GPU builds are reproducible; both
+# are CUDA 13 builds (torch 2.13.0 from PyPI is cu130), hence a CUDA 13 runtime base.
 ARG ORT_GPU_VERSION=1.31.1
 ARG TORCH_VERSION=2.13.0
 ENV PIP_NO_CACHE_DIR=1 \
@@ -52,12 +53,14 @@ RUN --mount=type=secret,id=pip-ca \
     elif [ "$FLAVOR" != cpu ]; then \
         echo "FLAVOR must be cpu or gpu, not '$FLAVOR'" >&2; exit 1; \
     fi \
-    && pip uninstall -y sparse-runtime
+    && pip uninstall -y sparse-runtime \
+    && rm -rf runtime build ./*.egg-info
 
 COPY runtime ./runtime
 RUN --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi; \
-    pip install --no-deps . \
+    rm -rf build && pip install --no-deps . \
+    && cmp runtime/__init__.py "$(python -I -c 'import runtime; print(runtime.__file__)')" \
     && rm -rf /opt/venv/share/man
 
 # ---------------------------------------------------------------------------------------------
@@ -68,8 +71,8 @@ LABEL org.opencontainers.image.title="sparse-runtime" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.sparse-runtime.flavor="${FLAVOR}"
 
-RUN groupadd --system --gid 10001 sparse \
-    && useradd --system --uid 10001 --gid sparse --no-create-home --home-dir /nonexistent \
+RUN groupadd --gid 10001 sparse \
+    && useradd --uid 10001 --gid sparse --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin sparse
 
 COPY --from=builder /opt/venv /opt/venv

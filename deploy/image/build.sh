@@ -14,7 +14,8 @@ cd "$(dirname "$0")/../.."
 FLAVOR="${1:-${FLAVOR:-cpu}}"
 case "$FLAVOR" in
     cpu) default_base="docker.io/library/python:3.11-slim" ;;
-    gpu) default_base="docker.io/nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04" ;;
+    # CUDA 13 + cuDNN 9: what the pinned torch (cu130 wheels) and onnxruntime-gpu 1.31 link.
+    gpu) default_base="docker.io/nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04" ;;
     *) echo "usage: $0 [cpu|gpu]" >&2; exit 2 ;;
 esac
 IMAGE="${IMAGE:-sparse-runtime:$FLAVOR}"

@@ -2,13 +2,18 @@
 # Init container of the sparse-runtime pods: prepares /models (an emptyDir the server reads)
 # from the node's model store (/model-store, hostPath) and, if MODEL_ARCHIVE_URL is set, a
 # .tar.gz fetched from there. Packed 2:4 models (model.sparse) are restored to model.onnx with
-# `sparse-runtime unpack` when the image has the sparsity toolkit; otherwise they are left as
-# they are (a server with the toolkit loads .sparse files directly).
+# `sparse-runtime unpack` when the image has the sparsity toolkit and UNPACK_SPARSE_MODELS is
+# true (the default); otherwise they stay packed (the server loads model.sparse directly, and
+# prefers model.onnx when a version folder has both).
 set -eu
-cp -R /model-store/. /models/ 2>/dev/null || true
+store="${MODEL_STORE:-/model-store}"
+models="${MODELS_DIR:-/models}"
+if [ -d "$store" ]; then
+    cp -R "$store/." "$models/"
+fi
 if [ -n "${MODEL_ARCHIVE_URL:-}" ]; then
     echo "fetch-models: fetching $MODEL_ARCHIVE_URL"
-    python3 - "$MODEL_ARCHIVE_URL" /models <<'PY'
+    python3 - "$MODEL_ARCHIVE_URL" "$models" <<'PY'
 import sys, tarfile, tempfile, urllib.request
 url, dest = sys.argv[1], sys.argv[2]
 with tempfile.TemporaryFile() as tmp:
@@ -23,8 +28,8 @@ with tempfile.TemporaryFile() as tmp:
             archive.extractall(dest)
 PY
 fi
-if sparse-runtime unpack --help >/dev/null 2>&1; then
-    find /models -name '*.sparse' | while read -r packed; do
+if [ "${UNPACK_SPARSE_MODELS:-true}" = true ] && sparse-runtime unpack --help >/dev/null 2>&1; then
+    find "$models" -name '*.sparse' | while read -r packed; do
         onnx="${packed%.sparse}.onnx"
         [ -e "$onnx" ] && continue
         echo "fetch-models: unpacking $packed"
@@ -32,4 +37,4 @@ if sparse-runtime unpack --help >/dev/null 2>&1; then
     done
 fi
 echo "fetch-models: model repository:"
-find /models -maxdepth 3 | sort
+find "$models" -maxdepth 3 | sort
