@@ -140,7 +140,7 @@ def time_engines(
     max_calls: int = MAX_CALLS,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[dict[str, dict[int, float]], dict[str, str]]:
-    """Median ms per call of each runner at each bucket, within about `budget_s`.
+    """Fastest ms per call of each runner at each bucket, within about `budget_s`.
 
     Buckets run in `bucket_order`; each starts with one warm-up call per runner and
     then calls the runners in turn. A bucket ends after `max_calls` rounds or its
@@ -148,6 +148,10 @@ def time_engines(
     is left); later buckets are skipped once the budget is spent. The first bucket
     always gets at least one timed round. A runner that raises is dropped and its
     error returned in `failures`.
+
+    NOTE: the minimum, not the median: on a shared host noise only ever adds time,
+    and with 3 samples of a slow model one neighbour's burst moved the median 6x
+    (onnxruntime 956 ms vs 161 ms at batch 64) and flipped the choice.
 
     Returns:
         (engine -> {batch: median ms}, engine -> failure message)
@@ -191,7 +195,7 @@ def time_engines(
             if over_budget:
                 break
     timings = {
-        e: {b: statistics.median(v) for b, v in per.items()}
+        e: {b: min(v) for b, v in per.items()}
         for e, per in samples.items()
         if e in live and per
     }
