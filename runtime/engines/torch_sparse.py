@@ -16,6 +16,7 @@ torch is imported only inside methods, so a CPU-only install never touches it.
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import threading
 import time
@@ -146,8 +147,11 @@ class CsltLinear:
         self.bias = bias
         self.in_features = int(weight.shape[1])
         self.alg_ids: dict[int, int] = {}
-        self.fused_transpose = True
-        """Ask cuSPARSELt for [M,N] directly; the engine turns this off if its self-check fails."""
+        # NOTE: measured on an H200 (torch 2.11, cuSPARSELt 0.8.0, CUDA-graph replays): the
+        # plain form W_c @ x^T with a searched algorithm beat cuBLAS up to 1.54x on 8192^2,
+        # while the fused bias + transpose_result form only had alg 0 (its search failed
+        # and broke the CUDA context) and ran at 0.16-0.55x. So: plain form, bias added after.
+        self.fused_transpose = False
 
     @property
     def nbytes(self) -> int:
@@ -162,12 +166,14 @@ class CsltLinear:
         y = self._torch._cslt_sparse_mm(
             self.packed,
             x2.contiguous().t(),
-            bias=self.bias,
+            bias=self.bias if self.fused_transpose else None,
             transpose_result=self.fused_transpose,
             alg_id=self.alg_ids.get(padded, 0),
         )
         if not self.fused_transpose:
             y = y.t()
+            if self.bias is not None:
+                y = y + self.bias
         return y[:m] if padded != m else y
 
     def search(self, rows: int) -> int:
@@ -176,13 +182,17 @@ class CsltLinear:
         padded = _round_up(max(rows, 1), ROW_MULTIPLE)
         if padded in self.alg_ids or not hasattr(torch, "_cslt_sparse_mm_search"):
             return self.alg_ids.get(padded, 0)
+        if os.environ.get("SPARSE_RUNTIME_CSLT_SEARCH", "1") != "1" or self.fused_transpose:
+            # NOTE: on an H200 (torch 2.11, cuSPARSELt 0.8.0) searching the fused bias +
+            # transpose_result form returned "internal error" and broke the CUDA context
+            # (illegal instruction for every later kernel); the plain form searches fine.
+            self.alg_ids[padded] = 0
+            return 0
         x = torch.randn(
             padded, self.in_features, device=self.packed.device, dtype=self.packed.dtype
         )
         try:
-            found = torch._cslt_sparse_mm_search(
-                self.packed, x.t(), bias=self.bias, transpose_result=self.fused_transpose
-            )
+            found = torch._cslt_sparse_mm_search(self.packed, x.t())
             alg = int(found[0] if isinstance(found, (tuple, list)) else found)
             ref = self(x)
             self.alg_ids[padded] = alg
