@@ -7,7 +7,6 @@ gRPC codec stays a pure translation layer.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -15,7 +14,6 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from runtime.batching.batcher import BatchObserver, DynamicBatcher, InferRequest
-from runtime.dtypes import WIRE_TO_NUMPY
 from runtime.engines.base import Engine, EngineDescription
 from runtime.errors import InvalidArgument
 from runtime.repository.config import wire_datatype
@@ -103,6 +101,7 @@ class ServedModel:
             batching=has_batching,
             observer=observer,
             name=self.name,
+            instances=sum(g.count or 1 for g in self.config.instance_group) or 1,
         )
 
     def make_request(
@@ -160,10 +159,3 @@ class ServedModel:
         except Exception:  # unload must never take the server down
             LOGGER.exception("engine unload failed for %s", self.name)
 
-
-def expected_numpy(datatype: str) -> np.dtype:
-    return WIRE_TO_NUMPY[datatype]
-
-
-def now_ns() -> int:
-    return time.perf_counter_ns()

@@ -152,6 +152,7 @@ output [
   { name: "s_out" data_type: TYPE_STRING dims: [ 2 ] }
 ]
 dynamic_batching { }
+instance_group [ { count: 2, kind: KIND_CPU } ]
 """
 
 

@@ -9,8 +9,9 @@ other clients still have requests in flight elsewhere in the server (decoding,
 or just answered and likely to come back), the batcher waits up to
 max_queue_delay_microseconds for the batch to reach a preferred size.
 
-The engine runs in a dedicated thread, so the event loop keeps serving health
-checks and other models while a batch computes.
+The engine runs in dedicated threads (one per model instance, config
+`instance_group { count: N }`), so the event loop keeps serving health checks and
+other models while a batch computes, and N batches can compute at once.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class DynamicBatcher:
         batching: bool = True,
         observer: BatchObserver | None = None,
         name: str = "model",
+        instances: int = 1,
     ) -> None:
         self._engine = engine
         self._stats = stats
@@ -112,12 +114,15 @@ class DynamicBatcher:
         self._max_queue = max_queue_size
         self._observer = observer
         self._queue: collections.deque[InferRequest] = collections.deque()
-        self._busy = False
+        self._instances = max(instances, 1)
+        self._running = 0  # batches in the engine now, at most `instances`
         self._closed = False
         self._outstanding = 0  # accepted and not yet answered, queued or not
         self._returning = 0  # requests just answered whose clients may come right back
         self._timer: asyncio.TimerHandle | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._instances, thread_name_prefix=f"engine-{name}"
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -143,7 +148,7 @@ class DynamicBatcher:
         self._idle.clear()
         if self._returning:
             self._returning -= 1
-        if not self._busy:
+        if self._running < self._instances:
             self._maybe_dispatch()
         try:
             return await request.future
@@ -157,7 +162,7 @@ class DynamicBatcher:
 
     def _maybe_dispatch(self) -> None:
         """Run the next batch now, or arm a timer when a fuller batch is on its way."""
-        if self._busy or not self._queue:
+        if self._running >= self._instances or not self._queue:
             return
         if self._delay_ns and self._returning > 0 and self._queued_rows() < self._target_rows:
             oldest = self._queue[0].arrival_ns
@@ -197,7 +202,7 @@ class DynamicBatcher:
             self._timer.cancel()
             self._timer = None
         batch = self._take_batch()
-        self._busy = True
+        self._running += 1
         now = time.perf_counter_ns()
         for r in batch:
             r.dispatch_ns = now
@@ -222,7 +227,7 @@ class DynamicBatcher:
         return parts, BatchTiming(rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
 
     def _complete(self, batch: list[InferRequest], fut: asyncio.Future) -> None:
-        self._busy = False
+        self._running -= 1
         try:
             parts, timing = fut.result()
         except Exception as exc:  # engine errors fail this batch only
