@@ -171,15 +171,16 @@ def test_image_constraints_cover_the_runtime_dependencies() -> None:
             pins[canonicalize_name(name)] = version
     fresh = check(sys.executable, str(DEPLOY / "image" / "lock.py"))
     needed = {canonicalize_name(ln.split("==")[0]) for ln in fresh.splitlines() if "==" in ln}
-    assert needed <= set(pins), f"not pinned for the image: {sorted(needed - set(pins))}"
+    regen = "make install && .venv/bin/python deploy/image/lock.py > deploy/image/constraints.txt"
+    assert needed <= set(pins), f"not pinned for the image: {sorted(needed - set(pins))}; {regen}"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     for spec in project["dependencies"]:
         req = Requirement(spec)
         if req.marker is not None and not req.marker.evaluate():
             continue
         version = pins.get(canonicalize_name(req.name))
-        assert version is not None, f"{req.name} not pinned"
-        assert req.specifier.contains(version, prereleases=True), f"{req.name}=={version} vs {req}"
+        assert version is not None, f"{req.name} not pinned for the image: {regen}"
+        assert req.specifier.contains(version, prereleases=True), f"{req.name}=={version}: {regen}"
 
 
 # --- Kubernetes ----------------------------------------------------------------------------------
