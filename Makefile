@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 REPO ?= model_repo
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
-EXTRAS ?= dev,compare
+EXTRAS ?= dev,compare,openvino
 
 .PHONY: install models models-minilm serve test bench bench-accuracy bench-gpu lint clean
 
@@ -37,7 +37,8 @@ test: models $(VENV)/.test-extras-stamp
 # CPU torch for the ONNX->torch conversion tests, only from a local wheel (--no-index: never
 # a multi-GB download); where none is found those tests skip with their reason.
 $(VENV)/.test-extras-stamp: $(STAMP)
-	$(PY) -m pip install -q --no-index 'torch==2.13.0' 2>/dev/null \
+	($(PY) -m pip install -q --no-index --no-deps 'torch==2.13.0' 2>/dev/null \
+		&& $(PY) -m pip install -q 'torch==2.13.0') \
 		|| echo "note: no local CPU torch wheel; torch conversion tests will be skipped"
 	touch $@
 

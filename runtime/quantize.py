@@ -32,7 +32,7 @@ from tqdm import tqdm
 from runtime.errors import ConfigError, ModelLoadError
 from runtime.sparsity.analysis import analyze_model
 from runtime.sparsity.inputs import Feeds, iter_batches, num_samples
-from runtime.sparsity.prune import Deviation, _float_outputs, deviation
+from runtime.sparsity.prune import Deviation, float_outputs, deviation
 
 LOGGER = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def run_outputs(session, feeds: Feeds, batch_size: int,
             outs = dict(zip(names, session.run(names, batch), strict=True))
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"onnxruntime failed on the inputs: {exc}") from exc
-        chunks.append(_float_outputs(outs, names))
+        chunks.append(float_outputs(outs, names))
         if on_batch:
             on_batch()
     return np.concatenate(chunks, axis=0)

@@ -62,8 +62,9 @@ def test_model_metadata_and_config(client: grpcclient.InferenceServerClient, mod
     assert config.max_batch_size == 64
     assert config.HasField("dynamic_batching")
     params = config.parameters
-    assert params["sparse_runtime.engine"].string_value == "onnxruntime"
-    assert params["sparse_runtime.dispatch_reason"].string_value
+    # NOTE: with OpenVINO installed, auto may measure it faster on some CPUs
+    assert params["sparse_runtime.engine"].string_value in ("onnxruntime", "openvino")
+    assert "cpu:" in params["sparse_runtime.dispatch_reason"].string_value
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -263,7 +263,7 @@ def activation_rows(act: np.ndarray, layer: Layer, mask: np.ndarray | None) -> n
 # ---- deviation ---------------------------------------------------------------
 
 
-def _float_outputs(outs: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+def float_outputs(outs: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
     parts = [np.asarray(outs[n], dtype=np.float64) for n in names if outs[n].dtype.kind == "f"]
     rows = parts[0].shape[0] if parts and parts[0].ndim else 1
     return np.concatenate([p.reshape(rows, -1) for p in parts], axis=1)
@@ -294,7 +294,7 @@ class _Evaluator:
 
     def outputs(self, weights: Mapping[str, np.ndarray]) -> np.ndarray:
         chunks = [
-            _float_outputs(self.runner.run(b, weights), self.runner.outputs)
+            float_outputs(self.runner.run(b, weights), self.runner.outputs)
             for b in iter_batches(self.feeds, self.batch_size)
         ]
         return np.concatenate(chunks, axis=0)
