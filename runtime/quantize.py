@@ -32,7 +32,7 @@ from tqdm import tqdm
 from runtime.errors import ConfigError, ModelLoadError
 from runtime.sparsity.analysis import analyze_model
 from runtime.sparsity.inputs import Feeds, iter_batches, num_samples
-from runtime.sparsity.prune import Deviation, float_outputs, deviation
+from runtime.sparsity.prune import Deviation, deviation, float_outputs
 
 LOGGER = logging.getLogger(__name__)
 
