@@ -93,6 +93,10 @@ def build_model(
             engine_name = forced
             if forced in cpu_dispatch.CPU_ENGINES:
                 device = "cpu"
+            elif forced == dispatch.ENGINE_TORCH_SPARSE and not device.startswith("cuda"):
+                if not caps.gpus:
+                    raise ConfigError("engine 'torch_sparse' needs a CUDA GPU; none found")
+                device = f"cuda:{caps.gpus[0].index}"
     params = {k: v.string_value for k, v in (config.parameters.items() if config else [])}
     options = EngineOptions(
         device=device.split(":")[0],
