@@ -9,7 +9,11 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 EXTRAS ?= dev,compare,openvino
 
+IMAGE ?= sparse-runtime:cpu
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+
 .PHONY: install models models-minilm serve test bench bench-accuracy bench-gpu lint clean
+.PHONY: deploy-tools image-tools image image-gpu image-test
 
 install: $(STAMP)
 
@@ -30,7 +34,7 @@ models-minilm: install
 serve: models
 	$(BIN)/sparse-runtime serve --model-repository $(REPO) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-test: models $(VENV)/.test-extras-stamp
+test: models deploy-tools $(VENV)/.test-extras-stamp
 	$(BIN)/ruff check runtime tests benchmarks
 	$(PY) -m pytest -q -ra
 
@@ -58,3 +62,26 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Prometheus + promtool for the deployment tests (Debian package; installed when missing)
+deploy-tools:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q >/dev/null && $(APT_INSTALL) prometheus >/dev/null; \
+	  else echo "deploy-tools: cannot install prometheus here (not root or no apt-get)"; fi; \
+	fi
+
+image-tools:
+	@if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null; then \
+	  apt-get update -q >/dev/null && $(APT_INSTALL) podman runc debootstrap >/dev/null; \
+	fi
+
+# container images (podman, no Docker daemon needed); image-test runs one and infers through it
+image: image-tools
+	IMAGE=$(IMAGE) deploy/image/build.sh cpu
+
+image-gpu: image-tools
+	IMAGE=sparse-runtime:gpu deploy/image/build.sh gpu
+
+image-test: models image
+	deploy/image/test.sh $(IMAGE)
