@@ -77,7 +77,7 @@ def run_perf_analyzer(url: str, model: str, concurrency: int, duration: float) -
         cmd = [str(PERF_ANALYZER), "-i", "grpc", "-u", url, "-m", model,
                "--concurrency-range", f"{concurrency}:{concurrency}",
                "--measurement-interval", str(int(duration * 1000)),
-               "--stability-percentage", "50", "--max-trials", "4", "-f", out.name]  # fmt: skip
+               "--stability-percentage", "100", "--max-trials", "6", "-f", out.name]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration * 8 + 120)
         # NOTE: exit 2 means "no stable measurement"; the CSV still has the last window
         rows = list(csv.DictReader(open(out.name))) if Path(out.name).stat().st_size else []
