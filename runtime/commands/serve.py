@@ -8,6 +8,8 @@ import logging
 
 from runtime import settings as settings_mod
 
+LOGGER = logging.getLogger("runtime.serve")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     settings_mod.add_arguments(parser)
@@ -21,10 +23,18 @@ def run(args: argparse.Namespace) -> int:
     )
     from runtime.server.grpc_server import serve
 
+    if not settings.model_repository.is_dir():
+        LOGGER.error("model repository '%s' is not a directory", settings.model_repository)
+        return 1
     try:  # NOTE: uvloop cuts per-request loop overhead noticeably on small hosts
         import uvloop
+
+        runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a core dependency on Linux
-        asyncio.run(serve(settings))
-    else:
-        uvloop.run(serve(settings))
+        runner = asyncio.run
+    try:
+        runner(serve(settings))
+    except OSError as exc:
+        LOGGER.error("%s", exc)
+        return 1
     return 0

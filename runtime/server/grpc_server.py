@@ -71,11 +71,17 @@ class Server:
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
         assert self._health is not None
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
-        self.grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        try:
+            self.grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        except RuntimeError as exc:  # grpc reports a taken port this way
+            raise OSError(f"cannot bind gRPC port {s.host}:{s.grpc_port}: {exc}") from exc
         if self.grpc_port == 0:
-            raise OSError(f"could not bind gRPC port {s.host}:{s.grpc_port}")
+            raise OSError(f"cannot bind gRPC port {s.host}:{s.grpc_port}")
         if s.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
+            try:
+                self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
+            except OSError as exc:
+                raise OSError(f"cannot bind metrics port {s.host}:{s.metrics_port}: {exc}") from exc
         await self._health.update(False)
         await server.start()
         self._server = server
