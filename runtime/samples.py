@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from runtime.fileio import write_atomic
 from runtime.sparsity.masks import magnitude_prune_2of4
 
 LOGGER = logging.getLogger(__name__)
@@ -84,10 +85,7 @@ def mlp_pair(
 def write_if_missing(model: onnx.ModelProto, path: Path, force: bool = False) -> bool:
     if path.exists() and not force:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    tmp.replace(path)
+    write_atomic(path, model.SerializeToString())
     LOGGER.info("wrote %s", path)
     return True
 

@@ -24,6 +24,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from runtime.compare.scrape import parse as parse_prometheus
 from runtime.samples import build_samples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,18 +210,8 @@ def zoo_inputs(rows: int = 2) -> dict[str, np.ndarray]:
 
 
 def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Prometheus text -> {(name, labels): value} using prometheus_client's own parser."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            name = s.name
-            # the parser renames counter samples to <name>_total; Triton's have no suffix
-            if family.type == "counter" and name == family.name + "_total":
-                name = family.name
-            out[(name, frozenset(s.labels.items()))] = s.value
-    return out
+    """Prometheus text -> {(name, labels): value}; Triton counters under their bare names."""
+    return parse_prometheus(text)
 
 
 def metric(

@@ -110,15 +110,21 @@ def test_asyncio_client_concurrent_requests_are_batched(server: ServerProcess) -
     assert after.inference_count - before.inference_count == 48
 
 
-def test_all_dtypes_and_bytes_roundtrip(client: grpcclient.InferenceServerClient) -> None:
-    data = zoo_inputs(3)
-    dtypes = {"f32": "FP32", "f16": "FP16", "i64": "INT64", "i8": "INT8", "b": "BOOL", "s": "BYTES"}
+ZOO_DTYPES = {"f32": "FP32", "f16": "FP16", "i64": "INT64", "i8": "INT8", "b": "BOOL", "s": "BYTES"}
+
+
+def zoo_request(data: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
     inputs = []
     for name, arr in data.items():
-        inp = grpcclient.InferInput(name, list(arr.shape), dtypes[name])
+        inp = grpcclient.InferInput(name, list(arr.shape), ZOO_DTYPES[name])
         inp.set_data_from_numpy(arr)
         inputs.append(inp)
-    result = client.infer("zoo", inputs)
+    return inputs
+
+
+def test_all_dtypes_and_bytes_roundtrip(client: grpcclient.InferenceServerClient) -> None:
+    data = zoo_inputs(3)
+    result = client.infer("zoo", zoo_request(data))
     np.testing.assert_array_equal(result.as_numpy("f32_x2"), data["f32"] * 2)
     np.testing.assert_array_equal(result.as_numpy("f16_out"), data["f16"])
     np.testing.assert_array_equal(result.as_numpy("i64_x2"), data["i64"] * 2)
@@ -128,15 +134,8 @@ def test_all_dtypes_and_bytes_roundtrip(client: grpcclient.InferenceServerClient
 
 
 def test_requested_output_filtering(client: grpcclient.InferenceServerClient) -> None:
-    data = zoo_inputs(1)
-    dtypes = {"f32": "FP32", "f16": "FP16", "i64": "INT64", "i8": "INT8", "b": "BOOL", "s": "BYTES"}
-    inputs = []
-    for name, arr in data.items():
-        inp = grpcclient.InferInput(name, list(arr.shape), dtypes[name])
-        inp.set_data_from_numpy(arr)
-        inputs.append(inp)
     outputs = [grpcclient.InferRequestedOutput("i64_x2"), grpcclient.InferRequestedOutput("b_not")]
-    response = client.infer("zoo", inputs, outputs=outputs).get_response()
+    response = client.infer("zoo", zoo_request(zoo_inputs(1)), outputs=outputs).get_response()
     assert [o.name for o in response.outputs] == ["i64_x2", "b_not"]
 
 

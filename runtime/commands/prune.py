@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 
 from runtime.errors import ConfigError, ModelLoadError
+from runtime.fileio import write_atomic
 from runtime.sparsity.inputs import (
     Feeds,
     generate_inputs,
@@ -141,10 +142,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_bytes(pruned.SerializeToString())
-    tmp.replace(args.output)
+    write_atomic(args.output, pruned.SerializeToString())
     print(format_report(report))
     print(f"deviation measured on {source}")
     print(f"wrote {args.output}")

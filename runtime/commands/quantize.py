@@ -9,6 +9,7 @@ from pathlib import Path
 
 from runtime.commands.inspect import load_model
 from runtime.errors import ConfigError, ModelLoadError
+from runtime.fileio import write_atomic
 from runtime.quantize import (
     CALIBRATION_METHODS,
     MODES,
@@ -93,10 +94,7 @@ def run(args: argparse.Namespace) -> int:
     except (QuantizeError, ConfigError, ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_bytes(quantized.SerializeToString())
-    tmp.replace(args.output)
+    write_atomic(args.output, quantized.SerializeToString())
     print(format_report(report))
     if note:
         print(f"note: {note}")

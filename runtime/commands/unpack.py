@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime.fileio import write_atomic
 from runtime.sparsity.pack import PackedFormatError, load_packed
 
 
@@ -23,8 +24,6 @@ def run(args: argparse.Namespace) -> int:
     except PackedFormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
+    write_atomic(out, data)
     print(f"wrote {out} ({len(data):,d} B, sha256 verified)")
     return 0

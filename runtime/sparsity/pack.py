@@ -57,6 +57,7 @@ import onnx
 import zstandard
 
 from runtime.errors import ModelLoadError
+from runtime.fileio import write_atomic
 from runtime.sparsity.analysis import find_gemm_weights, k_axis_for
 
 MAGIC = b"\x89SPR\r\n\x1a\n"
@@ -430,7 +431,5 @@ def load_packed(path: Path) -> bytes:
 def pack_file(src: Path, dst: Path, level: int = DEFAULT_LEVEL) -> PackStats:
     """Pack the ONNX file `src` into `dst` (written atomically)."""
     packed, stats = pack_bytes(Path(src).read_bytes(), level)
-    tmp = Path(dst).with_name(Path(dst).name + ".tmp")
-    tmp.write_bytes(packed)
-    tmp.replace(dst)
+    write_atomic(Path(dst), packed)
     return stats
