@@ -25,6 +25,8 @@ th{background:#f4f4f4}.meta{color:#555;font-size:13px}
 .ratio{background:#fbfbe8;font-weight:600}.good{color:#17672e}.bad{color:#a4161a}
 img{max-width:100%;border:1px solid #eee;margin:6px 0}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:8px}
+.grid>div{min-width:0;overflow-x:auto}
+.grid.wide{grid-template-columns:1fr}
 pre{font-size:11px;background:#f7f7f7;padding:8px;overflow:auto;max-height:300px}
 """
 
@@ -115,7 +117,9 @@ def render(report: dict[str, Any], plots: list[Path]) -> str:
     parts.append("<h2>Overview</h2>")
     parts.extend(_img(p) for p in overview)
     sections = table_sections(report)
-    parts.append("<h2>Throughput and latency per run</h2><div class='grid'>")
+    # NOTE: with more than two models a run's table no longer fits half the page
+    grid = "grid wide" if len(models) > 2 else "grid"
+    parts.append(f"<h2>Throughput and latency per run</h2><div class='{grid}'>")
     for title, header, rows in sections:
         if title.startswith("concurrency"):
             parts.append(f"<div><h3>{escape(title)}</h3>"
