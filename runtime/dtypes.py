@@ -56,13 +56,6 @@ WIRE_ITEMSIZE: dict[str, int] = {
 }
 
 
-def wire_to_numpy(datatype: str) -> np.dtype:
-    try:
-        return WIRE_TO_NUMPY[datatype]
-    except KeyError:
-        raise InvalidArgument(f"unsupported datatype '{datatype}'") from None
-
-
 def numpy_to_wire(dtype: np.dtype) -> str:
     dtype = np.dtype(dtype)
     if dtype.kind in "SUO":

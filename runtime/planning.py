@@ -69,6 +69,8 @@ def build_model(
     settings: Settings,
 ) -> ServedModel:
     """Load one version; raises ModelLoadError (or a subclass) with a clear reason."""
+    if config is not None:  # NOTE: versions load concurrently; each gets its own copy
+        config = _copy(config)
     filename = config.default_model_filename if config is not None else ""
     path = repository.model_file(model_dir / str(version), filename)
     source, graph, stored_form = read_source(path)
@@ -121,11 +123,34 @@ def build_model(
         engine = create_engine(engine_name, source, options)
         engine.load()
     try:
-        description = engine.describe()
-        config = complete_config(config, name, description)
-    except Exception:
+        return _served(name, version, config, engine, reason, profile, decision, path,
+                       stored_form, timings)  # fmt: skip
+    except BaseException:
         engine.unload()
         raise
+
+
+def _copy(config: mc.ModelConfig) -> mc.ModelConfig:
+    copy = mc.ModelConfig()
+    copy.CopyFrom(config)
+    return copy
+
+
+def _served(
+    name: str,
+    version: int,
+    config: mc.ModelConfig | None,
+    engine: Engine,
+    reason: str,
+    profile: analysis.ModelProfile,
+    decision: dispatch.Decision,
+    path: Path,
+    stored_form: str,
+    timings: str,
+) -> ServedModel:
+    """Complete the config from the loaded engine and record where and why it runs."""
+    description = engine.describe()
+    config = complete_config(config, name, description)
     info = {
         "engine": description.engine,
         "device": description.device,
@@ -228,13 +253,17 @@ def _measured_cpu_engine(
         return inputs if buckets == (1,) else take(inputs, slice(0, batch))
 
     runners = {e: (lambda f, eng=eng: eng.infer(f)) for e, eng in loaded.items()}
-    measured, run_failures = cpu_dispatch.time_engines(runners, feeds_for, buckets, budget)
-    failures.update(run_failures)
-    choice = cpu_dispatch.choose(measured, failures)
-    if choice.engine not in loaded:  # nothing measured: keep whichever default loaded
-        choice = cpu_dispatch.choose({}, failures, default=next(iter(loaded)))
-    for engine_name, engine in loaded.items():
-        if engine_name != choice.engine:
-            engine.unload()
+    chosen = ""
+    try:
+        measured, run_failures = cpu_dispatch.time_engines(runners, feeds_for, buckets, budget)
+        failures.update(run_failures)
+        choice = cpu_dispatch.choose(measured, failures)
+        if choice.engine not in loaded:  # nothing measured: keep whichever default loaded
+            choice = cpu_dispatch.choose({}, failures, default=next(iter(loaded)))
+        chosen = choice.engine
+    finally:  # NOTE: every engine not kept is unloaded, also when the timing fails
+        for engine_name, engine in loaded.items():
+            if engine_name != chosen:
+                engine.unload()
     LOGGER.info("%s: %s; timings: %s", name, choice.reason, choice.table or "none")
     return loaded[choice.engine], choice.reason, choice.table

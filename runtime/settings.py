@@ -47,9 +47,6 @@ class Settings:
     grpc_max_message_bytes: int = field(
         default=2**31 - 1, metadata={"help": "max gRPC message size, both directions"}
     )
-    grpc_workers: int = field(
-        default=0, metadata={"help": "0 = asyncio server; reserved for multi-process serving"}
-    )
     shutdown_grace_secs: float = field(
         default=30.0, metadata={"help": "how long SIGTERM waits for in-flight requests"}
     )

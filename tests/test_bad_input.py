@@ -92,6 +92,13 @@ def test_typed_element_count_mismatch(stub: service_pb2_grpc.GRPCInferenceServic
     expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "number of elements 10", "256")
 
 
+def test_typed_value_out_of_range(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = pb.ModelInferRequest(model_name="zoo")
+    tensor = request.inputs.add(name="i8", datatype="INT8", shape=[1, 4])
+    tensor.contents.int_contents.extend([1, 2, 3, 300])
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "'i8'", "INT8")
+
+
 def test_missing_input(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
     request = pb.ModelInferRequest(model_name="mlp_dense")
     expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "missing ['x']")

@@ -97,8 +97,20 @@ def test_explicit_mode_load_and_unload(repo: Path, tmp_path: Path) -> None:
         assert infer(client, "mlp_sparse24").shape == (1, 256)
         with pytest.raises(InferenceServerException) as err:
             client.load_model("does_not_exist")
+        index = client.get_model_repository_index(as_json=True)["models"]
+        assert "does_not_exist" not in {m["name"] for m in index}
         client.load_model("mlp_dense")
         assert client.is_model_ready("mlp_dense")
+        # a failed reload keeps the version that is serving (as Triton does)
+        good = infer(client, "mlp_sparse24")
+        model_file = repo / "mlp_sparse24" / "1" / "model.onnx"
+        model_file.unlink()
+        model_file.write_bytes(b"truncated")
+        with pytest.raises(InferenceServerException) as err:
+            client.load_model("mlp_sparse24")
+        assert "not a valid ONNX" in str(err.value)
+        assert client.is_model_ready("mlp_sparse24")
+        np.testing.assert_array_equal(infer(client, "mlp_sparse24"), good)
     finally:
         assert srv.stop() == 0
 

@@ -127,10 +127,6 @@ class DynamicBatcher:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
-
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
         """Queue a request and wait for its slice of a batch."""
         if self._closed:
@@ -152,6 +148,12 @@ class DynamicBatcher:
             self._maybe_dispatch()
         try:
             return await request.future
+        except asyncio.CancelledError:
+            # NOTE: the client gave up; a request still queued must not take engine time
+            if request.dispatch_ns == 0 and request in self._queue:
+                self._queue.remove(request)
+                self._stats.pending -= 1
+            raise
         finally:
             self._outstanding -= 1
             if self._outstanding == 0:

@@ -11,9 +11,9 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from runtime.dtypes import CONFIG_TO_WIRE, NUMPY_TO_WIRE, WIRE_TO_CONFIG
+from runtime.dtypes import CONFIG_TO_WIRE, WIRE_TO_CONFIG, numpy_to_wire
 from runtime.engines.base import EngineDescription, TensorSpec
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, InvalidArgument
 
 CONFIG_FILE = "config.pbtxt"
 SUPPORTED_PLATFORMS = {"", "onnxruntime_onnx", "sparse_runtime"}
@@ -53,7 +53,10 @@ def set_parameter(config: mc.ModelConfig, key: str, value: str) -> None:
 
 
 def _wire(spec: TensorSpec) -> str:
-    return "BYTES" if spec.dtype.kind in "OSU" else NUMPY_TO_WIRE[spec.dtype]
+    try:
+        return numpy_to_wire(spec.dtype)
+    except InvalidArgument as exc:
+        raise ConfigError(f"tensor '{spec.name}': {exc}") from None
 
 
 def _tensor(spec: TensorSpec, batched: bool, cls: type) -> object:
@@ -139,6 +142,3 @@ def wire_datatype(data_type: int) -> str:
     """config DataType enum value -> KServe wire datatype string."""
     return CONFIG_TO_WIRE[mc.DataType.Name(data_type)]
 
-
-def to_text(config: mc.ModelConfig) -> str:
-    return text_format.MessageToString(config)

@@ -174,23 +174,34 @@ class ModelManager:
             pass  # already logged per model and visible in RepositoryIndex
 
     async def load(self, name: str, config_override: mc.ModelConfig | None = None) -> None:
-        """(Re)load a model: new versions come up before old ones go, failures are recorded."""
+        """(Re)load a model: new versions come up before old ones go, failures are recorded.
+
+        The load is shielded: a caller that goes away (client deadline, cancelled poll)
+        must not leave versions half-loaded or engines loaded but unowned.
+        """
+        if not (self._root / name).is_dir():
+            raise ModelNotFound(f"failed to load '{name}', no version is available")
         slot = self._slots.setdefault(name, ModelSlot())
-        async with slot.lock:
-            await self._load_locked(name, slot, config_override)
-        if self._on_change:
-            self._on_change()
+        await asyncio.shield(self._load_serialized(name, slot, config_override))
+
+    async def _load_serialized(
+        self, name: str, slot: ModelSlot, config_override: mc.ModelConfig | None
+    ) -> None:
+        try:
+            async with slot.lock:
+                await self._load_locked(name, slot, config_override)
+        finally:
+            if self._on_change:
+                self._on_change()
 
     async def _load_locked(
         self, name: str, slot: ModelSlot, config_override: mc.ModelConfig | None
     ) -> None:
         model_dir = self._root / name
         slot.reason = ""
-        if not model_dir.is_dir():
-            raise ModelNotFound(f"failed to load '{name}', no version is available")
         try:
             config = config_override or await asyncio.to_thread(read_config, model_dir)
-            entry = repository.scan(self._root).get(name)
+            entry = (await asyncio.to_thread(repository.scan, self._root)).get(name)
             available = entry.versions if entry else ()
             policy = config.version_policy if config else mc.ModelVersionPolicy()
             versions = repository.select_versions(available, policy)
@@ -198,8 +209,10 @@ class ModelManager:
                 raise ModelLoadError(f"no version folder with a model in {model_dir}")
         except ModelLoadError as exc:
             LOGGER.error("model %s failed to load: %s", name, exc)
-            await self._retire(slot, set(slot.versions))
-            slot.reason = str(exc)
+            if not any(vs.model for vs in slot.versions.values()):
+                slot.versions.clear()
+                slot.reason = str(exc)
+            # else: as Triton, the versions already serving keep serving
             raise
         slot.fingerprint = await asyncio.to_thread(fingerprint, model_dir)
         for v in versions:
@@ -216,11 +229,12 @@ class ModelManager:
             if isinstance(result, BaseException):
                 reason = str(result)
                 LOGGER.error("model %s version %d failed to load: %s", name, v, reason)
+                errors.append(f"version {v}: {reason}")
                 old = slot.versions.get(v)
                 if old is not None and old.model is not None:
-                    await self._drain_and_unload(old.model)
+                    old.state = READY  # a failed reload keeps the serving copy
+                    continue
                 slot.versions[v] = VersionState(UNAVAILABLE, reason)
-                errors.append(f"version {v}: {reason}")
                 continue
             old = slot.versions.get(v)
             slot.versions[v] = VersionState(READY, "", result)
@@ -238,8 +252,12 @@ class ModelManager:
             build_model, name, model_dir, version, config, self._settings
         )
         model.load_seconds = time.perf_counter() - start
-        observer = self._observer_factory(name, version) if self._observer_factory else None
-        model.start(self._settings.max_queue_size, observer)
+        try:
+            observer = self._observer_factory(name, version) if self._observer_factory else None
+            model.start(self._settings.max_queue_size, observer)
+        except BaseException:
+            await asyncio.to_thread(model.unload)
+            raise
         LOGGER.info(
             "loaded %s version %d in %.2fs: engine=%s device=%s; %s",
             name,
@@ -312,5 +330,4 @@ class ModelManager:
         await asyncio.gather(
             *(m.batcher.drain(grace) for m in models if m.batcher is not None)
         )
-        for m in models:
-            m.unload()
+        await asyncio.gather(*(asyncio.to_thread(m.unload) for m in models))

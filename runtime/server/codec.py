@@ -107,7 +107,10 @@ def _from_typed(name: str, datatype: str, shape: Sequence[int], contents: object
         arr = np.empty(count, dtype=object)
         arr[:] = list(values)
         return arr.reshape(shape)
-    return np.asarray(values, dtype=WIRE_TO_NUMPY[datatype]).reshape(shape)
+    try:
+        return np.asarray(values, dtype=WIRE_TO_NUMPY[datatype]).reshape(shape)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise InvalidArgument(f"input '{name}': values do not fit {datatype}: {exc}") from None
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, tuple[np.ndarray, str]]:

@@ -43,7 +43,7 @@ class Server:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
-        self._health: HealthState | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.manager = ModelManager(
             settings, observer_factory=self._observer, on_change=self._changed
         )
@@ -59,17 +59,17 @@ class Server:
         return self.metrics.batch_observer(name, version)
 
     def _changed(self) -> None:
-        asyncio.get_running_loop().create_task(self._refresh_health())
+        task = asyncio.get_running_loop().create_task(self._refresh_health())
+        self._tasks.add(task)  # NOTE: the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
 
     async def _refresh_health(self) -> None:
-        if self._health is not None:
-            await self._health.update(self.servicer.server_ready())
+        await self._health.update(self.servicer.server_ready())
 
     async def start(self) -> None:
         s = self.settings
         server = grpc.aio.server(options=grpc_options(s))
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
-        assert self._health is not None
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
         try:
             self.grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
@@ -107,13 +107,12 @@ class Server:
         LOGGER.info("stopping: draining in-flight requests")
         grace = self.settings.shutdown_grace_secs
         self.servicer.accepting = False
-        if self._health is not None:
-            await self._health.update(False)
+        await self._health.update(False)
         await self.manager.stop(grace)
-        if self._health is not None:
-            await self._health.shutdown()
+        await self._health.shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        await asyncio.to_thread(self.metrics.close)
         LOGGER.info("stopped")
 
 
