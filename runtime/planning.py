@@ -18,11 +18,12 @@ from tritonclient.grpc import model_config_pb2 as mc
 from runtime import cpu_dispatch, cpufeatures, dispatch
 from runtime.engines.base import Engine, EngineOptions, ModelSource, create_engine
 from runtime.errors import ConfigError, ModelLoadError
+from runtime.fileio import read_model
 from runtime.model import ServedModel
 from runtime.repository import repository
 from runtime.repository.config import complete_config, parameter, set_parameter
 from runtime.settings import Settings
-from runtime.sparsity import analysis, pack
+from runtime.sparsity import analysis
 from runtime.sparsity.inputs import generate_inputs, take
 
 LOGGER = logging.getLogger(__name__)
@@ -35,21 +36,9 @@ CPU_BUDGET_PARAM = "cpu_dispatch_budget_s"  # seconds for the measured CPU choic
 
 def read_source(path: Path) -> tuple[ModelSource, onnx.ModelProto, str]:
     """(engine source, parsed graph for analysis, stored form) of a model file."""
-    if pack.is_packed(path):
-        data = pack.load_packed(path)
-        source: ModelSource = data
-        stored = "packed"
-    else:
-        data = path.read_bytes()
-        source = path
-        stored = "onnx"
-    try:
-        graph = onnx.load_model_from_string(data)
-    except Exception as exc:  # protobuf raises DecodeError and friends
-        raise ModelLoadError(f"{path.name} is not a valid ONNX model: {exc}") from exc
-    if not graph.graph.node:
-        raise ModelLoadError(f"{path.name} is not a valid ONNX model: the graph has no nodes")
-    return source, graph, stored
+    data, graph, stored = read_model(path)
+    # NOTE: onnxruntime maps a plain file itself; a packed one is handed over as bytes
+    return (data if stored == "packed" else path), graph, stored
 
 
 def batch_buckets(config: mc.ModelConfig | None) -> tuple[int, ...]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 
 from runtime.errors import ModelLoadError
+from runtime.fileio import read_model
 from runtime.sparsity.analysis import ModelProfile, analyze_model, layer_row
 
 
@@ -21,23 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(path: Path) -> onnx.ModelProto:
-    """Load an ONNX model, or a packed .sparse file (detected by magic bytes).
-
-    Raises:
-        ModelLoadError: missing, unreadable or not an ONNX/.sparse file.
-    """
-    from runtime.sparsity.pack import is_packed, load_packed
-
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: no such file")
-    data = load_packed(path) if is_packed(path) else path.read_bytes()
-    try:
-        model = onnx.load_from_string(data)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
-        raise ModelLoadError(f"{path}: not a valid ONNX model ({exc})") from exc
-    if not model.graph.node:
-        raise ModelLoadError(f"{path}: not a valid ONNX model (empty graph)")
-    return model
+    """An ONNX model, or a packed .sparse file (detected by magic bytes)."""
+    return read_model(path)[1]
 
 
 def _mib(n: int) -> str:
