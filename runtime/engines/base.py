@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from runtime.errors import EngineUnavailable
+from runtime.errors import ConfigError, EngineUnavailable
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,18 @@ class EngineDescription:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     details: Mapping[str, str] = field(default_factory=dict)
+
+
+def bool_parameter(parameters: Mapping[str, str], key: str, default: bool) -> bool:
+    """A true/false config parameter; anything else is a clear ConfigError."""
+    value = parameters.get(key, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"parameter {key} must be true or false, got {parameters[key]!r}")
 
 
 ModelSource = Path | bytes

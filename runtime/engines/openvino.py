@@ -25,7 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.engines.base import EngineDescription, EngineOptions, ModelSource, TensorSpec
+from runtime.engines.base import (
+    EngineDescription,
+    EngineOptions,
+    ModelSource,
+    TensorSpec,
+    bool_parameter,
+)
 from runtime.errors import ConfigError, EngineUnavailable, InferenceFailed, ModelLoadError
 
 LOGGER = logging.getLogger(__name__)
@@ -47,15 +53,6 @@ def _spec(port: object) -> TensorSpec:
     except (TypeError, RuntimeError):
         dtype = np.dtype(object)  # NOTE: string tensors have no numpy numeric dtype
     return TensorSpec(name, dtype, _dims(port.get_partial_shape()))  # type: ignore[attr-defined]
-
-
-def _bool(value: str, key: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"parameter {key} must be true or false, got {value!r}")
 
 
 class OpenVinoEngine:
@@ -81,7 +78,7 @@ class OpenVinoEngine:
             )
         self._pinning: bool | None = None
         if "openvino_cpu_pinning" in params:
-            self._pinning = _bool(params["openvino_cpu_pinning"], "openvino_cpu_pinning")
+            self._pinning = bool_parameter(params, "openvino_cpu_pinning", False)
         self._sparse_rate: float | None = None
         if params.get(SPARSE_RATE_PARAM, "").strip():
             try:

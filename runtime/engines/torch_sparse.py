@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto
 
-from runtime.engines.base import EngineDescription, EngineOptions, ModelSource, TensorSpec
+from runtime.engines.base import (
+    EngineDescription,
+    EngineOptions,
+    ModelSource,
+    TensorSpec,
+    bool_parameter,
+)
 from runtime.engines.sparse_policy import (
     DEFAULT_MIN_GAIN,
     MODES,
@@ -348,8 +354,8 @@ class TorchSparseEngine:
         hint = options.precision.lower() if options.precision.lower() in _PRECISIONS else "fp16"
         self._precision = params.get("precision", hint).lower()
         self._mode = params.get("sparsity", "auto").lower()
-        self._dense_twin = params.get("dense_twin", "false").lower() in ("1", "true", "yes", "on")
-        self._use_graphs = params.get("cuda_graphs", "on").lower() not in ("0", "off", "false")
+        self._dense_twin = bool_parameter(params, "dense_twin", False)
+        self._use_graphs = bool_parameter(params, "cuda_graphs", True)
         self._min_gain = float(params.get("sparse_min_gain", DEFAULT_MIN_GAIN))
         self._profile_len = int(params.get("profile_seq_len", "128"))
         if self._precision not in _PRECISIONS:
