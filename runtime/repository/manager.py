@@ -199,6 +199,8 @@ class ModelManager:
     ) -> None:
         model_dir = self._root / name
         slot.reason = ""
+        # NOTE: taken first, so poll mode retries a broken model only once its files change
+        slot.fingerprint = await asyncio.to_thread(fingerprint, model_dir)
         try:
             config = config_override or await asyncio.to_thread(read_config, model_dir)
             entry = (await asyncio.to_thread(repository.scan, self._root)).get(name)
@@ -214,7 +216,6 @@ class ModelManager:
                 slot.reason = str(exc)
             # else: as Triton, the versions already serving keep serving
             raise
-        slot.fingerprint = await asyncio.to_thread(fingerprint, model_dir)
         for v in versions:
             old = slot.versions.get(v)
             if old is None or old.model is None:
