@@ -170,17 +170,6 @@ def _reduce_axes(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> list[int
     return []
 
 
-def _reduce_mean(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
-    x = inputs[0]
-    axes = _reduce_axes(inputs, attrs, ctx)
-    keep = bool(attrs.get("keepdims", 1))
-    if not axes:
-        if attrs.get("noop_with_empty_axes", 0):
-            return x
-        axes = list(range(x.dim()))
-    return x.mean(dim=axes, keepdim=keep)
-
-
 def _reshape(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
     x = inputs[0]
     shape = _ints(inputs[1])
@@ -432,7 +421,7 @@ OPS: dict[str, OpFn] = {
     "Gelu": _gelu,
     "Softmax": _softmax,
     "LayerNormalization": _layer_norm,
-    "ReduceMean": _reduce_mean,
+    "ReduceMean": _reduce(lambda x, axes, keep: x.mean(dim=axes, keepdim=keep)),
     "Reshape": _reshape,
     "Transpose": _transpose,
     "Shape": _shape,
