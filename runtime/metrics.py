@@ -144,8 +144,10 @@ class TritonCollector(Collector):
             )  # fmt: skip
             decisions = getattr(m.engine, "layer_decisions", None)
             if callable(decisions):
-                for row in decisions():
-                    kernels.add_metric([m.name, str(row["layer"]), str(row["kernel"])], 1.0)
+                # NOTE: one row per (layer, batch bucket); a series per (layer, kernel) used
+                pairs = {(str(row["layer"]), str(row["kernel"])) for row in decisions()}
+                for layer, kernel in sorted(pairs):
+                    kernels.add_metric([m.name, layer, kernel], 1.0)
         yield from (pending, load, ratio, weights, info, kernels)
         vm = psutil.virtual_memory()
         used = GaugeMetricFamily("nv_cpu_memory_used_bytes", "CPU memory used, bytes")

@@ -49,6 +49,7 @@ from runtime.engines.sparse_policy import (
 from runtime.errors import ConfigError, EngineUnavailable, InferenceFailed, ModelLoadError
 
 LOGGER = logging.getLogger(__name__)
+_GPU_LOCK = threading.RLock()
 
 DEFAULT_BUCKETS: tuple[int, ...] = (1, 8, 64, 256)
 SPARSE_TILE = 16
@@ -372,7 +373,10 @@ class TorchSparseEngine:
         self._decisions: list[LayerDecision] = []
         self._eligibility: dict[str, str] = {}
         self._description: EngineDescription | None = None
-        self._lock = threading.Lock()
+        # NOTE: one lock for every torch_sparse engine in the process. Measured on an H200:
+        # two models loading at once broke CUDA graph capture ("operation not permitted when
+        # stream is capturing"), since another thread's CUDA calls are illegal mid-capture.
+        self._lock = _GPU_LOCK
         self._details: dict[str, str] = {}
 
     # ------------------------------------------------------------------ load
@@ -405,7 +409,8 @@ class TorchSparseEngine:
         device, major, minor = self._platform(torch)
         self._device = device
         try:
-            self._load(major, minor)
+            with self._lock:
+                self._load(major, minor)
         except ModelLoadError:
             self.unload()
             raise
