@@ -53,6 +53,11 @@ _COUNTERS: tuple[tuple[str, str, str, str | None], ...] = (
 )  # fmt: skip
 
 
+# weight-bytes forms that GPU engines report in their details (info keys engine_*)
+RESIDENT_FORMS = (
+    ("resident_dense", "engine_weight_bytes_dense_resident"),
+    ("resident_compressed", "engine_weight_bytes_compressed_resident"),
+)
 FAILURE_COUNTER = "nv_inference_request_failure"
 TRITON_COUNTERS = (*(c[0] for c in _COUNTERS), FAILURE_COUNTER)
 
@@ -113,8 +118,14 @@ class TritonCollector(Collector):
         )
         weights = GaugeMetricFamily(
             "sparse_runtime_model_weight_bytes",
-            "Weight bytes: dense size, size as stored, size if 2:4 layers were compressed",
+            "Weight bytes: dense size, size as stored, size if 2:4 layers were compressed; "
+            "on GPU engines also what is resident dense and compressed",
             labels=(*LABELS, "form"),
+        )
+        gpu_mem = GaugeMetricFamily(
+            "sparse_runtime_model_gpu_memory_bytes",
+            "GPU memory the model's engine allocated at load (torch allocator)",
+            labels=LABELS,
         )
         info_labels = (
             *LABELS, "engine", "device", "sparsity_pattern", "sparse_layers", "dense_layers",
@@ -136,6 +147,11 @@ class TritonCollector(Collector):
             ratio.add_metric(lv, float(i.get("sparsity_ratio", 0.0)))
             for form in ("dense", "stored", "compressed_24"):
                 weights.add_metric([*lv, form], float(i.get(f"weight_bytes_{form}", 0)))
+            for form, key in RESIDENT_FORMS:
+                if key in i:
+                    weights.add_metric([*lv, form], float(i[key]))
+            if "engine_gpu_memory_bytes" in i:
+                gpu_mem.add_metric(lv, float(i["engine_gpu_memory_bytes"]))
             info.add_metric(
                 [*lv, i.get("engine", ""), i.get("device", ""), i.get("sparsity_pattern", ""),
                  i.get("sparse_layers", "0"), i.get("dense_layers", "0"),
@@ -148,7 +164,7 @@ class TritonCollector(Collector):
                 pairs = {(str(row["layer"]), str(row["kernel"])) for row in decisions()}
                 for layer, kernel in sorted(pairs):
                     kernels.add_metric([m.name, layer, kernel], 1.0)
-        yield from (pending, load, ratio, weights, info, kernels)
+        yield from (pending, load, ratio, weights, gpu_mem, info, kernels)
         vm = psutil.virtual_memory()
         used = GaugeMetricFamily("nv_cpu_memory_used_bytes", "CPU memory used, bytes")
         used.add_metric([], float(vm.total - vm.available))

@@ -1,4 +1,4 @@
-"""The collector's per-layer kernel gauge: one series per (layer, kernel), whatever the buckets."""
+"""GPU-engine gauges: one kernel series per (layer, kernel); resident weights and GPU memory."""
 
 from __future__ import annotations
 
@@ -22,7 +22,13 @@ class BucketedEngine:
 
 def test_layer_kernel_series_are_unique() -> None:
     config = parse_config_text('name: "m" max_batch_size: 8')
-    model = ServedModel("m", 1, config, BucketedEngine(), EngineDescription("x", "cuda", (), ()))
+    info = {
+        "engine_weight_bytes_dense_resident": "0",
+        "engine_weight_bytes_compressed_resident": "226492416",
+        "engine_gpu_memory_bytes": "1338277888",
+    }
+    model = ServedModel("m", 1, config, BucketedEngine(), EngineDescription("x", "cuda", (), ()),
+                        info=info)  # fmt: skip
     registry = CollectorRegistry()
     Metrics(registry, lambda: [model])
     lines = [
@@ -32,3 +38,6 @@ def test_layer_kernel_series_are_unique() -> None:
     assert len(lines) == len(set(lines)) == 2
     assert any('kernel="sparse"' in line for line in lines)
     assert any('kernel="dense"' in line for line in lines)
+    text = exposition(registry).decode()
+    assert 'sparse_runtime_model_gpu_memory_bytes{model="m",version="1"} 1.338277888e+09' in text
+    assert 'form="resident_compressed",model="m",version="1"} 2.26492416e+08' in text
