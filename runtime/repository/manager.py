@@ -232,10 +232,8 @@ class ModelManager:
                 LOGGER.error("model %s version %d failed to load: %s", name, v, reason)
                 errors.append(f"version {v}: {reason}")
                 old = slot.versions.get(v)
-                if old is not None and old.model is not None:
-                    old.state = READY  # a failed reload keeps the serving copy
-                    continue
-                slot.versions[v] = VersionState(UNAVAILABLE, reason)
+                if old is None or old.model is None:  # a failed reload keeps the serving copy
+                    slot.versions[v] = VersionState(UNAVAILABLE, reason)
                 continue
             old = slot.versions.get(v)
             slot.versions[v] = VersionState(READY, "", result)
