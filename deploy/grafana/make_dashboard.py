@@ -72,6 +72,33 @@ def target(expr: str, legend: str = "", ref: str = "A", **extra: object) -> dict
     return {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": ref, **extra}
 
 
+def label_table(
+    title: str, description: str, expr: str, columns: tuple[str, ...] = ()
+) -> dict:
+    """A table of an info-style gauge's labels (value and scrape labels hidden)."""
+    organize: dict[str, object] = {
+        "excludeByName": {
+            "Time": True,
+            "Value": True,
+            "__name__": True,
+            "job": True,
+            "instance": True,
+            "site": True,
+        }
+    }
+    if columns:
+        organize["indexByName"] = {name: i for i, name in enumerate(columns)}
+    return {
+        "type": "table",
+        "title": title,
+        "description": description,
+        "targets": [target(expr, "", format="table", instant=True)],
+        "fieldConfig": {"defaults": {}, "overrides": []},
+        "transformations": [{"id": "organize", "options": organize}],
+        "options": {"showHeader": True, "cellHeight": "sm"},
+    }
+
+
 def timeseries(
     title: str,
     targets: list[dict],
@@ -389,42 +416,14 @@ def build() -> dict:
         8,
     )
     lay.add(
-        {
-            "type": "table",
-            "title": "Where each model runs and why",
-            "description": "sparse_runtime_model_info: engine and device chosen per model, the "
+        label_table(
+            "Where each model runs and why",
+            "sparse_runtime_model_info: engine and device chosen per model, the "
             "sparsity pattern found and the dispatch reason.",
-            "targets": [
-                target(f"sparse_runtime_model_info{{{M}}}", "", format="table", instant=True)
-            ],
-            "fieldConfig": {"defaults": {}, "overrides": []},
-            "transformations": [
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {
-                            "Time": True,
-                            "Value": True,
-                            "__name__": True,
-                            "job": True,
-                            "instance": True,
-                            "site": True,
-                        },
-                        "indexByName": {
-                            "model": 0,
-                            "version": 1,
-                            "engine": 2,
-                            "device": 3,
-                            "sparsity_pattern": 4,
-                            "sparse_layers": 5,
-                            "dense_layers": 6,
-                            "reason": 7,
-                        },
-                    },
-                }
-            ],
-            "options": {"showHeader": True, "cellHeight": "sm"},
-        },
+            f"sparse_runtime_model_info{{{M}}}",
+            ("model", "version", "engine", "device", "sparsity_pattern", "sparse_layers",
+             "dense_layers", "reason"),
+        ),
         24,
         7,
     )
@@ -468,32 +467,12 @@ def build() -> dict:
         8,
     )
     lay.add(
-        {
-            "type": "table",
-            "title": "Kernel per layer (GPU)",
-            "description": "sparse_runtime_layer_kernel: which kernel (2:4 sparse or dense) each "
+        label_table(
+            "Kernel per layer (GPU)",
+            "sparse_runtime_layer_kernel: which kernel (2:4 sparse or dense) each "
             "layer runs with, on GPU hosts.",
-            "targets": [
-                target(f"sparse_runtime_layer_kernel{{{M}}}", "", format="table", instant=True)
-            ],
-            "fieldConfig": {"defaults": {}, "overrides": []},
-            "transformations": [
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {
-                            "Time": True,
-                            "Value": True,
-                            "__name__": True,
-                            "job": True,
-                            "instance": True,
-                            "site": True,
-                        }
-                    },
-                }
-            ],
-            "options": {"showHeader": True, "cellHeight": "sm"},
-        },
+            f"sparse_runtime_layer_kernel{{{M}}}",
+        ),
         24,
         7,
     )
