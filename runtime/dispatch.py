@@ -9,6 +9,7 @@ Public measurements show the win is shape- and batch-dependent (often < 1.3x, an
 slower at small batches), so `auto` hands capable hosts to the torch_sparse
 engine, which measures each layer at load and keeps a layer dense where sparse
 loses; everything else resolves to dense onnxruntime with the reason spelled out.
+The TensorRT engine is never chosen here: a model's config has to ask for it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ MIN_SPARSE_CC: tuple[int, int] = (8, 0)
 ENGINE_ORT = "onnxruntime"
 ENGINE_ORT_CUDA = "onnxruntime-cuda"
 ENGINE_TORCH_SPARSE = "torch_sparse"
+ENGINE_TENSORRT = "tensorrt"  # opt-in only: `decide` never picks it, a config must force it
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,11 @@ def installed_engines() -> frozenset[str]:
     try:
         import onnxruntime
 
-        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        providers = onnxruntime.get_available_providers()
+        if "CUDAExecutionProvider" in providers:
             engines.add(ENGINE_ORT_CUDA)
+        if "TensorrtExecutionProvider" in providers:
+            engines.add(ENGINE_TENSORRT)
     except ImportError:  # pragma: no cover - core dependency
         pass
     try:
@@ -115,8 +120,9 @@ def installed_engines() -> frozenset[str]:
     return frozenset(engines)
 
 
-def _dense(profile: ModelProfile, caps: DeviceCaps, engines: frozenset[str],
-           reason: str) -> Decision:
+def _dense(
+    profile: ModelProfile, caps: DeviceCaps, engines: frozenset[str], reason: str
+) -> Decision:
     device = "cpu"
     if ENGINE_ORT_CUDA in engines and caps.gpus:
         device = f"cuda:{caps.gpus[0].index}"

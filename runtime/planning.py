@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from runtime import cpu_dispatch, cpufeatures, dispatch
 from runtime.engines.base import Engine, EngineOptions, ModelSource, create_engine
+from runtime.engines.onnx import require_tensorrt
 from runtime.errors import ConfigError, ModelLoadError
 from runtime.fileio import read_model
 from runtime.model import ServedModel
@@ -29,9 +30,10 @@ from runtime.sparsity.inputs import generate_inputs, take
 LOGGER = logging.getLogger(__name__)
 
 # config parameters this runtime reads (all optional)
-ENGINE_PARAM = "engine"  # auto | onnxruntime | openvino | torch_sparse
+ENGINE_PARAM = "engine"  # auto | onnxruntime | openvino | torch_sparse | tensorrt
 SPARSITY_PARAM = "sparsity"  # auto | on | off
 CPU_BUDGET_PARAM = "cpu_dispatch_budget_s"  # seconds for the measured CPU choice (default 3)
+GPU_ENGINES = (dispatch.ENGINE_TORCH_SPARSE, dispatch.ENGINE_TENSORRT)  # need a GPU, fp16 default
 
 
 def read_source(path: Path) -> tuple[ModelSource, onnx.ModelProto, str]:
@@ -75,6 +77,8 @@ def build_model(
     engine_name, device = decision.engine, decision.device
     reason = decision.reason
     if forced not in ("", "auto"):
+        if forced == dispatch.ENGINE_TENSORRT:
+            require_tensorrt()  # NOTE: says what is missing, not just "not installed"
         if forced not in engines:
             raise ConfigError(
                 f"engine '{forced}' is not installed here; installed: {sorted(engines)}"
@@ -84,9 +88,9 @@ def build_model(
             engine_name = forced
             if forced in cpu_dispatch.CPU_ENGINES:
                 device = "cpu"
-            elif forced == dispatch.ENGINE_TORCH_SPARSE and not device.startswith("cuda"):
+            elif forced in GPU_ENGINES and not device.startswith("cuda"):
                 if not caps.gpus:
-                    raise ConfigError("engine 'torch_sparse' needs a CUDA GPU; none found")
+                    raise ConfigError(f"engine '{forced}' needs a CUDA GPU; none found")
                 device = f"cuda:{caps.gpus[0].index}"
     params = {k: v.string_value for k, v in (config.parameters.items() if config else [])}
     options = EngineOptions(
@@ -94,7 +98,7 @@ def build_model(
         device_id=int(device.split(":")[1]) if ":" in device else 0,
         intra_op_threads=int(params.get("intra_op_thread_count", settings.intra_op_threads)),
         inter_op_threads=int(params.get("inter_op_thread_count", 0)),
-        precision=params.get("precision", "fp16" if engine_name == "torch_sparse" else "fp32"),
+        precision=params.get("precision", "fp16" if engine_name in GPU_ENGINES else "fp32"),
         batch_buckets=batch_buckets(config),
         parameters=params,
     )

@@ -87,6 +87,7 @@ class Engine(Protocol):
 # name -> "module:Class"; modules are imported only when that engine is built.
 ENGINE_REGISTRY: dict[str, str] = {
     "onnxruntime": "runtime.engines.onnx:OnnxRuntimeEngine",
+    "tensorrt": "runtime.engines.onnx:TensorRtEngine",  # opt-in only (`engine: tensorrt`)
     "torch_sparse": "runtime.engines.torch_sparse:TorchSparseEngine",
     "openvino": "runtime.engines.openvino:OpenVinoEngine",
 }
