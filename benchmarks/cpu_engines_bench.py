@@ -10,11 +10,16 @@ In-process: each engine/precision at batch 1 and 64, 1 thread: ms/call, rows/s, 
 on load, accuracy vs the fp32 dense model on onnxruntime (relative L2, min cosine).
 Through the server: one server per configuration (forced onnxruntime, forced openvino,
 and `engine: auto`, whose choice and reason are recorded), closed-loop tritonclient
-load of one row per request at concurrency 1 and 8 for a short fixed time: infer/s,
-p50 latency, server RSS. Prints tables; writes JSON to benchmarks/results/.
+load for a short fixed time: one row per request at concurrency 1 and 8 (infer/s, p50),
+and one 64-row request at a time (p50 ms: the issue's batch-64 column, through the
+server), server RSS. Then, side by side in one server, each int8 variant (auto) and the
+fp32 dense model (onnxruntime) take turns under the same c=8 load for a few rounds, and
+the ratio of medians is the int8 speed-up (sequential runs minutes apart swing +-40% on a
+shared 2-core host; alternating rounds cancel most of that). Prints tables; writes JSON
+to benchmarks/results/.
 
     python benchmarks/cpu_engines_bench.py [--duration 4] [--threads 1] [--no-server]
-        [--no-minilm] [--out benchmarks/results/cpu_engines.json]
+        [--no-minilm] [--rounds 3] [--out benchmarks/results/cpu_engines.json]
 """
 
 from __future__ import annotations
@@ -42,10 +47,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.serve_bench import server_rss, start_server  # noqa: E402
 from runtime.cpufeatures import detect  # noqa: E402
 from runtime.engines.base import EngineOptions, create_engine  # noqa: E402
+from runtime.planning import ENGINE_PARAM  # noqa: E402
 from runtime.quantize import QuantizeConfig, quantize_model  # noqa: E402
 from runtime.samples import mlp_pair  # noqa: E402
 from runtime.sparsity.inputs import Feeds, take, tokenize_text  # noqa: E402
-from runtime.sparsity.prune import PruneConfig, _float_outputs, deviation, prune_model  # noqa: E402
+from runtime.sparsity.prune import PruneConfig, deviation, float_outputs, prune_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MLP_LAYERS = (1024, 4096, 4096, 4096, 1024)
@@ -202,7 +208,7 @@ def in_process(variants: list[Variant], feeds: Mapping[str, Feeds], threads: int
             f64 = feeds[v.family]
             out = engine.infer(f64)
             rss = _rss() - rss0
-            flat = _float_outputs(out, names)
+            flat = float_outputs(out, names)
             if v.name == "dense" and engine_name == "onnxruntime":
                 refs[v.family] = flat
             dev = deviation(refs[v.family], flat)
@@ -342,6 +348,7 @@ def through_server(variants: list[Variant], feeds: Mapping[str, Feeds], threads:
                 for c in (1, 8):
                     r = run_load(url, "m", one, c, duration)
                     row[f"c{c}_infer_s"], row[f"c{c}_p50_ms"] = r["infer_s"], r["p50_ms"]
+                row["b64_ms"] = run_load(url, "m", take(f, slice(0, 64)), 1, duration)["p50_ms"]
                 row["rss_mib"] = server_rss(metrics_port) / 2**20
             finally:
                 proc.terminate()
@@ -349,7 +356,62 @@ def through_server(variants: list[Variant], feeds: Mapping[str, Feeds], threads:
             rows.append(row)
             print(f"  {v.family:8} {v.name:17} {label:11} -> {row['engine']:11} "
                   f"c1 {row['c1_infer_s']:7.1f}/s  c8 {row['c8_infer_s']:7.1f}/s  "
+                  f"b64 {row['b64_ms']:7.1f} ms  "
                   f"rss {row['rss_mib']:6.0f} MiB", flush=True)
+    return rows
+
+
+def side_by_side(variants: list[Variant], feeds: Mapping[str, Feeds], threads: int,
+                 duration: float, work: Path, rounds: int) -> list[dict]:
+    """Per family: fp32 dense (onnxruntime) and every int8 variant (QDQ: auto) in one server,
+    c=8 load taking turns for `rounds` rounds; ratio of medians vs the fp32 dense."""
+    import tritonclient.grpc as grpcclient
+
+    rows: list[dict] = []
+    for family in sorted({v.family for v in variants}):
+        members = [v for v in variants if v.family == family
+                   and (v.name == "dense" or v.form.startswith("int8"))]
+        if not any(v.name == "dense" for v in members) or len(members) < 2:
+            continue
+        f = feeds[family]
+        one = take(f, slice(0, 1))
+        tmp = Path(tempfile.mkdtemp(prefix="cpu-side-", dir=work))
+        for v in members:
+            model_dir = tmp / "repo" / v.name
+            (model_dir / "1").mkdir(parents=True)
+            (model_dir / "1" / "model.onnx").symlink_to(v.path)
+            out_name, out_dim = output_spec(v.path, f)
+            # NOTE: dynamic int8 (MatMulInteger) is an onnxruntime-only form
+            params = ({"precision": "int8"} if v.form == "int8 static QDQ"
+                      else {ENGINE_PARAM: "onnxruntime"})
+            write_config(model_dir, v.name, f, out_name, out_dim, params)
+        proc, grpc_port, _ = start_server(tmp / "repo", tmp, threads)
+        url = f"127.0.0.1:{grpc_port}"
+        try:
+            client = grpcclient.InferenceServerClient(url)
+            deadline = time.monotonic() + 600
+            while not all(client.is_model_ready(v.name) for v in members):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"models did not load; see {tmp / 'server.log'}")
+                time.sleep(0.5)
+            engines = {v.name: client.get_model_config(v.name).config
+                       .parameters["sparse_runtime.engine"].string_value for v in members}
+            runs: dict[str, list[float]] = {v.name: [] for v in members}
+            for _ in range(rounds):
+                for v in members:
+                    runs[v.name].append(run_load(url, v.name, one, 8, duration)["infer_s"])
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        base = float(np.median(runs["dense"]))
+        for v in members:
+            med = float(np.median(runs[v.name]))
+            rows.append({"family": family, "variant": v.name, "form": v.form,
+                         "engine": engines[v.name], "c8_infer_s_runs": runs[v.name],
+                         "c8_infer_s_median": med, "ratio_vs_fp32_dense": med / base})
+            print(f"  {family:8} {v.name:17} {engines[v.name]:11} c8 median {med:7.1f}/s "
+                  f"(runs {', '.join(f'{x:.0f}' for x in runs[v.name])})  "
+                  f"x{med / base:5.2f} vs fp32 dense", flush=True)
     return rows
 
 
@@ -365,7 +427,7 @@ def output_spec(path: Path, feeds: Feeds) -> tuple[str, int]:
 # ---- report -----------------------------------------------------------------------------
 
 
-def print_tables(inproc: list[dict], server: list[dict]) -> None:
+def print_tables(inproc: list[dict], server: list[dict], side: list[dict]) -> None:
     print("\nin-process (batch 1 / 64, ms per call; rows/s at 64; accuracy vs fp32 dense)")
     print(f"{'family':8} {'variant':17} {'engine':11} {'prec':5} {'as':5} {'b1 ms':>8} "
           f"{'b64 ms':>8} {'rows/s':>8} {'RSS MiB':>8} {'relL2':>7} {'cos min':>8}")
@@ -375,13 +437,20 @@ def print_tables(inproc: list[dict], server: list[dict]) -> None:
               f"{r['rss_mib']:8.0f} {r['rel_l2']:7.4f} {r['cos_min']:8.5f}")
     if not server:
         return
-    print("\nthrough the server (1 row per request; infer/s and p50 ms at c=1 and c=8)")
+    print("\nthrough the server (1 row per request: infer/s and p50 ms at c=1 and c=8; "
+          "b64: p50 ms of one 64-row request at a time)")
     print(f"{'family':8} {'variant':17} {'setting':11} {'engine':11} {'c1/s':>7} {'p50':>6} "
-          f"{'c8/s':>7} {'p50':>6} {'RSS MiB':>8} {'load s':>6}")
+          f"{'c8/s':>7} {'p50':>6} {'b64 ms':>7} {'RSS MiB':>8} {'load s':>6}")
     for r in server:
         print(f"{r['family']:8} {r['variant']:17} {r['setting']:11} {r['engine']:11} "
               f"{r['c1_infer_s']:7.1f} {r['c1_p50_ms']:6.2f} {r['c8_infer_s']:7.1f} "
-              f"{r['c8_p50_ms']:6.2f} {r['rss_mib']:8.0f} {r['load_s']:6.1f}")
+              f"{r['c8_p50_ms']:6.2f} {r['b64_ms']:7.1f} {r['rss_mib']:8.0f} {r['load_s']:6.1f}")
+    if side:
+        print("\nside by side in one server, c=8, alternating rounds (median infer/s, ratio "
+              "vs fp32 dense onnxruntime)")
+        for r in side:
+            print(f"  {r['family']:8} {r['variant']:17} {r['engine']:11} "
+                  f"{r['c8_infer_s_median']:7.1f}/s  x{r['ratio_vs_fp32_dense']:.2f}")
     print("\nauto choice per variant")
     for r in server:
         if r["setting"] == "auto":
@@ -395,6 +464,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-server", action="store_true")
     parser.add_argument("--no-minilm", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="side-by-side c=8 rounds (0: skip)")
     parser.add_argument("--families", default="", help="only these families (comma list)")
     parser.add_argument("--mlp-layers", default=",".join(map(str, MLP_LAYERS)),
                         help="MLP widths (a smaller MLP makes a quick smoke run)")
@@ -416,14 +486,18 @@ def main() -> int:
         print("through the server", flush=True)
         or through_server(variants, feeds, args.threads, args.duration, args.work)
     )
-    print_tables(inproc, server)
+    side = [] if args.no_server or args.rounds <= 0 else (
+        print("side by side", flush=True)
+        or side_by_side(variants, feeds, args.threads, args.duration, args.work, args.rounds)
+    )
+    print_tables(inproc, server, side)
     cpu = detect()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "host": {"cpu": cpu.model, "features": cpu.summary(), "python": platform.python_version(),
                  "cores": __import__("os").cpu_count()},
         "threads": args.threads, "duration_s": args.duration,
-        "in_process": inproc, "server": server,
+        "in_process": inproc, "server": server, "side_by_side": side,
     }, indent=2))
     print(f"\nwrote {args.out}")
     return 0
