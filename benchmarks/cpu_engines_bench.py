@@ -257,11 +257,12 @@ def write_config(model_dir: Path, name: str, feeds: Feeds, out_name: str, out_di
     (model_dir / "config.pbtxt").write_text("\n".join(lines) + "\n")
 
 
-async def _load(url: str, model: str, feeds: dict[str, list], concurrency: int,
+async def _load(url: str, model: str, feeds_npz: str, concurrency: int,
                 duration: float) -> dict:
     import tritonclient.grpc.aio as aioclient
 
-    arrays = {k: np.asarray(v[0], dtype=v[1]) for k, v in feeds.items()}
+    with np.load(feeds_npz) as data:
+        arrays = {k: data[k] for k in data.files}
     latencies: list[float] = []
     async with aioclient.InferenceServerClient(url) as client:
         inputs = []
@@ -286,18 +287,20 @@ async def _load(url: str, model: str, feeds: dict[str, list], concurrency: int,
     return {"infer_s": len(lat) / elapsed, "p50_ms": float(np.percentile(lat, 50))}
 
 
-def run_load(url: str, model: str, one_row: Feeds, concurrency: int, duration: float) -> dict:
+def run_load(url: str, model: str, request: Feeds, concurrency: int, duration: float) -> dict:
     """Closed-loop tritonclient load in its own process (never shares the server's cores'
-    GIL with this script)."""
-    payload = json.dumps({k: [v.tolist(), str(v.dtype)] for k, v in one_row.items()})
-    code = (
-        f"import json,sys,asyncio; sys.path.insert(0, {str(ROOT)!r}); "
-        "import benchmarks.cpu_engines_bench as b; "
-        f"print(json.dumps(asyncio.run(b._load({url!r}, {model!r}, json.loads(sys.argv[1]), "
-        f"{concurrency}, {duration}))))"
-    )
-    out = subprocess.run([sys.executable, "-c", code, payload], check=True, capture_output=True,
-                         text=True, timeout=duration * 6 + 120)
+    GIL with this script); every request carries `request` (its rows = its batch)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        payload = str(Path(tmp) / "request.npz")
+        np.savez(payload, **request)
+        code = (
+            f"import json,sys,asyncio; sys.path.insert(0, {str(ROOT)!r}); "
+            "import benchmarks.cpu_engines_bench as b; "
+            f"print(json.dumps(asyncio.run(b._load({url!r}, {model!r}, sys.argv[1], "
+            f"{concurrency}, {duration}))))"
+        )
+        out = subprocess.run([sys.executable, "-c", code, payload], check=True,
+                             capture_output=True, text=True, timeout=duration * 6 + 120)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -451,11 +454,28 @@ def print_tables(inproc: list[dict], server: list[dict], side: list[dict]) -> No
         for r in side:
             print(f"  {r['family']:8} {r['variant']:17} {r['engine']:11} "
                   f"{r['c8_infer_s_median']:7.1f}/s  x{r['ratio_vs_fp32_dense']:.2f}")
-    print("\nauto choice per variant")
+    print("\nauto choice per variant (vs the in-process timings of this run: chosen engine's "
+          "ms / best engine's ms at batch 1 and 64; the target is <= 1.05)")
     for r in server:
         if r["setting"] == "auto":
-            print(f"  {r['family']} {r['variant']}: {r['engine']} -- {r['reason']}\n"
+            check = auto_check(r, inproc)
+            print(f"  {r['family']} {r['variant']}: {r['engine']} {check} -- {r['reason']}\n"
                   f"    timings: {r['timings']}")
+
+
+def auto_check(auto_row: dict, inproc: list[dict]) -> str:
+    """How far auto's engine is from the fastest engine in-process for the same variant."""
+    same = [r for r in inproc
+            if r["family"] == auto_row["family"] and r["variant"] == auto_row["variant"]]
+    chosen = [r for r in same if r["engine"] == auto_row["engine"]]
+    if not same or not chosen:
+        return "(no in-process timing)"
+    parts = []
+    for key in ("b1_ms", "b64_ms"):
+        best = min(r[key] for r in same)
+        mine = min(r[key] for r in chosen)
+        parts.append(f"{key[:-3]} x{mine / best:.2f}")
+    return "(" + ", ".join(parts) + ")"
 
 
 def main() -> int:
