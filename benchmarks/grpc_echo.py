@@ -6,6 +6,9 @@ zeros of the request's shape without looking at the data; the other RPCs answer
 just what perf_analyzer reads before it sends load. ModelStatistics reports the
 ModelInfer count, so the benchmark can divide CPU time by requests.
 
+`write_canned` writes the same answers as serialized bytes for the native (C++) echo in
+benchmarks/native_echo/, which has no .proto compiled in.
+
     python benchmarks/grpc_echo.py --port 0 --port-file ports.json
 """
 
@@ -74,6 +77,27 @@ class EchoServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         out.outputs.add(name="y", datatype="FP32", shape=shape)
         out.raw_output_contents.append(bytes(4 * count))
         return out
+
+
+def write_canned(folder: Path) -> None:
+    """<Method>.bin per RPC: what the native echo answers (one [1, 256] FP32 output)."""
+    servicer = EchoServicer()
+    named = pb.ModelMetadataRequest(name="echo")
+    request = pb.ModelInferRequest(model_name="echo")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, FEATURES])
+    answers = {
+        "ServerLive": servicer.ServerLive(None, None),
+        "ServerReady": servicer.ServerReady(None, None),
+        "ModelReady": servicer.ModelReady(None, None),
+        "ServerMetadata": servicer.ServerMetadata(None, None),
+        "ModelMetadata": servicer.ModelMetadata(named, None),
+        "ModelConfig": servicer.ModelConfig(pb.ModelConfigRequest(name="echo"), None),
+        "ModelInfer": servicer.ModelInfer(request, None),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for method, coroutine in answers.items():
+        message = asyncio.run(coroutine)
+        (folder / f"{method}.bin").write_bytes(message.SerializeToString())
 
 
 async def serve(port: int, port_file: Path | None) -> None:

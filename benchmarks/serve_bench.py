@@ -8,7 +8,9 @@ batches are then timed in-process on onnxruntime (same thread settings as the
 server) to give the ceiling the server is compared with.
 
 Beside it, in the same run, `grpc_echo.py` (the same gRPC stack and stubs, no
-model) gives the floor that any Python grpc.aio server has on this machine, and
+model) gives the floor that any Python grpc.aio server has on this machine (and,
+where g++ and Debian's libgrpc++-dev are installed, `native_echo/echo.cc` the floor
+of a C++ gRPC layer: what a native frontend would leave for the model), and
 CPU time per request is split between the server process and the load
 generator (from /proc and the child's rusage), so a target can be checked
 against what the machine has left. Triton's figures from the issue are printed
@@ -17,7 +19,7 @@ as the target column. Prints a table and writes JSON
 
     python benchmarks/serve_bench.py [--models mlp_dense,mlp_sparse24]
         [--concurrency 1,4,8,16] [--duration 5] [--client auto|perf_analyzer|python]
-        [--no-floor]
+        [--no-floor] [--native-floor auto|yes|no]
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ import json
 import os
 import platform
 import resource
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +49,7 @@ from runtime.samples import build_samples  # noqa: E402
 
 PERF_ANALYZER = ROOT.parent / "shared" / "tools" / "perf_analyzer"
 ECHO = ROOT / "benchmarks" / "grpc_echo.py"
+NATIVE_ECHO = ROOT / "benchmarks" / "native_echo" / "echo.cc"
 # real Triton 2.51 (python backend + onnxruntime CPU, dynamic batching 500 us) per the issue;
 # the target is 1.2x these
 TRITON_INFER_S = {1: 690.0, 4: 2295.0, 8: 4000.0}
@@ -83,6 +89,54 @@ def start_echo(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, wait_port_file(proc, port_file, log)["grpc"]
 
 
+def build_native_echo(tmp: Path) -> Path | None:
+    """Compile the C++ echo; None (and why, printed) when the toolchain or grpc++ is missing."""
+    pkg = shutil.which("pkg-config")
+    if shutil.which("g++") is None or pkg is None:
+        print("native floor skipped: needs g++ and pkg-config", flush=True)
+        return None
+    flags = subprocess.run([pkg, "--cflags", "--libs", "grpc++", "protobuf"],
+                           capture_output=True, text=True)  # fmt: skip
+    if flags.returncode != 0:
+        print("native floor skipped: grpc++ not found (apt install libgrpc++-dev)", flush=True)
+        return None
+    binary = tmp / "native_echo"
+    cmd = ["g++", "-O2", "-std=c++17", str(NATIVE_ECHO), "-o", str(binary), *flags.stdout.split()]
+    built = subprocess.run(cmd, capture_output=True, text=True)
+    if built.returncode != 0:
+        print(f"native floor skipped: build failed: {built.stderr[-500:]}", flush=True)
+        return None
+    import benchmarks.grpc_echo as grpc_echo
+
+    grpc_echo.write_canned(tmp / "canned")
+    return binary
+
+
+def start_native_echo(binary: Path, tmp: Path) -> tuple[subprocess.Popen[str], int, Path]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stats = tmp / "native_stats.txt"
+    proc = subprocess.Popen([str(binary), str(port), str(tmp / "canned"), str(stats)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    if not proc.stdout.readline().startswith("listening"):
+        raise RuntimeError("native echo did not start")
+    return proc, port, stats
+
+
+def native_served(proc: subprocess.Popen[str], stats: Path) -> int:
+    """ModelInfer calls so far, as the native echo writes them on SIGUSR1."""
+    before = stats.stat().st_mtime_ns if stats.exists() else 0
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while not stats.exists() or stats.stat().st_mtime_ns == before:
+        if time.monotonic() > deadline:
+            raise RuntimeError("native echo did not report its count")
+        time.sleep(0.01)
+    return int(stats.read_text())
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, all threads (from /proc)."""
     try:
@@ -104,11 +158,13 @@ def requests_served(url: str, model: str) -> int:
     return int(stats.inference_stats.success.count)
 
 
-def measure(load, url: str, model: str, c: int, duration: float, pid: int) -> dict:
+def measure(load, url: str, model: str, c: int, duration: float, pid: int,
+            served_so_far=None) -> dict:  # fmt: skip
     """One load point plus CPU per request: server process and load generator."""
-    served0, server0, client0 = requests_served(url, model), process_cpu_s(pid), children_cpu_s()
+    count = served_so_far or (lambda: requests_served(url, model))
+    served0, server0, client0 = count(), process_cpu_s(pid), children_cpu_s()
     result = load(url, model, c, duration)
-    served = requests_served(url, model) - served0
+    served = count() - served0
     server_cpu, client_cpu = process_cpu_s(pid) - server0, children_cpu_s() - client0
     result["requests_total"] = served
     result["server_cpu_us_per_req"] = server_cpu / served * 1e6 if served else float("nan")
@@ -245,6 +301,28 @@ def echo_floor(tmp: Path, load, client: str, levels: list[int], duration: float)
     return rows
 
 
+def native_floor(tmp: Path, load, client: str, levels: list[int], duration: float,
+                 ) -> list[dict]:  # fmt: skip
+    """The same load against the C++ echo (no model): a native gRPC layer's own cost."""
+    binary = build_native_echo(tmp)
+    if binary is None:
+        return []
+    proc, port, stats = start_native_echo(binary, tmp)
+    rows = []
+    try:
+        for c in levels:
+            result = measure(load, f"127.0.0.1:{port}", ECHO_MODEL, c, duration, proc.pid,
+                             lambda: native_served(proc, stats))  # fmt: skip
+            row = {"model": "native-echo (C++)", "concurrency": c, "client": client,
+                   **result, "target_infer_s": target(c)}  # fmt: skip
+            rows.append(row)
+            print_row(row)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return rows
+
+
 def print_row(row: dict) -> None:
     goal = row.get("target_infer_s")
     extra = ""
@@ -267,6 +345,7 @@ def print_summary(rows: list[dict]) -> None:
     """What the machine leaves for a server at each target: the budget a target implies."""
     cores = os.cpu_count() or 1
     echo = {r["concurrency"]: r for r in rows if r["model"].startswith("grpc-echo")}
+    native = {r["concurrency"]: r for r in rows if r["model"].startswith("native-echo")}
     for c, row in sorted(echo.items()):
         goal = row.get("target_infer_s")
         if not goal:
@@ -278,6 +357,13 @@ def print_summary(rows: list[dict]) -> None:
             f"the no-model gRPC echo alone used {row['server_cpu_us_per_req']:.0f} us "
             f"and reached {row['throughput']:.0f}/s"
         )
+        if c in native:
+            n = native[c]
+            print(
+                f"     the C++ echo used {n['server_cpu_us_per_req']:.0f} us and reached "
+                f"{n['throughput']:.0f}/s, leaving {budget - n['server_cpu_us_per_req']:.0f} us "
+                f"per request for everything past the gRPC layer"
+            )
 
 
 def main() -> int:
@@ -289,6 +375,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     parser.add_argument("--client", choices=("auto", "perf_analyzer", "python"), default="auto")
     parser.add_argument("--no-floor", action="store_true", help="skip the no-model gRPC echo")
+    parser.add_argument(
+        "--native-floor",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="also measure the C++ echo (auto: when g++ and grpc++ exist)",
+    )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_bench.json"
     )
@@ -305,6 +397,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmpdir:
         if not args.no_floor:
             rows += echo_floor(Path(tmpdir), load, client, levels, args.duration)
+        if args.native_floor != "no":
+            native = native_floor(Path(tmpdir), load, client, levels, args.duration)
+            if args.native_floor == "yes" and not native:
+                raise SystemExit("--native-floor yes: the C++ echo could not be built")
+            rows += native
         proc, grpc_port, metrics_port = start_server(args.repo, Path(tmpdir), args.threads)
         url = f"127.0.0.1:{grpc_port}"
         try:

@@ -59,3 +59,19 @@ def test_grpc_echo_floor_answers_tritonclient(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
+
+
+def test_native_echo_canned_answers_parse(tmp_path: Path) -> None:
+    """The C++ echo replays these bytes verbatim, so they must be the stubs' messages."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    spec = importlib.util.spec_from_file_location("bench_grpc_echo", BENCHMARKS / "grpc_echo.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_canned(tmp_path)
+    infer = pb.ModelInferResponse.FromString((tmp_path / "ModelInfer.bin").read_bytes())
+    assert list(infer.outputs[0].shape) == [1, 256] and len(infer.raw_output_contents[0]) == 1024
+    config = pb.ModelConfigResponse.FromString((tmp_path / "ModelConfig.bin").read_bytes())
+    assert config.config.max_batch_size == 64
+    assert len(list(tmp_path.glob("*.bin"))) == 7
