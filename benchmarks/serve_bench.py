@@ -19,7 +19,7 @@ as the target column. Prints a table and writes JSON
 
     python benchmarks/serve_bench.py [--models mlp_dense,mlp_sparse24]
         [--concurrency 1,4,8,16] [--duration 5] [--client auto|perf_analyzer|python]
-        [--no-floor] [--native-floor auto|yes|no]
+        [--no-floor] [--native-floor auto|yes|no] [--frontends python,native]
 """
 
 from __future__ import annotations
@@ -66,16 +66,19 @@ def wait_port_file(proc: subprocess.Popen[bytes], port_file: Path, log: Path) ->
     return json.loads(port_file.read_text())
 
 
-def start_server(repo: Path, tmp: Path, threads: int) -> tuple[subprocess.Popen[bytes], int, int]:
-    port_file = tmp / "ports.json"
-    log = (tmp / "server.log").open("wb")
+def start_server(
+    repo: Path, tmp: Path, threads: int, frontend: str = "python"
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    port_file = tmp / f"ports-{frontend}.json"
+    log_path = tmp / f"server-{frontend}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo),
          "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
-         "--port-file", str(port_file), "--intra-op-threads", str(threads)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+         "--port-file", str(port_file), "--intra-op-threads", str(threads),
+         "--grpc-frontend", frontend],
+        stdout=log_path.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
     )  # fmt: skip
-    ports = wait_port_file(proc, port_file, tmp / "server.log")
+    ports = wait_port_file(proc, port_file, log_path)
     return proc, ports["grpc"], ports["metrics"]
 
 
@@ -332,7 +335,7 @@ def print_row(row: dict) -> None:
             f"  ratio {row['ratio_vs_in_process']:5.2f}  RSS {row['server_rss_mb']:5.0f} MB"
         )
     print(
-        f"{row['model']:21s} c={row['concurrency']:<3d} {row['throughput']:7.0f} infer/s "
+        f"{row['model']:24s} c={row['concurrency']:<3d} {row['throughput']:7.0f} infer/s "
         f"(target {goal or float('nan'):5.0f})  p50 {row['p50_ms']:6.2f} ms  "
         f"p95 {row['p95_ms']:6.2f}  p99 {row['p99_ms']:6.2f}  "
         f"cpu/req server {row['server_cpu_us_per_req']:4.0f} us "
@@ -376,6 +379,11 @@ def main() -> int:
     parser.add_argument("--client", choices=("auto", "perf_analyzer", "python"), default="auto")
     parser.add_argument("--no-floor", action="store_true", help="skip the no-model gRPC echo")
     parser.add_argument(
+        "--frontends",
+        default="python",
+        help="server gRPC frontends to measure side by side: python,native",
+    )
+    parser.add_argument(
         "--native-floor",
         choices=("auto", "yes", "no"),
         default="auto",
@@ -392,6 +400,15 @@ def main() -> int:
         client = "perf_analyzer" if PERF_ANALYZER.exists() else "python"
     load = run_perf_analyzer if client == "perf_analyzer" else run_python_load
     models = [m for m in args.models.split(",") if m]
+    frontends = [f for f in args.frontends.split(",") if f]
+    if "native" in frontends:
+        from runtime.server.native_frontend import load_bridge
+
+        try:
+            load_bridge()
+        except ImportError as exc:
+            print(f"native frontend skipped: {exc}", flush=True)
+            frontends = [f for f in frontends if f != "native"] or ["python"]
     levels = [int(c) for c in args.concurrency.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -402,33 +419,37 @@ def main() -> int:
             if args.native_floor == "yes" and not native:
                 raise SystemExit("--native-floor yes: the C++ echo could not be built")
             rows += native
-        proc, grpc_port, metrics_port = start_server(args.repo, Path(tmpdir), args.threads)
-        url = f"127.0.0.1:{grpc_port}"
+        servers = {f: start_server(args.repo, Path(tmpdir), args.threads, f) for f in frontends}
         try:
             for model in models:
                 for c in levels:
-                    before = batch_histogram(url, model)
-                    result = measure(load, url, model, c, args.duration, proc.pid)
-                    after = batch_histogram(url, model)
-                    batches = {b: after.get(b, 0) - before.get(b, 0) for b in after}
-                    execs = sum(batches.values())
-                    rows_run = sum(b * n for b, n in batches.items())
-                    ceiling = in_process_rows_per_sec(
-                        args.repo / model / "1" / "model.onnx", batches, args.threads
-                    )
-                    row = {
-                        "model": model, "concurrency": c, "client": client, **result,
-                        "mean_batch": rows_run / execs if execs else float("nan"),
-                        "in_process_rows_per_s": ceiling,
-                        "ratio_vs_in_process": result["throughput"] / ceiling,
-                        "server_rss_mb": server_rss(metrics_port) / 2**20,
-                        "target_infer_s": target(c),
-                    }  # fmt: skip
-                    rows.append(row)
-                    print_row(row)
+                    for frontend, (proc, grpc_port, metrics_port) in servers.items():
+                        url = f"127.0.0.1:{grpc_port}"
+                        before = batch_histogram(url, model)
+                        result = measure(load, url, model, c, args.duration, proc.pid)
+                        after = batch_histogram(url, model)
+                        batches = {b: after.get(b, 0) - before.get(b, 0) for b in after}
+                        execs = sum(batches.values())
+                        rows_run = sum(b * n for b, n in batches.items())
+                        ceiling = in_process_rows_per_sec(
+                            args.repo / model / "1" / "model.onnx", batches, args.threads
+                        )
+                        label = model if len(servers) == 1 else f"{model} [{frontend}]"
+                        row = {
+                            "model": label, "frontend": frontend, "concurrency": c,
+                            "client": client, **result,
+                            "mean_batch": rows_run / execs if execs else float("nan"),
+                            "in_process_rows_per_s": ceiling,
+                            "ratio_vs_in_process": result["throughput"] / ceiling,
+                            "server_rss_mb": server_rss(metrics_port) / 2**20,
+                            "target_infer_s": target(c),
+                        }  # fmt: skip
+                        rows.append(row)
+                        print_row(row)
         finally:
-            proc.terminate()
-            proc.wait(60)
+            for proc, _, _ in servers.values():
+                proc.terminate()
+                proc.wait(60)
     print_summary(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"python": sys.version.split()[0], "machine": platform.machine(),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 ENV_PREFIX = "SPARSE_RUNTIME_"
 CONTROL_MODES = ("none", "poll", "explicit")
+GRPC_FRONTENDS = ("python", "native")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,14 @@ class Settings:
     max_queue_size: int = field(
         default=1024,
         metadata={"help": "pending requests per model before RESOURCE_EXHAUSTED"},
+    )
+    grpc_frontend: str = field(
+        default="python",
+        metadata={
+            "help": "python (grpc.aio, every RPC) | native (C++ grpc++ bridge, unary RPCs only; "
+            "`make native` builds it)",
+            "choices": GRPC_FRONTENDS,
+        },
     )
     grpc_max_message_bytes: int = field(
         default=2**31 - 1, metadata={"help": "max gRPC message size, both directions"}
@@ -92,7 +101,9 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
         if flag_value is not None:
             if annotation.startswith("tuple"):
                 values[f.name] = tuple(
-                    p for item in flag_value for p in _parse(item, annotation)  # type: ignore[union-attr]
+                    p
+                    for item in flag_value
+                    for p in _parse(item, annotation)  # type: ignore[union-attr]
                 )
             else:
                 values[f.name] = _parse(str(flag_value), annotation)

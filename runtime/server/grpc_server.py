@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2_grpc
 from runtime.metrics import Metrics
 from runtime.repository.manager import ModelManager
 from runtime.server.health import HealthState
+from runtime.server.native_frontend import NativeFrontend
 from runtime.server.servicer import InferenceServicer
 from runtime.settings import Settings
 
@@ -51,6 +52,7 @@ class Server:
         self.servicer = InferenceServicer(self.manager, self.metrics)
         self._health = HealthState(self.manager)
         self._server: grpc.aio.Server | None = None
+        self._native: NativeFrontend | None = None
         self._stopping = asyncio.Event()
         self.grpc_port = 0
         self.metrics_port = 0
@@ -66,7 +68,7 @@ class Server:
     async def _refresh_health(self) -> None:
         await self._health.update(self.servicer.server_ready())
 
-    async def start(self) -> None:
+    def _bind_aio(self) -> grpc.aio.Server:
         s = self.settings
         server = grpc.aio.server(options=grpc_options(s))
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
@@ -77,18 +79,37 @@ class Server:
             raise OSError(f"cannot bind gRPC port {s.host}:{s.grpc_port}: {exc}") from exc
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC port {s.host}:{s.grpc_port}")
+        return server
+
+    async def start(self) -> None:
+        s = self.settings
+        server: grpc.aio.Server | None = None
+        if s.grpc_frontend == "native":
+            address = f"{s.host}:{s.grpc_port}"
+            self._native = NativeFrontend(
+                self.servicer, self._health.servicer, address, s.grpc_max_message_bytes
+            )
+        else:
+            server = self._bind_aio()
         if s.metrics_port >= 0:
             try:
                 self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
             except OSError as exc:
                 raise OSError(f"cannot bind metrics port {s.host}:{s.metrics_port}: {exc}") from exc
         await self._health.update(False)
-        await server.start()
-        self._server = server
+        if self._native is not None:
+            try:
+                self.grpc_port = self._native.start()
+            except OSError as exc:
+                raise OSError(f"cannot bind gRPC port {s.host}:{s.grpc_port}: {exc}") from exc
+        else:
+            assert server is not None
+            await server.start()
+            self._server = server
         LOGGER.info(
-            "gRPC on %s:%d, metrics on %s:%d, repository %s (control mode %s)",
-            s.host, self.grpc_port, s.host, self.metrics_port, s.model_repository,
-            s.model_control_mode,
+            "gRPC on %s:%d (%s frontend), metrics on %s:%d, repository %s (control mode %s)",
+            s.host, self.grpc_port, s.grpc_frontend, s.host, self.metrics_port,
+            s.model_repository, s.model_control_mode,
         )  # fmt: skip
         await self.manager.start_safely()
         self.servicer.started = True
@@ -112,6 +133,8 @@ class Server:
         await self._health.shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._native is not None:
+            await self._native.stop(grace)
         await asyncio.to_thread(self.metrics.close)
         LOGGER.info("stopped")
 

@@ -1,0 +1,141 @@
+"""The native gRPC frontend (--grpc-frontend native) through a real server subprocess.
+
+Same client, same expectations as the grpc.aio frontend: answers equal in-process
+onnxruntime, Triton's status codes, batching, metrics, health, clean SIGTERM; plus
+what is specific to it: streaming RPCs answer UNIMPLEMENTED with a message saying
+which frontend has them, and undecodable bytes answer INVALID_ARGUMENT.
+Skipped with the reason when the bridge is not built (`make native`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from runtime.server.native_frontend import load_bridge
+from tests.conftest import ServerProcess, copy_repo, metric, parse_metrics, start_server
+
+try:
+    load_bridge()
+    NOT_BUILT = ""
+except ImportError as exc:
+    NOT_BUILT = str(exc)
+
+pytestmark = pytest.mark.skipif(bool(NOT_BUILT), reason=NOT_BUILT)
+NATIVE = ("--grpc-frontend", "native")
+
+
+@pytest.fixture(scope="module")
+def native(sample_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("native")
+    copy_repo(sample_repo, tmp / "repo")
+    srv = start_server(tmp / "repo", tmp, NATIVE)
+    yield srv
+    assert srv.stop() == 0, srv.log_text()
+
+
+def _input(x: np.ndarray) -> grpcclient.InferInput:
+    inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+@pytest.mark.parametrize("model", ["mlp_dense", "mlp_sparse24"])
+def test_outputs_equal_in_process_onnxruntime(native: ServerProcess, model: str) -> None:
+    client = grpcclient.InferenceServerClient(native.url)
+    x = np.random.default_rng(3).standard_normal((5, 256)).astype(np.float32)
+    got = client.infer(model, [_input(x)]).as_numpy("y")
+    path = native.repo / model / "1" / "model.onnx"
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(got, want[0], atol=1e-5)
+    assert client.get_server_metadata().name == "sparse-runtime"
+    assert client.get_model_config(model).config.max_batch_size == 64
+
+
+def test_concurrent_requests_are_batched_and_counted(native: ServerProcess) -> None:
+    before = parse_metrics(native.scrape())
+
+    async def burst() -> None:
+        async with aioclient.InferenceServerClient(native.url) as client:
+            x = np.ones((1, 256), np.float32)
+            inp = aioclient.InferInput("x", [1, 256], "FP32")
+            inp.set_data_from_numpy(x)
+            await asyncio.gather(*(client.infer("mlp_dense", [inp]) for _ in range(64)))
+
+    asyncio.run(burst())
+    after = parse_metrics(native.scrape())
+
+    def moved(name: str) -> float:
+        return metric(after, name, model="mlp_dense") - metric(before, name, model="mlp_dense")
+
+    success, execs = moved("nv_inference_request_success"), moved("nv_inference_exec_count")
+    assert success == 64
+    assert 0 < execs < success
+
+
+def test_bad_requests_get_tritons_status_codes(native: ServerProcess) -> None:
+    client = grpcclient.InferenceServerClient(native.url)
+    with pytest.raises(InferenceServerException) as unknown:
+        client.infer("no_such_model", [_input(np.ones((1, 256), np.float32))])
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException) as shape:
+        client.infer("mlp_dense", [_input(np.ones((1, 255), np.float32))])
+    assert shape.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "'x'" in shape.value.message()
+    with grpc.insecure_channel(native.url) as channel:
+        raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as garbage:
+            raw(b"\xff\xff\xff", timeout=10)
+    assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_check_and_unary_only_limits(native: ServerProcess) -> None:
+    with grpc.insecure_channel(native.url) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "inference.GRPCInferenceService", "mlp_dense"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+        with pytest.raises(grpc.RpcError) as missing:
+            health.Check(health_pb2.HealthCheckRequest(service="no_such_model"), timeout=10)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as watch:
+            next(iter(health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)))
+        assert watch.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "--grpc-frontend python" in (watch.value.details() or "")
+    client = grpcclient.InferenceServerClient(native.url)
+    errors: list[object] = []
+    client.start_stream(callback=lambda result, error: errors.append(error))
+    client.async_stream_infer("mlp_dense", [_input(np.ones((1, 256), np.float32))])
+    client.stop_stream()
+    assert errors and "streaming RPC" in str(errors[0])
+
+
+def test_sigterm_exits_zero_and_a_taken_port_is_a_clear_error(
+    sample_repo: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        srv_cmd = ("--grpc-port", str(port))
+        with pytest.raises(RuntimeError) as early:
+            # NOTE: start_server passes --grpc-port 0 first; the later flag wins
+            start_server(sample_repo, tmp_path, (*NATIVE, *srv_cmd))
+    assert f"cannot bind gRPC port 127.0.0.1:{port}" in str(early.value)
+    srv = start_server(sample_repo, tmp_path, NATIVE)
+    client = grpcclient.InferenceServerClient(srv.url)
+    assert client.is_server_ready()
+    assert srv.stop(signal.SIGTERM) == 0
+    assert "native frontend" in srv.log_text()
