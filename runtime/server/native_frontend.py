@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -84,9 +85,10 @@ def handlers(inference: Any, health: Any) -> tuple[dict[str, _Handler], set[str]
             if method.client_streaming or method.server_streaming:
                 streaming.add(path)
                 continue
-            table[path] = _Handler(
-                getattr(module, method.input_type.name), getattr(servicer, method.name)
-            )
+            function = getattr(servicer, method.name, None)
+            if not inspect.iscoroutinefunction(function):
+                continue  # NOTE: e.g. an RPC newer than our servicer: UNIMPLEMENTED, as on aio
+            table[path] = _Handler(getattr(module, method.input_type.name), function)
     return table, streaming
 
 
