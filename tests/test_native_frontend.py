@@ -139,3 +139,37 @@ def test_sigterm_exits_zero_and_a_taken_port_is_a_clear_error(
     assert client.is_server_ready()
     assert srv.stop(signal.SIGTERM) == 0
     assert "native frontend" in srv.log_text()
+
+
+def test_expired_deadlines_and_dropped_channels_leave_it_serving(native: ServerProcess) -> None:
+    """Answers to callers who are gone must go nowhere, quietly, without hurting others."""
+
+    async def scenario() -> list[str]:
+        async with aioclient.InferenceServerClient(native.url) as client:
+            inp = aioclient.InferInput("x", [64, 256], "FP32")
+            inp.set_data_from_numpy(np.ones((64, 256), np.float32))
+
+            async def one(timeout: float) -> str:
+                try:
+                    await client.infer("mlp_dense", [inp], client_timeout=timeout)
+                    return "ok"
+                except InferenceServerException as exc:
+                    return str(exc.status())
+
+            results = await asyncio.gather(*(one(0.0005 if k % 2 else 10) for k in range(40)))
+        for _ in range(5):
+            channel = grpc.aio.insecure_channel(native.url)
+            live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+            calls = [asyncio.ensure_future(live(b"")) for _ in range(10)]
+            await asyncio.sleep(0.001)
+            await channel.close()
+            await asyncio.gather(*calls, return_exceptions=True)
+        return results
+
+    results = asyncio.run(scenario())
+    assert results.count("ok") >= 20
+    assert set(results) <= {"ok", "StatusCode.DEADLINE_EXCEEDED"}
+    client = grpcclient.InferenceServerClient(native.url)
+    assert client.is_server_ready()
+    assert client.infer("mlp_dense", [_input(np.ones((1, 256), np.float32))]).as_numpy("y").shape
+    assert "Traceback" not in native.log_text()
