@@ -48,8 +48,7 @@ class Settings:
     grpc_frontend: str = field(
         default="python",
         metadata={
-            "help": "python (grpc.aio, every RPC) | native (C++ grpc++ bridge, unary RPCs only; "
-            "`make native` builds it)",
+            "help": "python (grpc.aio) | native (C++ grpc++ bridge; `make native` builds it)",
             "choices": GRPC_FRONTENDS,
         },
     )

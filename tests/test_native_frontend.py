@@ -1,9 +1,9 @@
 """The native gRPC frontend (--grpc-frontend native) through a real server subprocess.
 
 Same client, same expectations as the grpc.aio frontend: answers equal in-process
-onnxruntime, Triton's status codes, batching, metrics, health, clean SIGTERM; plus
-what is specific to it: streaming RPCs answer UNIMPLEMENTED with a message saying
-which frontend has them, and undecodable bytes answer INVALID_ARGUMENT.
+onnxruntime, Triton's status codes, batching, metrics, health (Check and Watch),
+streaming inference, clean SIGTERM; and undecodable bytes answer INVALID_ARGUMENT,
+callers that are gone (deadlines, dropped channels, cancelled streams) hurt no one.
 Skipped with the reason when the bridge is not built (`make native`).
 """
 
@@ -101,7 +101,7 @@ def test_bad_requests_get_tritons_status_codes(native: ServerProcess) -> None:
     assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_health_check_and_unary_only_limits(native: ServerProcess) -> None:
+def test_health_check_and_watch(native: ServerProcess) -> None:
     with grpc.insecure_channel(native.url) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for name in ("", "inference.GRPCInferenceService", "mlp_dense"):
@@ -110,16 +110,28 @@ def test_health_check_and_unary_only_limits(native: ServerProcess) -> None:
         with pytest.raises(grpc.RpcError) as missing:
             health.Check(health_pb2.HealthCheckRequest(service="no_such_model"), timeout=10)
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-        with pytest.raises(grpc.RpcError) as watch:
-            next(iter(health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)))
-        assert watch.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "--grpc-frontend python" in (watch.value.details() or "")
+        watch = health.Watch(health_pb2.HealthCheckRequest(service="mlp_dense"), timeout=30)
+        assert next(iter(watch)).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()  # the server must notice and end its side
+    assert grpcclient.InferenceServerClient(native.url).is_server_ready()
+
+
+def test_stream_infer_answers_every_request_in_order_of_ids(native: ServerProcess) -> None:
     client = grpcclient.InferenceServerClient(native.url)
-    errors: list[object] = []
-    client.start_stream(callback=lambda result, error: errors.append(error))
-    client.async_stream_infer("mlp_dense", [_input(np.ones((1, 256), np.float32))])
-    client.stop_stream()
-    assert errors and "streaming RPC" in str(errors[0])
+    results: list[object] = []
+    client.start_stream(callback=lambda result, error: results.append(error or result))
+    x = np.random.default_rng(5).standard_normal((2, 256)).astype(np.float32)
+    for k in range(12):
+        client.async_stream_infer("mlp_dense", [_input(x)], request_id=str(k))
+    client.async_stream_infer("no_such_model", [_input(x)], request_id="bad")
+    client.stop_stream()  # waits for the server to finish the stream
+    good = [r for r in results if hasattr(r, "as_numpy")]
+    errors = [r for r in results if not hasattr(r, "as_numpy")]
+    assert sorted(int(r.get_response().id) for r in good) == list(range(12))
+    want = grpcclient.InferenceServerClient(native.url).infer("mlp_dense", [_input(x)])
+    for r in good:
+        np.testing.assert_array_equal(r.as_numpy("y"), want.as_numpy("y"))
+    assert len(errors) == 1 and "no_such_model" in str(errors[0])
 
 
 def test_sigterm_exits_zero_and_a_taken_port_is_a_clear_error(

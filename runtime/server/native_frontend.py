@@ -4,8 +4,10 @@ Same servicers, same stubs, same status codes as the grpc.aio frontend; only the
 transport differs (runtime/server/native/grpc_bridge.cc). Each read request arrives
 as (call, method, bytes) through an eventfd the event loop watches; it is parsed
 with the tritonclient / grpc_health stubs, run by the servicer method of that name
-as a task, and answered exactly once. Unary RPCs only: ModelStreamInfer and
-Health.Watch answer UNIMPLEMENTED with a message naming the frontend that has them.
+as a task, and answered exactly once. Streaming RPCs (ModelStreamInfer, Health.Watch)
+arrive as events on a stream id: each client message, the end of the client's messages,
+and the call being over (finished or cancelled); one task per stream feeds the servicer
+and writes what it yields, then finishes the stream exactly once.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import asyncio
 import importlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -41,12 +43,19 @@ def load_bridge() -> Any:
 
 
 class _Context:
-    """The part of grpc.aio.ServicerContext our servicers use: abort, and status setters."""
+    """The part of grpc.aio.ServicerContext our servicers use: abort, status setters and,
+    on streams, write."""
 
-    def __init__(self, peer: str) -> None:
+    def __init__(self, peer: str, writer: Callable[[bytes], None] | None = None) -> None:
         self._peer = peer
+        self._writer = writer
         self.code: grpc.StatusCode | None = None
         self.details = ""
+
+    async def write(self, message: Message) -> None:
+        if self._writer is None:
+            raise RuntimeError("write() on a unary call")
+        self._writer(message.SerializeToString())
 
     def peer(self) -> str:
         return self._peer
@@ -68,37 +77,62 @@ class _Context:
 @dataclass(frozen=True)
 class _Handler:
     request_type: type[Message]
-    method: Callable[[Any, Any], Awaitable[Any]]
+    method: Callable[[Any, Any], Any]
+    client_streaming: bool = False
+    server_streaming: bool = False
+
+    @property
+    def streaming(self) -> bool:
+        return self.client_streaming or self.server_streaming
 
 
-def handlers(inference: Any, health: Any) -> tuple[dict[str, _Handler], set[str]]:
-    """Full method path -> handler for every unary RPC; the streaming ones apart."""
+@dataclass
+class _Stream:
+    """One streaming call in progress: its parsed requests and the task serving it."""
+
+    requests: asyncio.Queue[Message | None] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+    abort: tuple[grpc.StatusCode, str] | None = None
+
+
+def handlers(inference: Any, health: Any) -> dict[str, _Handler]:
+    """Full method path -> handler for every RPC the servicers implement as coroutines
+    (or async generators, for streams)."""
     table: dict[str, _Handler] = {}
-    streaming: set[str] = set()
     services = (
         (INFERENCE, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb, inference),
         (HEALTH, health_pb2.DESCRIPTOR.services_by_name["Health"], health_pb2, health),
     )
     for prefix, service, module, servicer in services:
         for method in service.methods:
-            path = prefix + method.name
-            if method.client_streaming or method.server_streaming:
-                streaming.add(path)
-                continue
             function = getattr(servicer, method.name, None)
-            if not inspect.iscoroutinefunction(function):
+            if not (inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)):
                 continue  # NOTE: e.g. an RPC newer than our servicer: UNIMPLEMENTED, as on aio
-            table[path] = _Handler(getattr(module, method.input_type.name), function)
-    return table, streaming
+            table[prefix + method.name] = _Handler(
+                getattr(module, method.input_type.name),
+                function,
+                method.client_streaming,
+                method.server_streaming,
+            )
+    return table
+
+
+class _StreamAbort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 class NativeFrontend:
     """Owns the bridge; dispatches its calls to the servicers on the running loop."""
 
     def __init__(self, inference: Any, health: Any, address: str, max_message_bytes: int) -> None:
-        self._bridge = load_bridge().Bridge(address, max_message_bytes, 1)
-        self._handlers, self._streaming = handlers(inference, health)
+        self._native = load_bridge()
+        self._handlers = handlers(inference, health)
+        streaming = [path for path, h in self._handlers.items() if h.streaming]
+        self._bridge = self._native.Bridge(address, max_message_bytes, 1, streaming)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._streams: dict[int, _Stream] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> int:
@@ -112,23 +146,83 @@ class NativeFrontend:
         return port
 
     def _on_ready(self) -> None:
-        assert self._loop is not None
-        for call, method, payload in self._bridge.poll():
-            handler = self._handlers.get(method)
-            if handler is None:
-                call.abort(grpc.StatusCode.UNIMPLEMENTED.value[0], self._unknown(method))
-                continue
-            task = self._loop.create_task(self._answer(handler, call, payload))
-            self._tasks.add(task)  # NOTE: the loop keeps only weak references to tasks
-            task.add_done_callback(self._tasks.discard)
+        for call, method, payload, kind, stream_id in self._bridge.poll():
+            if kind == self._native.UNARY:
+                handler = self._handlers.get(method)
+                if handler is None:
+                    call.abort(grpc.StatusCode.UNIMPLEMENTED.value[0], f"unknown method {method}")
+                    continue
+                self._spawn(self._answer(handler, call, payload))
+            else:
+                self._on_stream_event(self._handlers[method], kind, stream_id, payload)
 
-    def _unknown(self, method: str) -> str:
-        if method in self._streaming:
-            return (
-                f"{method} is a streaming RPC; the native frontend serves unary RPCs only "
-                "(start the server with --grpc-frontend python for streaming)"
-            )
-        return f"unknown method {method}"
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        assert self._loop is not None
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)  # NOTE: the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _on_stream_event(
+        self, handler: _Handler, kind: int, stream_id: int, payload: bytes | None
+    ) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if kind == self._native.GONE:  # over before it began: let the bridge free it
+                self._bridge.finish(stream_id, grpc.StatusCode.CANCELLED.value[0], "")
+                return
+            stream = self._streams[stream_id] = _Stream()
+            stream.task = self._spawn(self._serve_stream(handler, stream_id, stream))
+        if kind == self._native.MESSAGE:
+            try:
+                stream.requests.put_nowait(handler.request_type.FromString(payload or b""))
+            except DecodeError as exc:
+                self._abort_stream(stream, grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {exc}")
+        elif kind == self._native.END:
+            stream.requests.put_nowait(None)
+        elif kind == self._native.GONE:
+            self._abort_stream(stream, grpc.StatusCode.CANCELLED, "the client went away")
+
+    @staticmethod
+    def _abort_stream(stream: _Stream, code: grpc.StatusCode, message: str) -> None:
+        if stream.task is not None and not stream.task.done():
+            stream.abort = stream.abort or (code, message)
+            stream.task.cancel()
+
+    async def _serve_stream(self, handler: _Handler, stream_id: int, stream: _Stream) -> None:
+        """Feed the servicer this stream's requests, write what it answers, finish once."""
+        context = _Context("", lambda body: self._bridge.write(stream_id, body))
+        code, message = grpc.StatusCode.OK, ""
+
+        async def requests() -> AsyncIterator[Message]:
+            while (item := await stream.requests.get()) is not None:
+                yield item
+
+        try:
+            if handler.client_streaming:
+                result = handler.method(requests(), context)
+            else:
+                first = await stream.requests.get()
+                if first is None:
+                    raise _StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+                result = handler.method(first, context)
+            if inspect.isasyncgen(result):
+                async for response in result:
+                    self._bridge.write(stream_id, response.SerializeToString())
+            else:
+                await result
+        except _StreamAbort as exc:
+            code, message = exc.code, exc.message
+        except grpc.aio.AbortError:
+            code, message = context.code or grpc.StatusCode.UNKNOWN, context.details
+        except asyncio.CancelledError:
+            code, message = stream.abort or (grpc.StatusCode.CANCELLED, "server is stopping")
+        except Exception:
+            LOGGER.exception("unhandled error in stream %s", stream_id)
+            code, message = grpc.StatusCode.INTERNAL, "internal error; see server log"
+        finally:
+            self._streams.pop(stream_id, None)
+            self._bridge.finish(stream_id, code.value[0], message)
 
     async def _answer(self, handler: _Handler, call: Any, payload: bytes) -> None:
         """Parse, run, answer; every path answers the call exactly once."""
@@ -168,6 +262,12 @@ class NativeFrontend:
         await asyncio.to_thread(self._bridge.shutdown, 0.0)
 
     def _on_ready_final(self) -> None:
-        """Calls read but not yet dispatched when stopping get UNAVAILABLE, not silence."""
-        for call, _method, _payload in self._bridge.poll():
-            call.abort(grpc.StatusCode.UNAVAILABLE.value[0], "server is shutting down")
+        """Calls read but not yet dispatched when stopping get UNAVAILABLE, not silence;
+        open streams are cancelled and finish themselves."""
+        for call, _method, _payload, kind, stream_id in self._bridge.poll():
+            if kind == self._native.UNARY:
+                call.abort(grpc.StatusCode.UNAVAILABLE.value[0], "server is shutting down")
+            elif stream_id not in self._streams:
+                self._bridge.finish(stream_id, grpc.StatusCode.UNAVAILABLE.value[0], "")
+        for stream in list(self._streams.values()):
+            self._abort_stream(stream, grpc.StatusCode.UNAVAILABLE, "server is shutting down")

@@ -1,13 +1,17 @@
 // Native gRPC frontend: grpc++ does HTTP/2 and framing in C++ threads, Python does the rest.
 //
 // Why: on a 2-core edge host the Python grpc.aio stack alone costs ~400-550 us of CPU per
-// request, a C++ grpc++ server with no model ~60-130 us (benchmarks/serve_bench.py measures
+// request, a C++ grpc++ server with no model ~50-130 us (benchmarks/serve_bench.py measures
 // both). This module is the thinnest bridge: it knows no .proto (AsyncGenericService moves
-// bytes), and its completion-queue threads never touch Python. A finished read is queued
-// and an eventfd is signalled; the asyncio loop drains the queue (`poll`), parses the bytes
-// with the tritonclient stubs, runs the same servicer as the grpc.aio frontend and answers
-// with `finish(bytes)` or `abort(code, message)`. Unary RPCs only: streaming methods are
-// answered UNIMPLEMENTED by the Python side.
+// bytes), and its completion-queue threads never touch Python. What they read is queued as
+// an event and an eventfd is signalled; the asyncio loop drains the events (`poll`), parses
+// the bytes with the tritonclient stubs, runs the same servicers as the grpc.aio frontend
+// and answers:
+//   unary calls:     Call.finish(bytes) or Call.abort(code, message), exactly once;
+//   streaming calls: events MESSAGE (one per client message), END (client done sending)
+//                    and GONE (the call is over: finished or cancelled by the client), keyed
+//                    by a stream id; answers with Bridge.write(id, bytes) and, once,
+//                    Bridge.finish(id, code, message). Writes are queued here, one in flight.
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <pybind11/pybind11.h>
@@ -18,8 +22,11 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -30,80 +37,108 @@ namespace py = pybind11;
 
 namespace {
 
-class Bridge;
+enum EventKind { kUnary = 0, kMessage = 1, kEnd = 2, kGone = 3 };
 
-// One unary call: waits for a request, reads its one message, is handed to Python, is
-// answered once, then deletes itself when grpc reports the answer sent (or failed).
-class Call {
+class Bridge;
+class Call;
+
+// Something a completion-queue tag points at.
+class Tagged {
+ public:
+  virtual ~Tagged() = default;
+  virtual void Proceed(bool ok) = 0;
+};
+
+enum class Op { kDone, kRead, kWrite, kFinish };
+
+class OpTag : public Tagged {
+ public:
+  OpTag(Call* call, Op op) : call_(call), op_(op) {}
+  void Proceed(bool ok) override;
+
+ private:
+  Call* call_;
+  Op op_;
+};
+
+struct Event {
+  Call* call;  // unary only; streams are addressed by id
+  uint64_t id;
+  EventKind kind;
+  std::string method;
+  std::string payload;
+};
+
+std::string Drain(grpc::ByteBuffer* buffer) {
+  std::vector<grpc::Slice> slices;
+  std::string body;
+  if (buffer->Dump(&slices).ok()) {
+    body.reserve(buffer->Length());
+    for (const auto& s : slices) body.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  buffer->Clear();
+  return body;
+}
+
+// One call. Unary: read one message, hand it over, answer once. Streaming: keep reading,
+// hand each message over, write what Python sends, finish when Python says so. Deleted
+// once grpc reports the call done and no operation of ours is pending.
+class Call : public Tagged {
  public:
   Call(Bridge* bridge, grpc::AsyncGenericService* service, grpc::ServerCompletionQueue* cq)
-      : bridge_(bridge), service_(service), cq_(cq), stream_(&ctx_) {
+      : bridge_(bridge), service_(service), cq_(cq), stream_(&ctx_),
+        done_tag_(this, Op::kDone), read_tag_(this, Op::kRead), write_tag_(this, Op::kWrite),
+        finish_tag_(this, Op::kFinish) {
+    ctx_.AsyncNotifyWhenDone(&done_tag_);
     service_->RequestCall(&ctx_, &stream_, cq_, cq_, this);
   }
 
-  void Proceed(bool ok);  // completion-queue thread
+  void Proceed(bool ok) override;  // the call has arrived (completion-queue thread)
+  void OnOp(Op op, bool ok);       // one of our operations completed (completion-queue thread)
 
-  // Python thread, with the bridge's ops lock held.
-  void StartFinish(const std::string& body) {
-    grpc::Slice slice(body);
-    grpc::ByteBuffer response(&slice, 1);
-    state_ = kAnswering;
-    stream_.WriteAndFinish(response, grpc::WriteOptions(), grpc::Status::OK, this);
-  }
-
-  void StartAbort(int code, const std::string& message) {
-    state_ = kAnswering;
-    stream_.Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message), this);
-  }
+  // Python thread, under the bridge's ops lock.
+  void Write(std::string body);
+  void Finish(grpc::Status status);
 
   const std::string& method() const { return ctx_.method(); }
   std::string peer() const { return ctx_.peer(); }
-
-  py::bytes TakePayload() {
-    std::vector<grpc::Slice> slices;
-    std::string body;
-    if (request_.Dump(&slices).ok()) {
-      body.reserve(request_.Length());
-      for (const auto& s : slices) body.append(reinterpret_cast<const char*>(s.begin()), s.size());
-    }
-    request_.Clear();
-    return py::bytes(body);
-  }
+  uint64_t id() const { return id_; }
+  bool streaming() const { return streaming_; }
 
  private:
-  enum State { kWaiting, kReading, kHandedOver, kAnswering };
+  void StartWrite();  // with mu_ held
+  bool Finished();    // with mu_ held: may the call be deleted?
+
   Bridge* bridge_;
   grpc::AsyncGenericService* service_;
   grpc::ServerCompletionQueue* cq_;
   grpc::GenericServerContext ctx_;
   grpc::GenericServerAsyncReaderWriter stream_;
   grpc::ByteBuffer request_;
-  State state_ = kWaiting;
+  grpc::ByteBuffer response_;
+  OpTag done_tag_, read_tag_, write_tag_, finish_tag_;
+
+  std::mutex mu_;
+  uint64_t id_ = 0;
+  bool streaming_ = false;
+  int pending_ = 0;  // our operations in flight (read, write, finish)
+  bool done_ = false;
+  bool finish_requested_ = false;
+  bool finish_started_ = false;
+  bool write_failed_ = false;
+  bool write_in_flight_ = false;
+  grpc::Status status_;
+  std::deque<std::string> writes_;
 };
 
-// What Python holds for a call: answer it once; later answers are ignored.
-class CallHandle {
- public:
-  CallHandle(Bridge* bridge, Call* call) : bridge_(bridge), call_(call) {}
-  void Finish(py::bytes body);
-  void Abort(int code, const std::string& message);
-  std::string method() const { return method_; }
-  std::string peer() const { return peer_; }
-  bool answered() const { return call_ == nullptr; }
-
-  std::string method_;
-  std::string peer_;
-
- private:
-  Bridge* bridge_;
-  Call* call_;
-};
+void OpTag::Proceed(bool ok) { call_->OnOp(op_, ok); }
 
 class Bridge {
  public:
-  Bridge(std::string address, int max_message_bytes, int threads)
+  Bridge(std::string address, int max_message_bytes, int threads,
+         std::vector<std::string> streaming)
       : address_(std::move(address)), max_message_bytes_(max_message_bytes),
-        threads_(threads < 1 ? 1 : threads) {
+        threads_(threads < 1 ? 1 : threads), streaming_(streaming.begin(), streaming.end()) {
     efd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (efd_ < 0) throw std::runtime_error("eventfd failed");
   }
@@ -135,53 +170,59 @@ class Bridge {
         for (int k = 0; k < kPendingPerQueue; k++) new Call(this, &service_, cq);
         void* tag;
         bool ok;
-        while (cq->Next(&tag, &ok)) static_cast<Call*>(tag)->Proceed(ok);
+        while (cq->Next(&tag, &ok)) static_cast<Tagged*>(tag)->Proceed(ok);
       });
     }
     return port;
   }
 
   int fileno() const { return efd_; }
+  bool IsStreaming(const std::string& method) const { return streaming_.count(method) > 0; }
 
-  // Completion-queue thread: a request is read; hand it to Python.
-  void Push(Call* call) {
+  uint64_t Register(Call* call) {
+    std::lock_guard<std::mutex> lock(ops_mu_);
+    uint64_t id = ++last_id_;
+    streams_[id] = call;
+    return id;
+  }
+
+  // Completion-queue thread, ops lock held: a finished stream can no longer be reached.
+  void UnregisterLocked(uint64_t id) { streams_.erase(id); }
+
+  std::mutex& ops_mu() { return ops_mu_; }
+
+  // Completion-queue thread: hand an event to Python.
+  void Push(Event event) {
     {
       std::lock_guard<std::mutex> lock(queue_mu_);
-      ready_.push_back(call);
+      ready_.push_back(std::move(event));
     }
     uint64_t one = 1;
     ssize_t written = write(efd_, &one, sizeof one);
     (void)written;  // NOTE: only fails when the counter would overflow; a wakeup is pending then
   }
 
-  // Python thread: every call read so far, as (handle, method, payload).
-  py::list Poll() {
-    uint64_t count;
-    ssize_t got = read(efd_, &count, sizeof count);  // NOTE: before the swap; see Push
-    (void)got;
-    std::deque<Call*> ready;
-    {
-      std::lock_guard<std::mutex> lock(queue_mu_);
-      ready.swap(ready_);
-    }
-    py::list out;
-    for (Call* call : ready) {
-      auto handle = std::make_unique<CallHandle>(this, call);
-      handle->method_ = call->method();
-      handle->peer_ = call->peer();
-      py::bytes payload = call->TakePayload();
-      py::str method(handle->method_);
-      out.append(py::make_tuple(py::cast(std::move(handle)), method, payload));
-    }
-    return out;
+  py::list Poll();
+
+  // Python thread: unary answers and stream operations start only while the bridge is open.
+  void AnswerUnary(Call* call, const std::function<void(Call*)>& fn) {
+    std::lock_guard<std::mutex> lock(ops_mu_);
+    if (!closed_) fn(call);
   }
 
-  // Python thread: start an answer unless the bridge is closed (then the call is dropped).
-  template <typename Fn>
-  void Answer(Fn&& fn) {
+  void WriteStream(uint64_t id, py::bytes body) {
+    std::string data = body;
     std::lock_guard<std::mutex> lock(ops_mu_);
-    if (closed_) return;
-    fn();
+    auto it = streams_.find(id);
+    if (closed_ || it == streams_.end()) return;  // the call is over: drop quietly
+    it->second->Write(std::move(data));
+  }
+
+  void FinishStream(uint64_t id, int code, const std::string& message) {
+    std::lock_guard<std::mutex> lock(ops_mu_);
+    auto it = streams_.find(id);
+    if (closed_ || it == streams_.end()) return;
+    it->second->Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message));
   }
 
   void Shutdown(double grace_s) {
@@ -200,13 +241,8 @@ class Bridge {
     }
     workers_.clear();
     server_.reset();
-    std::deque<Call*> left;
-    {
-      std::lock_guard<std::mutex> lock(queue_mu_);
-      left.swap(ready_);
-    }
-    // NOTE: read but never handed to Python; their queue is gone, so free them here
-    for (Call* call : left) delete call;
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    ready_.clear();  // NOTE: calls still in here are abandoned at exit, never freed
   }
 
  private:
@@ -214,64 +250,194 @@ class Bridge {
   std::string address_;
   int max_message_bytes_;
   int threads_;
+  std::set<std::string> streaming_;
   int efd_ = -1;
   grpc::AsyncGenericService service_;
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
   std::vector<std::thread> workers_;
   std::mutex queue_mu_;
-  std::deque<Call*> ready_;
-  std::mutex ops_mu_;
+  std::deque<Event> ready_;
+  std::mutex ops_mu_;  // Python-side operations vs stream deletion and shutdown
+  std::map<uint64_t, Call*> streams_;
+  uint64_t last_id_ = 0;
   bool closed_ = false;
 };
 
-void Call::Proceed(bool ok) {
-  switch (state_) {
-    case kWaiting:
-      if (!ok) {  // the queue is shutting down
-        delete this;
-        return;
-      }
-      new Call(bridge_, service_, cq_);
-      state_ = kReading;
-      stream_.Read(&request_, this);
-      return;
-    case kReading:
-      if (!ok) {  // the client went away before sending its message
-        state_ = kAnswering;
-        stream_.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "no request message"), this);
-        return;
-      }
-      state_ = kHandedOver;
-      bridge_->Push(this);
-      return;
-    case kHandedOver:  // never gets a tag: nothing is pending while Python holds it
-      return;
-    case kAnswering:
-      delete this;
-      return;
+// What Python holds for a unary call: answer it once; later answers are ignored.
+class CallHandle {
+ public:
+  CallHandle(Bridge* bridge, Call* call, std::string method, std::string peer)
+      : method_(std::move(method)), peer_(std::move(peer)), bridge_(bridge), call_(call) {}
+
+  void Finish(py::bytes body) {
+    if (call_ == nullptr) return;
+    Call* call = call_;
+    call_ = nullptr;
+    std::string data = body;  // NOTE: copied with the GIL held, sent without it
+    bridge_->AnswerUnary(call, [&data](Call* c) { c->Write(std::move(data)); });
   }
+
+  void Abort(int code, const std::string& message) {
+    if (call_ == nullptr) return;
+    Call* call = call_;
+    call_ = nullptr;
+    grpc::Status status(static_cast<grpc::StatusCode>(code), message);
+    bridge_->AnswerUnary(call, [&status](Call* c) { c->Finish(status); });
+  }
+
+  std::string method() const { return method_; }
+  std::string peer() const { return peer_; }
+  bool answered() const { return call_ == nullptr; }
+
+ private:
+  std::string method_;
+  std::string peer_;
+  Bridge* bridge_;
+  Call* call_;
+};
+
+py::list Bridge::Poll() {
+  uint64_t count;
+  ssize_t got = read(efd_, &count, sizeof count);  // NOTE: before the swap; see Push
+  (void)got;
+  std::deque<Event> ready;
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    ready.swap(ready_);
+  }
+  py::list out;
+  for (Event& e : ready) {
+    py::object handle = py::none();
+    if (e.kind == kUnary) {
+      handle = py::cast(std::make_unique<CallHandle>(this, e.call, e.method, e.call->peer()));
+    }
+    py::object payload = py::none();
+    if (e.kind == kUnary || e.kind == kMessage) payload = py::bytes(e.payload);
+    out.append(py::make_tuple(handle, py::str(e.method), payload, static_cast<int>(e.kind), e.id));
+  }
+  return out;
 }
 
-void CallHandle::Finish(py::bytes body) {
-  if (call_ == nullptr) return;
-  Call* call = call_;
-  call_ = nullptr;
-  std::string data = body;  // NOTE: copied with the GIL held, sent without it
-  bridge_->Answer([&] { call->StartFinish(data); });
+void Call::Proceed(bool ok) {
+  if (!ok) {  // the queue is shutting down before this call arrived (no done tag then)
+    delete this;
+    return;
+  }
+  new Call(bridge_, service_, cq_);
+  // NOTE: registered before mu_ is taken: the lock order is ops lock, then mu_
+  bool streaming = bridge_->IsStreaming(ctx_.method());
+  uint64_t id = streaming ? bridge_->Register(this) : 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  streaming_ = streaming;
+  id_ = id;
+  pending_++;
+  stream_.Read(&request_, &read_tag_);
 }
 
-void CallHandle::Abort(int code, const std::string& message) {
-  if (call_ == nullptr) return;
-  Call* call = call_;
-  call_ = nullptr;
-  bridge_->Answer([&] { call->StartAbort(code, message); });
+void Call::OnOp(Op op, bool ok) {
+  bool remove = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    switch (op) {
+      case Op::kDone:
+        done_ = true;
+        if (streaming_) bridge_->Push({nullptr, id_, kGone, ctx_.method(), {}});
+        break;
+      case Op::kRead:
+        pending_--;
+        if (!streaming_) {
+          if (ok) {
+            bridge_->Push({this, 0, kUnary, ctx_.method(), Drain(&request_)});
+          } else if (!finish_started_) {  // the client went away before its message
+            finish_started_ = true;
+            pending_++;
+            stream_.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "no request message"),
+                           &finish_tag_);
+          }
+        } else if (ok) {
+          bridge_->Push({nullptr, id_, kMessage, ctx_.method(), Drain(&request_)});
+          pending_++;
+          stream_.Read(&request_, &read_tag_);
+        } else {
+          bridge_->Push({nullptr, id_, kEnd, ctx_.method(), {}});
+        }
+        break;
+      case Op::kWrite:
+        pending_--;
+        write_in_flight_ = false;
+        if (!ok) {
+          write_failed_ = true;
+          writes_.clear();
+        }
+        StartWrite();
+        break;
+      case Op::kFinish:
+        pending_--;
+        break;
+    }
+    remove = Finished();
+  }
+  if (!remove) return;
+  if (streaming_) {
+    // NOTE: the ops lock is Python's only way in: re-check and unregister under it
+    std::lock_guard<std::mutex> ops(bridge_->ops_mu());
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!Finished()) return;
+    bridge_->UnregisterLocked(id_);
+  }
+  delete this;
+}
+
+bool Call::Finished() { return done_ && pending_ == 0 && finish_started_; }
+
+void Call::Write(std::string body) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finish_requested_ || write_failed_) return;
+  if (!streaming_) {  // a unary answer: message and OK status in one operation
+    finish_requested_ = finish_started_ = true;
+    grpc::Slice slice(body);
+    response_ = grpc::ByteBuffer(&slice, 1);
+    pending_++;
+    stream_.WriteAndFinish(response_, grpc::WriteOptions(), grpc::Status::OK, &finish_tag_);
+    return;
+  }
+  writes_.push_back(std::move(body));
+  StartWrite();
+}
+
+void Call::Finish(grpc::Status status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finish_requested_) return;
+  finish_requested_ = true;
+  status_ = std::move(status);
+  StartWrite();
+}
+
+void Call::StartWrite() {
+  if (write_in_flight_ || finish_started_) return;
+  if (!writes_.empty()) {
+    grpc::Slice slice(writes_.front());
+    writes_.pop_front();
+    response_ = grpc::ByteBuffer(&slice, 1);
+    write_in_flight_ = true;
+    pending_++;
+    stream_.Write(response_, &write_tag_);
+  } else if (finish_requested_) {
+    finish_started_ = true;
+    pending_++;
+    stream_.Finish(status_, &finish_tag_);
+  }
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_grpc_bridge, m) {
-  m.doc() = "grpc++ server that hands unary calls to Python through an eventfd queue";
+  m.doc() = "grpc++ server that hands calls to Python through an eventfd queue";
+  m.attr("UNARY") = static_cast<int>(kUnary);
+  m.attr("MESSAGE") = static_cast<int>(kMessage);
+  m.attr("END") = static_cast<int>(kEnd);
+  m.attr("GONE") = static_cast<int>(kGone);
   py::class_<CallHandle>(m, "Call")
       .def("finish", &CallHandle::Finish, py::arg("response"))
       .def("abort", &CallHandle::Abort, py::arg("code"), py::arg("message"))
@@ -279,10 +445,14 @@ PYBIND11_MODULE(_grpc_bridge, m) {
       .def_property_readonly("peer", &CallHandle::peer)
       .def_property_readonly("answered", &CallHandle::answered);
   py::class_<Bridge>(m, "Bridge")
-      .def(py::init<std::string, int, int>(), py::arg("address"), py::arg("max_message_bytes"),
-           py::arg("threads") = 1)
+      .def(py::init<std::string, int, int, std::vector<std::string>>(), py::arg("address"),
+           py::arg("max_message_bytes"), py::arg("threads") = 1,
+           py::arg("streaming") = std::vector<std::string>())
       .def("start", &Bridge::Start)
       .def("fileno", &Bridge::fileno)
       .def("poll", &Bridge::Poll)
+      .def("write", &Bridge::WriteStream, py::arg("stream_id"), py::arg("response"))
+      .def("finish", &Bridge::FinishStream, py::arg("stream_id"), py::arg("code"),
+           py::arg("message"))
       .def("shutdown", &Bridge::Shutdown, py::arg("grace_s"));
 }
