@@ -34,9 +34,17 @@ models-minilm: install
 serve: models
 	$(BIN)/sparse-runtime serve --model-repository $(REPO) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
+# server tests that run a second time on the native gRPC frontend, where it is built
+NATIVE_TESTS := tests/test_server_grpc.py tests/test_bad_input.py tests/test_lifecycle.py \
+	tests/test_metrics_and_health.py tests/test_startup_errors.py tests/test_packed_serving.py
+
 test: models deploy-tools native $(VENV)/.test-extras-stamp
 	$(BIN)/ruff check runtime tests benchmarks
 	$(PY) -m pytest -q -ra
+	@if $(PY) -c "import runtime.server.native._grpc_bridge" 2>/dev/null; then \
+	  echo "the server tests again, on the native gRPC frontend:"; \
+	  SPARSE_RUNTIME_GRPC_FRONTEND=native $(PY) -m pytest -q -ra $(NATIVE_TESTS); \
+	else echo "native gRPC frontend not built: its second test pass is skipped"; fi
 
 # CPU torch for the ONNX->torch conversion tests, only from a local wheel (--no-index: never
 # a multi-GB download); where none is found those tests skip with their reason.
