@@ -27,6 +27,7 @@ ARG FLAVOR=cpu
 # are CUDA 13 builds (torch 2.13.0 from PyPI is cu130), hence a CUDA 13 runtime base.
 ARG ORT_GPU_VERSION=1.31.1
 ARG TORCH_VERSION=2.13.0
+ARG PYBIND11_VERSION=3.1.0
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_CONSTRAINT=/src/constraints.txt \
@@ -63,6 +64,27 @@ RUN --mount=type=secret,id=pip-ca \
     && cmp runtime/__init__.py "$(python -I -c 'import runtime; print(runtime.__file__)')" \
     && rm -rf /opt/venv/share/man
 
+# The native gRPC frontend (--grpc-frontend native): built against the base's own Debian/Ubuntu
+# grpc++ where its apt archive has one; the names of the runtime packages it needs are kept for
+# the final stage. Without grpc++ the image is built without it (the python frontend needs none).
+# hadolint ignore=SC2086
+RUN --mount=type=secret,id=pip-ca \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi; \
+    pkgs="g++ pkg-config libgrpc++-dev"; \
+    include=$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
+    [ -f "$include/Python.h" ] || pkgs="$pkgs python3-dev"; \
+    if apt-get update >/dev/null \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs >/dev/null; \
+    then \
+        pip install "pybind11==${PYBIND11_VERSION}" \
+        && python -I -m runtime.server.native.build \
+        && pip uninstall -y pybind11 \
+        && dpkg-query -W -f='${Package}\n' 'libgrpc++1*' > /opt/venv/native-runtime-packages; \
+    else \
+        echo "native gRPC frontend: no grpc++ in this base's archive; built without it"; \
+    fi; \
+    rm -rf /var/lib/apt/lists/*
+
 # ---------------------------------------------------------------------------------------------
 FROM base
 ARG FLAVOR=cpu
@@ -76,6 +98,13 @@ RUN groupadd --gid 10001 sparse \
         --shell /usr/sbin/nologin sparse
 
 COPY --from=builder /opt/venv /opt/venv
+RUN if [ -s /opt/venv/native-runtime-packages ]; then \
+        apt-get update >/dev/null \
+        && DEBIAN_FRONTEND=noninteractive xargs apt-get install -y --no-install-recommends \
+            < /opt/venv/native-runtime-packages >/dev/null \
+        && apt-get clean && rm -rf /var/lib/apt/lists/* \
+        && /opt/venv/bin/python -c 'import runtime.server.native._grpc_bridge'; \
+    fi
 
 # Read-only root filesystems work: no bytecode is written at run time (pip compiled it), and
 # the server binds 0.0.0.0 so Kubernetes gRPC probes and published ports reach it.

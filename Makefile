@@ -105,3 +105,4 @@ image-gpu: image-tools
 
 image-test: models image
 	deploy/image/test.sh $(IMAGE)
+	GRPC_FRONTEND=native deploy/image/test.sh $(IMAGE)

@@ -5,6 +5,7 @@
 # exit code 0, then remove it.
 #
 #   deploy/image/test.sh [IMAGE]        default IMAGE: sparse-runtime:cpu
+#   GRPC_FRONTEND=native deploy/image/test.sh   the same through the native gRPC frontend
 #
 # Needs root, podman (+ runc on hosts with hybrid cgroups), model_repo/ built (make models) and
 # .venv (for tritonclient).
@@ -42,6 +43,7 @@ run_opts=(
     --ulimit "nofile=$(lim n):$(lim n)"
     --ulimit "nproc=$(lim u):$(lim u)"
 )
+[ -n "${GRPC_FRONTEND:-}" ] && run_opts+=(-e "SPARSE_RUNTIME_GRPC_FRONTEND=$GRPC_FRONTEND")
 global_opts=()
 [ -n "$PODMAN_RUNTIME" ] && global_opts=(--runtime "$PODMAN_RUNTIME")
 
