@@ -109,6 +109,11 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
         elif ENV_PREFIX + f.name.upper() in env:
             values[f.name] = _parse(env[ENV_PREFIX + f.name.upper()], annotation)
     settings = Settings(**values)  # type: ignore[arg-type]
-    if settings.model_control_mode not in CONTROL_MODES:
-        raise ValueError(f"--model-control-mode must be one of {CONTROL_MODES}")
+    for f in fields(Settings):
+        choices = f.metadata.get("choices")
+        if choices and getattr(settings, f.name) not in choices:
+            raise ValueError(
+                f"{_flag(f.name)} (or {ENV_PREFIX}{f.name.upper()}) must be one of "
+                f"{', '.join(choices)}; got {getattr(settings, f.name)!r}"
+            )
     return settings

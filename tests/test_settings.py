@@ -43,3 +43,5 @@ def test_bad_values_are_rejected() -> None:
         parse([], {"SPARSE_RUNTIME_MODEL_CONTROL_MODE": "sometimes"})
     with pytest.raises(ValueError):
         parse([], {"SPARSE_RUNTIME_GRPC_PORT": "eighty"})
+    with pytest.raises(ValueError, match="--grpc-frontend"):
+        parse([], {"SPARSE_RUNTIME_GRPC_FRONTEND": "rust"})

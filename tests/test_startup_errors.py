@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,36 @@ def test_metrics_port_in_use(server: ServerProcess) -> None:
                  "--metrics-port", str(server.metrics_port))  # fmt: skip
     assert done.returncode == 1
     assert "cannot bind metrics port" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_choice_from_the_environment_is_a_clear_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "serve", "--model-repository", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={**os.environ, "SPARSE_RUNTIME_GRPC_FRONTEND": "rust"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--grpc-frontend (or SPARSE_RUNTIME_GRPC_FRONTEND) must be one of python, native" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_native_frontend_not_built_is_a_clear_error(tmp_path: Path) -> None:
+    """Where the bridge is missing, asking for it says how to get it; no traceback."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Hide(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.endswith('_grpc_bridge'):\n"
+        "            raise ImportError('hidden by the test')\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from runtime.cli import main\n"
+        f"sys.exit(main(['serve', '--model-repository', {str(tmp_path)!r}, '--host', '127.0.0.1',"
+        " '--grpc-port', '0', '--metrics-port', '-1', '--grpc-frontend', 'native']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 1
+    assert "native gRPC frontend is not built here: run `make native`" in done.stderr
+    assert "Traceback" not in done.stderr

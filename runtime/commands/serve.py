@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
 from runtime import settings as settings_mod
 
@@ -16,7 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_mod.from_args(args)
+    try:
+        settings = settings_mod.from_args(args)
+    except ValueError as exc:
+        print(f"sparse-runtime serve: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if settings.log_verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -34,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         runner = asyncio.run
     try:
         runner(serve(settings))
-    except OSError as exc:
+    except (OSError, ImportError) as exc:  # NOTE: ImportError: native frontend not built
         LOGGER.error("%s", exc)
         return 1
     return 0
