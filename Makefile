@@ -13,7 +13,7 @@ IMAGE ?= sparse-runtime:cpu
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
 .PHONY: install models models-minilm serve test bench bench-accuracy bench-gpu lint clean
-.PHONY: native native-tools deploy-tools image-tools image image-gpu image-test
+.PHONY: test-native native native-tools deploy-tools image-tools image image-gpu image-test
 
 install: $(STAMP)
 
@@ -34,17 +34,16 @@ models-minilm: install
 serve: models
 	$(BIN)/sparse-runtime serve --model-repository $(REPO) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-# server tests that run a second time on the native gRPC frontend, where it is built
-NATIVE_TESTS := tests/test_server_grpc.py tests/test_bad_input.py tests/test_lifecycle.py \
-	tests/test_metrics_and_health.py tests/test_startup_errors.py tests/test_packed_serving.py
-
 test: models deploy-tools native $(VENV)/.test-extras-stamp
 	$(BIN)/ruff check runtime tests benchmarks
 	$(PY) -m pytest -q -ra
-	@if $(PY) -c "import runtime.server.native._grpc_bridge" 2>/dev/null; then \
-	  echo "the server tests again, on the native gRPC frontend:"; \
-	  SPARSE_RUNTIME_GRPC_FRONTEND=native $(PY) -m pytest -q -ra $(NATIVE_TESTS); \
-	else echo "native gRPC frontend not built: its second test pass is skipped"; fi
+
+# the server tests again, every server on the native gRPC frontend (not in `make test` yet: one
+# of ~300 native server starts in CI hung before loading its models; see the issue note)
+NATIVE_TESTS := tests/test_server_grpc.py tests/test_bad_input.py tests/test_lifecycle.py \
+	tests/test_metrics_and_health.py tests/test_startup_errors.py tests/test_packed_serving.py
+test-native: models native
+	SPARSE_RUNTIME_GRPC_FRONTEND=native $(PY) -m pytest -q -ra $(NATIVE_TESTS)
 
 # CPU torch for the ONNX->torch conversion tests, only from a local wheel (--no-index: never
 # a multi-GB download); where none is found those tests skip with their reason.

@@ -74,7 +74,7 @@ def start_server(
     port_file = tmp / f"ports-{time.monotonic_ns()}.json"
     log = tmp / f"server-{time.monotonic_ns()}.log"
     cmd = [
-        sys.executable, "-m", "runtime", "serve",
+        sys.executable, "-X", "faulthandler", "-m", "runtime", "serve",
         "--model-repository", str(repo),
         "--host", "127.0.0.1",
         "--grpc-port", "0",
@@ -93,7 +93,12 @@ def start_server(
         if proc.poll() is not None:
             raise RuntimeError(f"server exited early:\n{log.read_text()}")
         time.sleep(0.05)
-    proc.kill()
+    # NOTE: SIGABRT makes faulthandler write every thread's Python stack into the log
+    proc.send_signal(signal.SIGABRT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
     raise RuntimeError(f"server did not start in 60 s:\n{log.read_text()}")
 
 
