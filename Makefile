@@ -38,8 +38,8 @@ test: models deploy-tools native $(VENV)/.test-extras-stamp
 	$(BIN)/ruff check runtime tests benchmarks
 	$(PY) -m pytest -q -ra
 
-# the server tests again, every server on the native gRPC frontend (not in `make test` yet: one
-# of ~300 native server starts in CI hung before loading its models; see the issue note)
+# the server tests again, every server on the native gRPC frontend (not in `make test` yet: in one
+# CI-style run one native server hung after binding, before loading its models; see README)
 NATIVE_TESTS := tests/test_server_grpc.py tests/test_bad_input.py tests/test_lifecycle.py \
 	tests/test_metrics_and_health.py tests/test_startup_errors.py tests/test_packed_serving.py
 test-native: models native
