@@ -286,44 +286,39 @@ def in_process_rows_per_sec(model_path: Path, batches: dict[int, int], threads: 
     return total_rows / total_time if total_time else float("nan")
 
 
-def echo_floor(tmp: Path, load, client: str, levels: list[int], duration: float) -> list[dict]:
-    """The same load against the no-model echo server: the gRPC stack's own ceiling."""
-    proc, port = start_echo(tmp)
-    url = f"127.0.0.1:{port}"
+def floor_rows(label: str, proc: subprocess.Popen, url: str, load, client: str,
+               levels: list[int], duration: float, served_so_far=None) -> list[dict]:  # fmt: skip
+    """The same load against a no-model echo server at each level; stops the server after."""
     rows = []
     try:
         for c in levels:
-            result = measure(load, url, ECHO_MODEL, c, duration, proc.pid)
-            row = {"model": "grpc-echo (no model)", "concurrency": c, "client": client,
-                   **result, "target_infer_s": target(c)}  # fmt: skip
+            result = measure(load, url, ECHO_MODEL, c, duration, proc.pid, served_so_far)
+            row = {"model": label, "concurrency": c, "client": client, **result,
+                   "target_infer_s": target(c)}  # fmt: skip
             rows.append(row)
             print_row(row)
     finally:
         proc.terminate()
         proc.wait(30)
     return rows
+
+
+def echo_floor(tmp: Path, load, client: str, levels: list[int], duration: float) -> list[dict]:
+    """The Python grpc.aio echo: the gRPC stack's own ceiling."""
+    proc, port = start_echo(tmp)
+    return floor_rows("grpc-echo (no model)", proc, f"127.0.0.1:{port}", load, client, levels,
+                      duration)  # fmt: skip
 
 
 def native_floor(tmp: Path, load, client: str, levels: list[int], duration: float,
                  ) -> list[dict]:  # fmt: skip
-    """The same load against the C++ echo (no model): a native gRPC layer's own cost."""
+    """The C++ echo: what a native gRPC layer costs (nothing when it cannot be built)."""
     binary = build_native_echo(tmp)
     if binary is None:
         return []
     proc, port, stats = start_native_echo(binary, tmp)
-    rows = []
-    try:
-        for c in levels:
-            result = measure(load, f"127.0.0.1:{port}", ECHO_MODEL, c, duration, proc.pid,
-                             lambda: native_served(proc, stats))  # fmt: skip
-            row = {"model": "native-echo (C++)", "concurrency": c, "client": client,
-                   **result, "target_infer_s": target(c)}  # fmt: skip
-            rows.append(row)
-            print_row(row)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    return rows
+    return floor_rows("native-echo (C++)", proc, f"127.0.0.1:{port}", load, client, levels,
+                      duration, lambda: native_served(proc, stats))  # fmt: skip
 
 
 def print_row(row: dict) -> None:
