@@ -66,9 +66,6 @@ class _Context:
     def set_details(self, details: str) -> None:
         self.details = details
 
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
-
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         self.code, self.details = code, details
         raise grpc.aio.AbortError()
