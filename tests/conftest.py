@@ -102,6 +102,16 @@ def start_server(
     raise RuntimeError(f"server did not start in 60 s:\n{log.read_text()}")
 
 
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1) -> bool:  # noqa: ANN001
+    """Poll `predicate` until it is true or `timeout` passes; whether it became true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
 @pytest.fixture(scope="session")
 def sample_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled sample repository, models built by the project's own script."""

@@ -6,7 +6,6 @@ import asyncio
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import grpc
@@ -18,16 +17,7 @@ import tritonclient.grpc.aio as aioclient
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import copy_repo, start_server
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
+from tests.conftest import copy_repo, start_server, wait_for
 
 
 def infer(client: grpcclient.InferenceServerClient, model: str, rows: int = 1) -> np.ndarray:

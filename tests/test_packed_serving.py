@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 
 from runtime.sparsity.pack import pack_file
-from tests.conftest import copy_repo, metric, parse_metrics, start_server
+from tests.conftest import copy_repo, metric, parse_metrics, start_server, wait_for
 
 
 def infer(client: grpcclient.InferenceServerClient, model: str, x: np.ndarray) -> np.ndarray:
@@ -44,9 +43,7 @@ def test_packed_model_serves_identically_and_corrupt_one_fails_alone(
     srv = start_server(repo, tmp_path)
     try:
         client = grpcclient.InferenceServerClient(srv.url)
-        deadline = time.monotonic() + 60
-        while not client.is_model_ready("mlp_sparse24_packed") and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: client.is_model_ready("mlp_sparse24_packed"), timeout=60)
         x = np.random.default_rng(5).standard_normal((4, 256)).astype(np.float32)
         np.testing.assert_array_equal(
             infer(client, "mlp_sparse24_packed", x), infer(client, "mlp_sparse24", x)

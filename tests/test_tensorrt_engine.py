@@ -5,7 +5,6 @@ and a real server where a model forced to TensorRT fails alone."""
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from runtime.repository.config import read_config
 from runtime.samples import mlp_pair
 from runtime.settings import Settings
 from runtime.sparsity.analysis import analyze_model
-from tests.conftest import start_server
+from tests.conftest import start_server, wait_for
 
 HAS_TRT = TRT_PROVIDER in ort.get_available_providers()
 no_trt = pytest.mark.skipif(HAS_TRT, reason="this host has TensorRT: the engine would load")
@@ -276,9 +275,7 @@ def test_forced_model_fails_alone_through_the_server(
     srv = start_server(repo, tmp_path)
     try:
         client = grpcclient.InferenceServerClient(srv.url)
-        deadline = time.monotonic() + 60
-        while not client.is_model_ready("plain") and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: client.is_model_ready("plain"), timeout=60)
         assert client.is_model_ready("plain")
         assert not client.is_model_ready("trt_forced")
         index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
