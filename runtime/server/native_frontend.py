@@ -7,7 +7,9 @@ with the tritonclient / grpc_health stubs, run by the servicer method of that na
 as a task, and answered exactly once. Streaming RPCs (ModelStreamInfer, Health.Watch)
 arrive as events on a stream id: each client message, the end of the client's messages,
 and the call being over (finished or cancelled); one task per stream feeds the servicer
-and writes what it yields, then finishes the stream exactly once.
+and writes what it yields, then finishes the stream exactly once. Answers are queued in
+the bridge and flushed once per loop iteration: one wakeup of its sending thread carries
+every answer a batch produced.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ class NativeFrontend:
         self._tasks: set[asyncio.Task[None]] = set()
         self._streams: dict[int, _Stream] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_pending = False
 
     def start(self) -> int:
         """Bind and start; returns the bound port (OSError when the address is taken)."""
@@ -152,6 +155,18 @@ class NativeFrontend:
                 self._spawn(self._answer(handler, call, payload))
             else:
                 self._on_stream_event(self._handlers[method], kind, stream_id, payload)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Send what was answered in this loop iteration, once it has run."""
+        if not self._flush_pending:
+            assert self._loop is not None
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        self._bridge.flush()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._loop is not None
@@ -188,7 +203,11 @@ class NativeFrontend:
 
     async def _serve_stream(self, handler: _Handler, stream_id: int, stream: _Stream) -> None:
         """Feed the servicer this stream's requests, write what it answers, finish once."""
-        context = _Context("", lambda body: self._bridge.write(stream_id, body))
+        def write(body: bytes) -> None:
+            self._bridge.write(stream_id, body)
+            self._flush_soon()
+
+        context = _Context("", write)
         code, message = grpc.StatusCode.OK, ""
 
         async def requests() -> AsyncIterator[Message]:
@@ -205,7 +224,7 @@ class NativeFrontend:
                 result = handler.method(first, context)
             if inspect.isasyncgen(result):
                 async for response in result:
-                    self._bridge.write(stream_id, response.SerializeToString())
+                    write(response.SerializeToString())
             else:
                 await result
         except _StreamAbort as exc:
@@ -220,6 +239,7 @@ class NativeFrontend:
         finally:
             self._streams.pop(stream_id, None)
             self._bridge.finish(stream_id, code.value[0], message)
+            self._flush_soon()
 
     async def _answer(self, handler: _Handler, call: Any, payload: bytes) -> None:
         """Parse, run, answer; every path answers the call exactly once."""
@@ -244,6 +264,8 @@ class NativeFrontend:
         except Exception:
             LOGGER.exception("unhandled error in %s", call.method)
             call.abort(grpc.StatusCode.INTERNAL.value[0], "internal error; see server log")
+        finally:
+            self._flush_soon()
 
     async def stop(self, grace: float) -> None:
         """Stop reading new calls, let running ones answer within `grace`, then close."""
