@@ -4,7 +4,9 @@ Same servicers, same stubs, same status codes as the grpc.aio frontend; only the
 transport differs (runtime/server/native/grpc_bridge.cc). Each read request arrives
 as (call, method, bytes) through an eventfd the event loop watches; it is parsed
 with the tritonclient / grpc_health stubs, run by the servicer method of that name
-as a task, and answered exactly once. Streaming RPCs (ModelStreamInfer, Health.Watch)
+as a task, and answered exactly once; if its caller leaves first (cancelled, or past its
+deadline), the task is cancelled, as grpc.aio does, so a queued request never takes engine
+time for nobody. Streaming RPCs (ModelStreamInfer, Health.Watch)
 arrive as events on a stream id: each client message, the end of the client's messages,
 and the call being over (finished or cancelled); one task per stream feeds the servicer
 and writes what it yields, then finishes the stream exactly once. Answers are queued in
@@ -30,6 +32,7 @@ from tritonclient.grpc import service_pb2 as pb
 LOGGER = logging.getLogger(__name__)
 
 INFERENCE = "/inference.GRPCInferenceService/"
+CALLER_GONE = "the caller left before its answer"  # cancel message for such unary tasks
 HEALTH = "/grpc.health.v1.Health/"
 
 
@@ -132,6 +135,7 @@ class NativeFrontend:
         self._bridge = self._native.Bridge(address, max_message_bytes, 1, streaming)
         self._tasks: set[asyncio.Task[None]] = set()
         self._streams: dict[int, _Stream] = {}
+        self._unary: dict[int, asyncio.Task[None]] = {}  # call id -> task answering it
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_pending = False
 
@@ -146,15 +150,20 @@ class NativeFrontend:
         return port
 
     def _on_ready(self) -> None:
-        for call, method, payload, kind, stream_id in self._bridge.poll():
+        for call, method, payload, kind, call_id in self._bridge.poll():
             if kind == self._native.UNARY:
                 handler = self._handlers.get(method)
                 if handler is None:
                     call.abort(grpc.StatusCode.UNIMPLEMENTED.value[0], f"unknown method {method}")
                     continue
-                self._spawn(self._answer(handler, call, payload))
-            else:
-                self._on_stream_event(self._handlers[method], kind, stream_id, payload)
+                task = self._spawn(self._answer(handler, call, payload))
+                self._unary[call_id] = task
+                task.add_done_callback(lambda _, key=call_id: self._unary.pop(key, None))
+            elif call_id in self._unary:  # GONE: the caller left before its answer
+                self._unary[call_id].cancel(CALLER_GONE)
+            elif (handler := self._handlers.get(method)) is not None and handler.streaming:
+                self._on_stream_event(handler, kind, call_id, payload)
+            # else: a unary call's GONE that crossed its own answer: nothing left to do
         self._flush_soon()
 
     def _flush_soon(self) -> None:
@@ -258,8 +267,10 @@ class NativeFrontend:
         except grpc.aio.AbortError:
             code = context.code or grpc.StatusCode.UNKNOWN
             call.abort(code.value[0], context.details)
-        except asyncio.CancelledError:
-            call.abort(grpc.StatusCode.CANCELLED.value[0], "server is stopping")
+        except asyncio.CancelledError as exc:
+            gone = bool(exc.args) and exc.args[0] == CALLER_GONE
+            call.abort(grpc.StatusCode.CANCELLED.value[0],
+                       "the client went away" if gone else "server is stopping")  # fmt: skip
             raise
         except Exception:
             LOGGER.exception("unhandled error in %s", call.method)

@@ -7,7 +7,9 @@
 // an event and an eventfd is signalled; the asyncio loop drains the events (`poll`), parses
 // the bytes with the tritonclient stubs, runs the same servicers as the grpc.aio frontend
 // and answers:
-//   unary calls:     Call.finish(bytes) or Call.abort(code, message), exactly once;
+//   unary calls:     Call.finish(bytes) or Call.abort(code, message), exactly once; a
+//                    GONE event with the call's id says its caller left (cancelled, or
+//                    past its deadline) before it was answered;
 //   streaming calls: events MESSAGE (one per client message), END (client done sending)
 //                    and GONE (the call is over: finished or cancelled by the client), keyed
 //                    by a stream id; answers with Bridge.write(id, bytes) and, once,
@@ -128,6 +130,7 @@ class Call : public Tagged {
   bool streaming_ = false;
   int pending_ = 0;  // our operations in flight (read, write, finish)
   bool done_ = false;
+  bool delivered_ = false;  // unary: handed to Python, which owes it an answer
   bool finish_requested_ = false;
   bool finish_started_ = false;
   bool write_failed_ = false;
@@ -199,10 +202,11 @@ class Bridge {
   int fileno() const { return efd_; }
   bool IsStreaming(const std::string& method) const { return streaming_.count(method) > 0; }
 
-  uint64_t Register(Call* call) {
+  // Every call gets an id; streams are also registered, as Python addresses them by id.
+  uint64_t Register(Call* call, bool streaming) {
     std::lock_guard<std::mutex> lock(ops_mu_);
     uint64_t id = ++last_id_;
-    streams_[id] = call;
+    if (streaming) streams_[id] = call;
     return id;
   }
 
@@ -385,7 +389,7 @@ void Call::Proceed(bool ok) {
   new Call(bridge_, service_, cq_);
   // NOTE: registered before mu_ is taken: the lock order is ops lock, then mu_
   bool streaming = bridge_->IsStreaming(ctx_.method());
-  uint64_t id = streaming ? bridge_->Register(this) : 0;
+  uint64_t id = bridge_->Register(this, streaming);
   std::lock_guard<std::mutex> lock(mu_);
   streaming_ = streaming;
   id_ = id;
@@ -400,13 +404,17 @@ void Call::OnOp(Op op, bool ok) {
     switch (op) {
       case Op::kDone:
         done_ = true;
-        if (streaming_) bridge_->Push({nullptr, id_, kGone, ctx_.method(), {}});
+        // NOTE: a unary call answered normally is done too; only an unanswered one is news
+        if (streaming_ || (delivered_ && !finish_requested_)) {
+          bridge_->Push({nullptr, id_, kGone, ctx_.method(), {}});
+        }
         break;
       case Op::kRead:
         pending_--;
         if (!streaming_) {
           if (ok) {
-            bridge_->Push({this, 0, kUnary, ctx_.method(), Drain(&request_)});
+            delivered_ = true;
+            bridge_->Push({this, id_, kUnary, ctx_.method(), Drain(&request_)});
           } else if (!finish_started_) {  // the client went away before its message
             finish_started_ = true;
             pending_++;

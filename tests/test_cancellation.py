@@ -1,0 +1,88 @@
+"""A request whose caller has left (deadline passed, call cancelled) while it waits in the
+queue must not take engine time: on a busy edge node that time belongs to callers still
+waiting. Checked on both gRPC frontends, through the rows Triton's statistics report as
+inferred (inference_count)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from runtime.server.native_frontend import load_bridge
+from tests.conftest import ServerProcess, copy_repo, start_server
+
+try:
+    load_bridge()
+    NATIVE_MISSING = ""
+except ImportError as exc:
+    NATIVE_MISSING = str(exc)
+
+BLOCKERS = 48  # a queue long enough (~0.2 s of engine time even on a fast host) to expire in
+GONE = 16
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        "python",
+        pytest.param(
+            "native", marks=pytest.mark.skipif(bool(NATIVE_MISSING), reason=NATIVE_MISSING)
+        ),
+    ],
+)
+def frontend_server(
+    request: pytest.FixtureRequest, sample_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp(f"cancel-{request.param}")
+    copy_repo(sample_repo, tmp / "repo")
+    srv = start_server(tmp / "repo", tmp, ("--grpc-frontend", request.param))
+    yield srv
+    assert srv.stop() == 0, srv.log_text()
+
+
+def _rows_inferred(url: str) -> int:
+    stats = grpcclient.InferenceServerClient(url).get_inference_statistics("mlp_dense")
+    return int(stats.model_stats[0].inference_count)
+
+
+async def _one(client: aioclient.InferenceServerClient, rows: int, timeout: float) -> str:
+    inp = aioclient.InferInput("x", [rows, 256], "FP32")
+    inp.set_data_from_numpy(np.ones((rows, 256), np.float32))
+    try:
+        await client.infer("mlp_dense", [inp], client_timeout=timeout)
+        return "ok"
+    except InferenceServerException as exc:
+        return str(exc.status())
+
+
+async def _flood(url: str) -> tuple[list[str], list[str]]:
+    """BLOCKERS full batches with time to spare, then GONE one-row requests (on a channel of
+    their own, not stuck behind the blockers' bytes) whose deadline passes in the queue."""
+    async with (
+        aioclient.InferenceServerClient(url) as busy,
+        aioclient.InferenceServerClient(url) as hasty,
+    ):
+        blockers = [asyncio.ensure_future(_one(busy, 64, 120)) for _ in range(BLOCKERS)]
+        await asyncio.sleep(0.02)
+        gone = await asyncio.gather(*(_one(hasty, 1, 0.03) for _ in range(GONE)))
+        return list(await asyncio.gather(*blockers)), list(gone)
+
+
+def test_requests_whose_caller_left_do_not_run(frontend_server: ServerProcess) -> None:
+    url = frontend_server.url
+    before = _rows_inferred(url)
+    kept, gone = asyncio.run(_flood(url))
+    extra_rows = _rows_inferred(url) - before - 64 * BLOCKERS
+    assert kept == ["ok"] * BLOCKERS
+    assert gone.count("StatusCode.DEADLINE_EXCEEDED") >= GONE // 2, gone
+    # NOTE: a few may reach the engine before their deadline; most expire while queued
+    assert extra_rows <= GONE // 2, (extra_rows, gone)
+    assert grpcclient.InferenceServerClient(url).is_server_ready()
+    assert "Traceback" not in frontend_server.log_text()
