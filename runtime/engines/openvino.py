@@ -46,7 +46,20 @@ def _dims(partial_shape: object) -> tuple[int, ...]:
     return tuple(d.get_length() if d.is_static else -1 for d in partial_shape)  # type: ignore[attr-defined]
 
 
+# NOTE: OpenVINO's Type.to_dtype() fills a function-local static of numpy dtypes on first
+# use, which needs the GIL. Two threads loading models at once deadlocked there (one inside
+# the static's initializer waiting for the GIL, the other holding the GIL and waiting on the
+# static's guard: py-spy showed __cxa_guard_acquire); a server hung at start-up about once in
+# a hundred. A Python lock releases the GIL while it waits, so this one rules that out.
+_PORT_SPEC_LOCK = threading.Lock()
+
+
 def _spec(port: object) -> TensorSpec:
+    with _PORT_SPEC_LOCK:
+        return _spec_locked(port)
+
+
+def _spec_locked(port: object) -> TensorSpec:
     name = port.get_any_name()  # type: ignore[attr-defined]
     try:
         dtype = np.dtype(port.get_element_type().to_dtype())  # type: ignore[attr-defined]
