@@ -106,7 +106,9 @@ async def serve(port: int, port_file: Path | None) -> None:
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     if port_file is not None:
-        port_file.write_text(json.dumps({"grpc": bound}))
+        tmp = port_file.with_name(port_file.name + ".tmp")  # NOTE: renamed: never seen empty
+        tmp.write_text(json.dumps({"grpc": bound}))
+        tmp.replace(port_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

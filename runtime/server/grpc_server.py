@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2_grpc
 
+from runtime.fileio import write_atomic
 from runtime.metrics import Metrics
 from runtime.repository.manager import ModelManager
 from runtime.server.health import HealthState
@@ -114,10 +115,9 @@ class Server:
         await self.manager.start_safely()
         self.servicer.started = True
         await self._refresh_health()
-        if s.port_file is not None:
-            s.port_file.write_text(
-                json.dumps({"grpc": self.grpc_port, "metrics": self.metrics_port})
-            )
+        if s.port_file is not None:  # NOTE: atomic: a reader polling for it never sees it empty
+            ports = {"grpc": self.grpc_port, "metrics": self.metrics_port}
+            write_atomic(s.port_file, json.dumps(ports).encode())
         LOGGER.info("server ready: %s", self.servicer.server_ready())
 
     def request_stop(self) -> None:
