@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -21,11 +22,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 NEEDS_TORCH = {"gpu_cslt_search_bench.py"}  # imports torch at module level
 
 
-@pytest.mark.parametrize(
-    "script", sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name not in NEEDS_TORCH)
-)
-def test_benchmark_imports(script: str) -> None:
-    """Importing runs every top-level import and definition (main() is guarded)."""
+def load_script(script: str) -> ModuleType:
+    """Import benchmarks/<script> as a module (its main() is guarded, so nothing runs)."""
     spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}", BENCHMARKS / script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -34,6 +32,15 @@ def test_benchmark_imports(script: str) -> None:
         spec.loader.exec_module(module)
     finally:
         del sys.modules[spec.name]
+    return module
+
+
+@pytest.mark.parametrize(
+    "script", sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name not in NEEDS_TORCH)
+)
+def test_benchmark_imports(script: str) -> None:
+    """Importing runs every top-level import and definition (main() is guarded)."""
+    load_script(script)
 
 
 def test_grpc_echo_floor_answers_tritonclient(tmp_path: Path) -> None:
@@ -65,13 +72,18 @@ def test_native_echo_canned_answers_parse(tmp_path: Path) -> None:
     """The C++ echo replays these bytes verbatim, so they must be the stubs' messages."""
     from tritonclient.grpc import service_pb2 as pb
 
-    spec = importlib.util.spec_from_file_location("bench_grpc_echo", BENCHMARKS / "grpc_echo.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.write_canned(tmp_path)
+    load_script("grpc_echo.py").write_canned(tmp_path)
     infer = pb.ModelInferResponse.FromString((tmp_path / "ModelInfer.bin").read_bytes())
     assert list(infer.outputs[0].shape) == [1, 256] and len(infer.raw_output_contents[0]) == 1024
     config = pb.ModelConfigResponse.FromString((tmp_path / "ModelConfig.bin").read_bytes())
     assert config.config.max_batch_size == 64
     assert len(list(tmp_path.glob("*.bin"))) == 7
+
+
+def test_ab_serve_reads_variants() -> None:
+    """NAME=DIR[:REPO[:ENV=V,...]]: the repository defaults to the checkout's model_repo."""
+    module = load_script("ab_serve.py")
+    plain = module.parse_variant("base=/tmp/base")
+    assert (plain.name, plain.repo, plain.env) == ("base", Path("/tmp/base/model_repo"), {})
+    full = module.parse_variant("n=/x:/r:A=1,B=two")
+    assert (full.directory, full.repo, full.env) == (Path("/x"), Path("/r"), {"A": "1", "B": "two"})
