@@ -81,7 +81,7 @@ def measure(port: int, model: str, concurrency: int, seconds: float) -> tuple[fl
              "--stability-percentage", "100", "--max-trials", "3", "-f", out.name],
             capture_output=True, timeout=seconds * 10 + 60,
         )  # fmt: skip
-        rows = list(csv.DictReader(open(out.name))) if Path(out.name).stat().st_size else []
+        rows = list(csv.DictReader(Path(out.name).read_text().splitlines()))
     if not rows:
         return float("nan"), float("nan")
     return float(rows[0]["Inferences/Second"]), float(rows[0]["p50 latency"]) / 1000

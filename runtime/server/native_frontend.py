@@ -5,8 +5,8 @@ transport differs (runtime/server/native/grpc_bridge.cc). Each read request arri
 as (call, method, bytes) through an eventfd the event loop watches; it is parsed
 with the tritonclient / grpc_health stubs, run by the servicer method of that name
 as a task, and answered exactly once; if its caller leaves first (cancelled, or past its
-deadline), the task is cancelled, as grpc.aio does, so a queued request never takes engine
-time for nobody. Streaming RPCs (ModelStreamInfer, Health.Watch)
+deadline), the task is cancelled, as grpc.aio does, so a request still queued never takes
+engine time. Streaming RPCs (ModelStreamInfer, Health.Watch)
 arrive as events on a stream id: each client message, the end of the client's messages,
 and the call being over (finished or cancelled); one task per stream feeds the servicer
 and writes what it yields, then finishes the stream exactly once. Answers are queued in
@@ -32,8 +32,8 @@ from tritonclient.grpc import service_pb2 as pb
 LOGGER = logging.getLogger(__name__)
 
 INFERENCE = "/inference.GRPCInferenceService/"
-CALLER_GONE = "the caller left before its answer"  # cancel message for such unary tasks
 HEALTH = "/grpc.health.v1.Health/"
+CALLER_GONE = "the caller left before its answer"  # cancel message for such unary tasks
 
 
 def load_bridge() -> Any:
