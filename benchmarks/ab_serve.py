@@ -17,7 +17,6 @@ REPO a model repository (default the DIR's model_repo), then environment variabl
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import subprocess
@@ -28,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PERF_ANALYZER = ROOT.parent / "shared" / "tools" / "perf_analyzer"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.serve_bench import PERF_ANALYZER, run_perf_analyzer  # noqa: E402
 
 
 @dataclass
@@ -72,19 +73,12 @@ def wait_ready(log: Path, proc: subprocess.Popen[bytes], timeout: float = 120) -
 
 
 def measure(port: int, model: str, concurrency: int, seconds: float) -> tuple[float, float]:
-    """(infer/s, p50 ms) of one perf_analyzer window; NaN when it gave no row."""
-    with tempfile.NamedTemporaryFile(suffix=".csv") as out:
-        subprocess.run(
-            [str(PERF_ANALYZER), "-i", "grpc", "-u", f"localhost:{port}", "-m", model,
-             "--concurrency-range", f"{concurrency}:{concurrency}",
-             "--measurement-interval", str(int(seconds * 1000)),
-             "--stability-percentage", "100", "--max-trials", "3", "-f", out.name],
-            capture_output=True, timeout=seconds * 10 + 60,
-        )  # fmt: skip
-        rows = list(csv.DictReader(Path(out.name).read_text().splitlines()))
-    if not rows:
+    """(infer/s, p50 ms) of one perf_analyzer window (serve_bench's); NaN when it failed."""
+    try:
+        point = run_perf_analyzer(f"localhost:{port}", model, concurrency, seconds)
+    except RuntimeError:
         return float("nan"), float("nan")
-    return float(rows[0]["Inferences/Second"]), float(rows[0]["p50 latency"]) / 1000
+    return point["throughput"], point["p50_ms"]
 
 
 def main() -> int:
