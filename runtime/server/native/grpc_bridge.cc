@@ -181,7 +181,7 @@ class Bridge {
     server_ = builder.BuildAndStart();
     if (!server_ || port == 0) {
       server_.reset();
-      throw std::runtime_error("cannot bind gRPC address " + address_);
+      throw std::runtime_error("the address is taken or not available");
     }
     for (auto& queue : queues_) {
       grpc::ServerCompletionQueue* cq = queue.get();
