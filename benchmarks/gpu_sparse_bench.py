@@ -42,8 +42,16 @@ if str(ROOT) not in sys.path:
 MLP_LAYERS = (8192, 8192, 8192, 8192)
 MS = (1, 16, 64, 256, 1024, 4096)
 KNS = ((1024, 1024), (4096, 4096), (8192, 8192), (3072, 10240))
-BATCHES = (1, 8, 32, 64, 128, 256)
+BATCHES = (1, 8, 32, 64, 128, 256, 512, 1024)
 SPARSE_FILE = "mlp8192_sparse24.onnx"
+GEMM_COLS = [
+    "M", "K", "N", "dense_us", "dense_chained_us", "sparse_us", "sparse_chained_us",
+    "sparse_alg0_us", "speedup", "speedup_chained", "alg_id", "alg_id_chained", "timing",
+]  # fmt: skip
+ENGINE_COLS = [
+    "mode", "batch", "p50_ms", "p99_ms", "throughput_per_s", "device_us",
+    "speedup_infer", "speedup_device", "gpu_mem_mb", "w_dense_mb", "w_comp_mb",
+]  # fmt: skip
 
 
 class Recorder:
@@ -160,7 +168,12 @@ def make_models(models_dir: Path, layers: Sequence[int] = MLP_LAYERS) -> Path:
 def part_gemm(out: Path, reps: int, ms: Sequence[int], kns: Sequence[tuple[int, int]]) -> None:
     import torch
 
-    from runtime.engines.torch_sparse import CsltLinear, cusparselt_available, time_pair
+    from runtime.engines.torch_sparse import (
+        CsltLinear,
+        _round_up,
+        cusparselt_available,
+        time_pair,
+    )
 
     rec = Recorder(out, "gemm", env_meta())
     if not cusparselt_available(torch):
@@ -190,20 +203,39 @@ def part_gemm(out: Path, reps: int, ms: Sequence[int], kns: Sequence[tuple[int, 
                 search_s = time.perf_counter() - t_search
                 ref = dense(x).float()
                 err = float((kernel(x).float() - ref).abs().max() / ref.abs().max())
+                # NOTE: "chained" is what a layer after a sparse one gets: x as a transposed
+                # view, so x^T is a row-major operand (the engine's copy-free path).
+                xr = x.t().contiguous().t()
+                err_chained = float((kernel(xr).float() - ref).abs().max() / ref.abs().max())
                 info: dict[str, str] = {}
-                fns = {"dense": dense, "sparse": kernel, "sparse_alg0": alg0}
+                fns = {
+                    "dense": dense,
+                    "sparse": kernel,
+                    "sparse_chained": lambda _x, xr=xr, kernel=kernel: kernel(xr),
+                    "dense_chained": lambda _x, xr=xr, dense=dense: dense(xr),
+                    "sparse_alg0": alg0,
+                }
                 t = time_pair(torch, fns, x, reps=reps, info=info)
                 flops = 2.0 * m * k * n
+
+                def ratio(a: float | None, b: float | None) -> float | None:
+                    return a / b if a and b else None
+
                 row = {
                     "M": m,
                     "K": k,
                     "N": n,
                     "dense_us": t["dense"],
                     "sparse_us": t["sparse"],
+                    "sparse_chained_us": t["sparse_chained"],
+                    "dense_chained_us": t["dense_chained"],
                     "sparse_alg0_us": t["sparse_alg0"],
-                    "speedup": (t["dense"] / t["sparse"]) if t["dense"] and t["sparse"] else None,
+                    "speedup": ratio(t["dense"], t["sparse"]),
+                    "speedup_chained": ratio(t["dense"], t["sparse_chained"]),
                     "dense_tflops": flops / t["dense"] / 1e6 if t["dense"] else None,
                     "alg_id": alg,
+                    "alg_id_chained": kernel.alg_ids.get((_round_up(m, 8), True)),
+                    "rel_err_chained": err_chained,
                     "search_s": round(search_s, 3),
                     "rel_err": err,
                     "timing": info.get("mode"),
@@ -216,10 +248,7 @@ def part_gemm(out: Path, reps: int, ms: Sequence[int], kns: Sequence[tuple[int, 
             print(f"gemm {json.dumps(row)}", flush=True)
         del kernel, w
         torch.cuda.empty_cache()
-    cols = ["M", "K", "N", "dense_us", "sparse_us", "sparse_alg0_us", "speedup", "dense_tflops"]
-    print(
-        table(rows, cols + ["alg_id", "rel_err", "timing"], "(a) fp16 GEMM, cuSPARSELt vs cuBLAS")
-    )
+    print(table(rows, GEMM_COLS + ["rel_err"], "(a) fp16 GEMM, cuSPARSELt vs cuBLAS"))
 
 
 # ----------------------------------------------------------------------------- (b) engine
@@ -241,6 +270,11 @@ def _iters(batch: int, budget_s: float, one_s: float, lo: int = 10, hi: int = 30
 def part_engine(
     out: Path, models_dir: Path, modes: Sequence[str], batches: Sequence[int], secs: float
 ) -> None:
+    """All modes loaded at once, then timed in alternating rounds per batch (side by side).
+
+    Why alternate: host copies dominate `infer` at large batch and this host's speed drifts;
+    rounds of a few calls per engine, in turn, put every mode under the same conditions.
+    """
     import torch
 
     from runtime.engines.base import EngineOptions
@@ -249,74 +283,100 @@ def part_engine(
     rec = Recorder(out, "engine", env_meta())
     path = make_models(models_dir)
     source = path.read_bytes()
-    rows: list[dict[str, Any]] = []
-    per_mode: dict[str, dict[int, dict[str, Any]]] = {}
-    for mode in modes:
-        engine = None
-        try:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            t0 = time.perf_counter()
-            params = {"sparsity": mode, "precision": "fp16"}
-            engine = TorchSparseEngine(
-                source,
-                EngineOptions(device="cuda", batch_buckets=tuple(batches), parameters=params),
-            )
-            engine.load()
-            load_s = time.perf_counter() - t0
-            details = dict(engine.describe().details)
-            rec.set(f"details_{mode}", details)
-            rec.set(f"decisions_{mode}", engine.layer_decisions())
-            print(f"engine {mode}: loaded in {load_s:.1f}s; {details.get('kernel_table')}")
-            rng = np.random.default_rng(0)
-            for batch in batches:
-                x = rng.standard_normal((batch, MLP_LAYERS[0])).astype(np.float32)
-                t1 = time.perf_counter()
-                for _ in range(3):
-                    engine.infer({"x": x})
-                one = (time.perf_counter() - t1) / 3
-                lat = []
-                for _ in range(_iters(batch, secs, one)):
-                    t1 = time.perf_counter()
-                    engine.infer({"x": x})
-                    lat.append(time.perf_counter() - t1)
-                row = {
-                    "mode": mode,
-                    "batch": batch,
-                    **_lat_stats(lat, batch),
-                    "device_us": engine.replay_us(batch),
-                    "n": len(lat),
+    engines: dict[str, Any] = {}
+    facts: dict[str, dict[str, Any]] = {}
+    try:
+        for mode in modes:
+            try:
+                torch.cuda.empty_cache()
+                base = torch.cuda.memory_allocated()
+                t0 = time.perf_counter()
+                params = {"sparsity": mode, "precision": "fp16"}
+                engine = TorchSparseEngine(
+                    source,
+                    EngineOptions(device="cuda", batch_buckets=tuple(batches), parameters=params),
+                )
+                engine.load()
+                load_s = time.perf_counter() - t0
+                details = dict(engine.describe().details)
+                rec.set(f"details_{mode}", details)
+                rec.set(f"decisions_{mode}", engine.layer_decisions())
+                print(f"engine {mode}: loaded in {load_s:.1f}s; {details.get('kernel_table')}")
+                engines[mode] = engine
+                facts[mode] = {
                     "load_s": round(load_s, 2),
                     "gpu_mem_mb": (torch.cuda.memory_allocated() - base) / 2**20,
-                    "gpu_peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20,
                     "w_dense_mb": int(details.get("weight_bytes_dense_resident", 0)) / 2**20,
                     "w_comp_mb": int(details.get("weight_bytes_compressed_resident", 0)) / 2**20,
                 }
-                per_mode.setdefault(mode, {})[batch] = row
-                rows.append(row)
-                rec.row(row)
-                print(json.dumps(row), flush=True)
-        except Exception as exc:  # noqa: BLE001
-            rec.error(f"engine mode={mode}", exc)
-        finally:
-            if engine is not None:
-                engine.unload()
-            del engine
-            torch.cuda.empty_cache()
-    base_rows = per_mode.get("off", {})
+            except Exception as exc:  # noqa: BLE001
+                rec.error(f"engine mode={mode} load", exc)
+        rows = _engine_rounds(rec, engines, facts, batches, secs)
+    finally:
+        for engine in engines.values():
+            engine.unload()
+        engines.clear()
+        torch.cuda.empty_cache()
+    base_rows = {r["batch"]: r for r in rows if r["mode"] == "off"}
     for row in rows:
         ref = base_rows.get(row["batch"])
         if ref and row["mode"] != "off":
             row["speedup_infer"] = ref["p50_ms"] / row["p50_ms"]
             if ref.get("device_us") and row.get("device_us"):
                 row["speedup_device"] = ref["device_us"] / row["device_us"]
+    rows.sort(key=lambda r: (list(modes).index(r["mode"]), r["batch"]))
     rec.set("rows", rows)
-    cols = [
-        "mode", "batch", "p50_ms", "p99_ms", "throughput_per_s", "device_us",
-        "speedup_infer", "speedup_device", "gpu_mem_mb", "w_dense_mb", "w_comp_mb",
-    ]  # fmt: skip
-    print(table(rows, cols, "(b) engine level, hidden-8192 MLP (3x 8192x8192), fp16"))
+    print(table(rows, ENGINE_COLS, "(b) engine level, hidden-8192 MLP (3x 8192x8192), fp16"))
+
+
+def _engine_rounds(
+    rec: Recorder,
+    engines: dict[str, Any],
+    facts: dict[str, dict[str, Any]],
+    batches: Sequence[int],
+    secs: float,
+    rounds: int = 5,
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    rng = np.random.default_rng(0)
+    for batch in batches:
+        try:
+            x = rng.standard_normal((batch, MLP_LAYERS[0])).astype(np.float32)
+            one = 0.0
+            for engine in engines.values():
+                t1 = time.perf_counter()
+                for _ in range(3):
+                    engine.infer({"x": x})
+                one = max(one, (time.perf_counter() - t1) / 3)
+            per_round = max(2, _iters(batch, secs, one) // rounds)
+            lat: dict[str, list[float]] = {mode: [] for mode in engines}
+            for _ in range(rounds):
+                for mode, engine in engines.items():
+                    for _ in range(per_round):
+                        t1 = time.perf_counter()
+                        engine.infer({"x": x})
+                        lat[mode].append(time.perf_counter() - t1)
+            device = {mode: engine.replay_us(batch) for mode, engine in engines.items()}
+            # NOTE: device times again in reverse order; the mean of both passes stands
+            for mode in reversed(list(engines)):
+                again = engines[mode].replay_us(batch)
+                if device[mode] is not None and again is not None:
+                    device[mode] = (device[mode] + again) / 2
+            for mode in engines:
+                row = {
+                    "mode": mode,
+                    "batch": batch,
+                    **_lat_stats(lat[mode], batch),
+                    "device_us": device[mode],
+                    "n": len(lat[mode]),
+                    **facts[mode],
+                }
+                rows.append(row)
+                rec.row(row)
+                print(json.dumps(row), flush=True)
+        except Exception as exc:  # noqa: BLE001
+            rec.error(f"engine batch={batch}", exc)
+    return rows
 
 
 # ----------------------------------------------------------------------------- (c) server
@@ -390,6 +450,41 @@ class _LoadFailed(Exception):
     pass
 
 
+SERVER_COLS = [
+    "model", "batch", "p50_ms", "p99_ms", "throughput_per_s", "speedup", "compute_infer_ms",
+    "speedup_compute", "server_other_ms", "n",
+]  # fmt: skip
+
+
+def _counters(url: str, model: str) -> dict[str, float | None]:
+    """The model's Triton counters now; {} when the metrics port does not answer."""
+    from runtime.compare.scrape import model_counters, scrape
+
+    try:
+        return model_counters(scrape(url, timeout_s=5), model)
+    except Exception:  # noqa: BLE001 - the latency figures stand without it
+        return {}
+
+
+def _split(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, Any]:
+    """Server-side ms per request over one window: engine time, and the rest of the server.
+
+    Why: through gRPC the request and response bytes (8192 fp32 values per row each way) cost
+    more than the GPU work, so the engine's share is reported beside the client's latency.
+    """
+    from runtime.compare.scrape import server_split
+
+    split = server_split(before, after) if before and after else None
+    if not split or not split.get("requests"):
+        return {}
+    infer, request = split.get("compute_infer_ms"), split.get("request_ms")
+    return {
+        "compute_infer_ms": infer,
+        "server_request_ms": request,
+        "server_other_ms": request - infer if request is not None and infer is not None else None,
+    }
+
+
 def part_server(
     out: Path,
     models_dir: Path,
@@ -427,6 +522,7 @@ def part_server(
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         if not _wait(client.is_server_live, start_timeout, proc):
             rec.set("skipped", f"server not live within {start_timeout}s (rc={proc.poll()})")
             print(f"SKIP (c): server not live within {start_timeout}s; see {log_path}")
@@ -465,12 +561,15 @@ def part_server(
                         client.infer(name, [inp], outputs=outs)
                     one = (time.perf_counter() - t1) / 3
                     lat = []
+                    before = _counters(metrics_url, name)
                     for _ in range(_iters(batch, secs, one, lo=10, hi=200)):
                         t1 = time.perf_counter()
                         res = client.infer(name, [inp], outputs=outs)
                         lat.append(time.perf_counter() - t1)
+                    split = _split(before, _counters(metrics_url, name))
                     y = res.as_numpy("y")
                     row = {"model": name, "batch": batch, **_lat_stats(lat, batch), "n": len(lat)}
+                    row.update(split)
                     row["out_shape"] = list(y.shape) if y is not None else None
                     rows.append(row)
                     rec.row(row)
@@ -479,8 +578,11 @@ def part_server(
                     rec.error(f"infer {name} batch={batch}", exc)
         dense = {r["batch"]: r for r in rows if r["model"] == "mlp8192_dense"}
         for r in rows:
-            if r["model"] != "mlp8192_dense" and r["batch"] in dense:
-                r["speedup"] = dense[r["batch"]]["p50_ms"] / r["p50_ms"]
+            ref = dense.get(r["batch"])
+            if r["model"] != "mlp8192_dense" and ref:
+                r["speedup"] = ref["p50_ms"] / r["p50_ms"]
+                if ref.get("compute_infer_ms") and r.get("compute_infer_ms"):
+                    r["speedup_compute"] = ref["compute_infer_ms"] / r["compute_infer_ms"]
         rec.set("rows", rows)
         try:
             import urllib.request
@@ -495,8 +597,7 @@ def part_server(
             rec.set("metrics_excerpt", keep[:200])
         except Exception as exc:  # noqa: BLE001
             rec.error("metrics", exc)
-        cols = ["model", "batch", "p50_ms", "p99_ms", "throughput_per_s", "speedup", "n"]
-        print(table(rows, cols, "(c) through the server (gRPC, tritonclient), fp16"))
+        print(table(rows, SERVER_COLS, "(c) through the server (gRPC, tritonclient), fp16"))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -520,13 +621,8 @@ def part_summary(out: Path) -> None:
 
     gemm, engine, server = load("gemm"), load("engine"), load("server")
     print("## meta", json.dumps(gemm.get("meta") or engine.get("meta") or {}))
-    cols = ["M", "K", "N", "dense_us", "sparse_us", "sparse_alg0_us", "speedup", "alg_id", "timing"]
-    print(table(gemm.get("rows", []), cols, "(a) fp16 GEMM, cuSPARSELt 2:4 vs cuBLAS"))
-    cols = [
-        "mode", "batch", "p50_ms", "p99_ms", "throughput_per_s", "device_us",
-        "speedup_infer", "speedup_device", "gpu_mem_mb", "w_dense_mb", "w_comp_mb",
-    ]  # fmt: skip
-    print(table(engine.get("rows", []), cols, "(b) engine level, hidden-8192 MLP, fp16"))
+    print(table(gemm.get("rows", []), GEMM_COLS, "(a) fp16 GEMM, cuSPARSELt 2:4 vs cuBLAS"))
+    print(table(engine.get("rows", []), ENGINE_COLS, "(b) engine level, hidden-8192 MLP, fp16"))
     for mode in ("on", "auto"):
         details = engine.get(f"details_{mode}", {})
         if details:
@@ -549,8 +645,7 @@ def part_summary(out: Path) -> None:
                 )
     if server.get("skipped"):
         print(f"(c) server: SKIPPED: {server['skipped']}")
-    cols = ["model", "batch", "p50_ms", "p99_ms", "throughput_per_s", "speedup", "n"]
-    print(table(server.get("rows", []), cols, "(c) through the server (gRPC), fp16"))
+    print(table(server.get("rows", []), SERVER_COLS, "(c) through the server (gRPC), fp16"))
     for name in ("gemm", "engine", "server"):
         for err in load(name).get("errors", []):
             print(f"error [{name}] {err['where']}: {err['error'][:300]}")

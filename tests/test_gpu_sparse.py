@@ -116,9 +116,13 @@ def test_cslt_linear_matches_dense(nk: tuple[int, int], m: int) -> None:
     ref = torch.nn.functional.linear(x, w, bias).float()
     got = kernel(x).float()
     err = float((got - ref).abs().max() / ref.abs().max())
-    record("cslt_vs_cublas", n=n, k=k, m=m, alg=alg, rel_err=err)
-    assert got.shape == ref.shape
+    # what a layer after a sparse layer gets: x as a transposed view (row-major x^T)
+    got_chained = kernel(x.t().contiguous().t()).float()
+    err_chained = float((got_chained - ref).abs().max() / ref.abs().max())
+    record("cslt_vs_cublas", n=n, k=k, m=m, alg=alg, rel_err=err, rel_err_chained=err_chained)
+    assert got.shape == got_chained.shape == ref.shape
     assert err <= SAME_WEIGHTS_TOL
+    assert err_chained <= SAME_WEIGHTS_TOL
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

@@ -144,7 +144,14 @@ def _disagreement(ref: Any, kernel: Callable[[Any], Any], x: Any) -> str:
 
 
 class CsltLinear:
-    """y = x @ W^T + b on cuSPARSELt; the compressed W (values + metadata) never leaves here."""
+    """y = x @ W^T + b on cuSPARSELt; the compressed W (values + metadata) never leaves here.
+
+    Works in the transposed space: W_c [N,K] @ x^T [K,M] -> y^T [N,M], and returns the view
+    y = (y^T).t(). Elementwise ops keep that layout, so the next sparse layer's x^T is a
+    contiguous (row-major) operand and a chain of sparse layers runs with no transposing copy;
+    a contiguous x is taken as a column-major operand, also without a copy. cuSPARSELt plans
+    per operand order, so the searched algorithm is kept per (padded M, order).
+    """
 
     backend = "cusparselt"
 
@@ -153,64 +160,80 @@ class CsltLinear:
         self.packed = torch._cslt_compress(weight.contiguous())
         self.bias = bias
         self.in_features = int(weight.shape[1])
-        self.alg_ids: dict[int, int] = {}
+        self.alg_ids: dict[tuple[int, bool], int] = {}
         # NOTE: measured on an H200 (torch 2.11, cuSPARSELt 0.8.0, CUDA-graph replays): the
         # plain form W_c @ x^T with a searched algorithm beat cuBLAS up to 1.54x on 8192^2,
         # while the fused bias + transpose_result form only had alg 0 (its search failed
         # and broke the CUDA context) and ran at 0.16-0.55x. So: plain form, bias added after.
-        self.fused_transpose = False
 
     @property
     def nbytes(self) -> int:
         return int(self.packed.numel() * self.packed.element_size())
+
+    @staticmethod
+    def operand(x2: Any) -> tuple[Any, bool]:
+        """(x^T as cuSPARSELt's dense operand, row-major?) without a copy where possible."""
+        xt = x2.t()
+        if xt.is_contiguous():
+            return xt, True
+        if x2.is_contiguous():
+            return xt, False
+        return x2.contiguous().t(), False
 
     def __call__(self, x2: Any) -> Any:
         m = int(x2.shape[0])
         padded = _round_up(max(m, 1), ROW_MULTIPLE)
         if padded != m:
             x2 = self._torch.nn.functional.pad(x2, (0, 0, 0, padded - m))
-        # NOTE: W [N,K] is operand A, x^T [K,M] operand B; transpose_result gives [M,N].
-        y = self._torch._cslt_sparse_mm(
-            self.packed,
-            x2.contiguous().t(),
-            bias=self.bias if self.fused_transpose else None,
-            transpose_result=self.fused_transpose,
-            alg_id=self.alg_ids.get(padded, 0),
+        xt, row_major = self.operand(x2)
+        yt = self._torch._cslt_sparse_mm(
+            self.packed, xt, alg_id=self.alg_ids.get((padded, row_major), 0)
         )
-        if not self.fused_transpose:
-            y = y.t()
-            if self.bias is not None:
-                y = y + self.bias
+        if self.bias is not None:
+            yt.add_(self.bias[:, None])  # NOTE: in place on the fresh [N, M] output
+        y = yt.t()
         return y[:m] if padded != m else y
 
     def search(self, rows: int) -> int:
-        """Pick cuSPARSELt's tuned algorithm for this M once; falls back to 0 on any error."""
+        """Pick cuSPARSELt's tuned algorithm for this M, for both operand orders, once.
+
+        Returns the column-major (contiguous input) choice; 0 wherever the search fails.
+        """
         torch = self._torch
         padded = _round_up(max(rows, 1), ROW_MULTIPLE)
-        if padded in self.alg_ids or not hasattr(torch, "_cslt_sparse_mm_search"):
-            return self.alg_ids.get(padded, 0)
-        if os.environ.get("SPARSE_RUNTIME_CSLT_SEARCH", "1") != "1" or self.fused_transpose:
-            # NOTE: on an H200 (torch 2.11, cuSPARSELt 0.8.0) searching the fused bias +
-            # transpose_result form returned "internal error" and broke the CUDA context
-            # (illegal instruction for every later kernel); the plain form searches fine.
-            self.alg_ids[padded] = 0
-            return 0
-        x = torch.randn(
-            padded, self.in_features, device=self.packed.device, dtype=self.packed.dtype
-        )
-        try:
-            found = torch._cslt_sparse_mm_search(self.packed, x.t())
-            alg = int(found[0] if isinstance(found, (tuple, list)) else found)
-            ref = self(x)
-            self.alg_ids[padded] = alg
-            got = self(x)
-            if not torch.allclose(ref.float(), got.float(), rtol=1e-2, atol=1e-2):
-                raise RuntimeError("searched algorithm disagrees with alg 0")
-        except Exception as exc:  # a bad alg id must never break serving
-            LOGGER.warning("cuSPARSELt alg search failed for M=%d: %s", padded, exc)
-            alg = 0
-        self.alg_ids[padded] = alg
-        return alg
+        for row_major in (False, True):
+            key = (padded, row_major)
+            if key in self.alg_ids:
+                continue
+            if not hasattr(torch, "_cslt_sparse_mm_search") or (
+                os.environ.get("SPARSE_RUNTIME_CSLT_SEARCH", "1") != "1"
+            ):
+                self.alg_ids[key] = 0
+                continue
+            x = torch.randn(
+                padded, self.in_features, device=self.packed.device, dtype=self.packed.dtype
+            )
+            if row_major:
+                x = x.t().contiguous().t()
+            try:
+                found = torch._cslt_sparse_mm_search(self.packed, self.operand(x)[0])
+                alg = int(found[0] if isinstance(found, (tuple, list)) else found)
+                self.alg_ids[key] = 0
+                ref = self(x)
+                self.alg_ids[key] = alg
+                got = self(x)
+                if not torch.allclose(ref.float(), got.float(), rtol=1e-2, atol=1e-2):
+                    raise RuntimeError("searched algorithm disagrees with alg 0")
+            except Exception as exc:  # a bad alg id must never break serving
+                LOGGER.warning(
+                    "cuSPARSELt alg search failed for M=%d (%s operand): %s",
+                    padded,
+                    "row-major" if row_major else "column-major",
+                    exc,
+                )
+                alg = 0
+            self.alg_ids[key] = alg
+        return self.alg_ids[(padded, False)]
 
 
 class SemiStructuredLinear:
@@ -492,11 +515,10 @@ class TorchSparseEngine:
                 kernel = factory(torch, lin.weight, lin.bias)
                 x = torch.randn(64, lin.in_features, device=self._device, dtype=graph.float_dtype)
                 ref = lin.dense(x).float()
-                problem = _disagreement(ref, kernel, x)
-                if problem and getattr(kernel, "fused_transpose", False):
-                    LOGGER.warning("layer %s: fused transpose %s; trying unfused", name, problem)
-                    kernel.fused_transpose = False
-                    problem = _disagreement(ref, kernel, x)
+                # NOTE: a chained sparse layer gets x as a transposed view; check that order too.
+                problem = _disagreement(ref, kernel, x) or _disagreement(
+                    ref, kernel, x.t().contiguous().t()
+                )
                 if problem:
                     raise RuntimeError(problem)
                 lin.kernels["sparse"] = kernel
@@ -557,8 +579,20 @@ class TorchSparseEngine:
                     x = torch.randn(
                         rows, lin.in_features, device=self._device, dtype=graph.float_dtype
                     )
-                    r = time_pair(torch, {"dense": lin.dense, "sparse": sparse}, x)
-                    cache[key] = (r["dense"], r["sparse"])
+                    xr = x.t().contiguous().t()  # what a layer after a sparse one gets
+                    fns = {
+                        "dense": lin.dense,
+                        "sparse": sparse,
+                        "sparse_chained": lambda _x, xr=xr, k=sparse: k(xr),
+                    }
+                    r = time_pair(torch, fns, x)
+                    # NOTE: which order a layer sees depends on its neighbours' choices; the
+                    # faster one stands for the layer, and the whole-forward guard checks the plan.
+                    sparse_us = min(
+                        (v for v in (r.get("sparse"), r.get("sparse_chained")) if v is not None),
+                        default=None,
+                    )
+                    cache[key] = (r["dense"], sparse_us)
                 dense_us, sparse_us = cache[key]
                 err = "" if sparse_us is not None else "sparse kernel raised while timing"
                 timings.append(LayerTiming(name, b, rows, dense_us, sparse_us, True, err))

@@ -1,0 +1,88 @@
+"""CsltLinear's operand handling on the CPU, with cuSPARSELt's three calls faked by matmuls.
+
+What is real: padding, the transposed-space arithmetic, the in-place bias, which operand order
+each layer of a chain gets, and the per-order algorithm table. What is fake: compression (a
+copy) and the sparse GEMM (W @ x^T). The GPU tests check the real kernels against cuBLAS.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from runtime.engines.torch_sparse import CsltLinear  # noqa: E402
+
+
+class FakeCslt(types.SimpleNamespace):
+    """The torch namespace CsltLinear sees, with the cuSPARSELt entry points faked."""
+
+    def __init__(self) -> None:
+        super().__init__(nn=torch.nn, randn=torch.randn, allclose=torch.allclose)
+        self.calls: list[tuple[bool, int]] = []  # (operand row-major?, alg id) per GEMM
+
+    @staticmethod
+    def _cslt_compress(w: Any) -> Any:
+        return w.clone()
+
+    def _cslt_sparse_mm(self, packed: Any, xt: Any, alg_id: int = 0) -> Any:
+        self.calls.append((bool(xt.is_contiguous()), alg_id))
+        return packed @ xt
+
+    @staticmethod
+    def _cslt_sparse_mm_search(packed: Any, xt: Any) -> int:
+        return 5 if xt.is_contiguous() else 3
+
+
+def _chain(fake: FakeCslt) -> tuple[list[CsltLinear], list[tuple[Any, Any]]]:
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(64, 32), (48, 64), (16, 48)]
+    params = [(torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)) for n, k in shapes]
+    return [CsltLinear(fake, w, b) for w, b in params], params
+
+
+@pytest.mark.parametrize("m", [1, 8, 13, 64])
+def test_chain_matches_dense(m: int) -> None:
+    fake = FakeCslt()
+    kernels, params = _chain(fake)
+    x = torch.randn(m, 32)
+    y, ref = x, x
+    for kernel, (w, b) in zip(kernels, params, strict=True):
+        y = torch.relu(kernel(y))
+        ref = torch.relu(torch.nn.functional.linear(ref, w, b))
+    assert y.shape == ref.shape == (m, 16)
+    assert torch.allclose(y, ref, atol=1e-4)
+
+
+def test_chained_layers_get_a_row_major_operand_without_a_copy() -> None:
+    fake = FakeCslt()
+    kernels, _ = _chain(fake)
+    x = torch.randn(64, 32)
+    h = x
+    for kernel in kernels:
+        h = torch.relu(kernel(h))  # elementwise ops keep the transposed layout
+    # first layer: contiguous x -> column-major x^T; the others: x^T already row-major
+    assert [row_major for row_major, _ in fake.calls] == [False, True, True]
+    assert h.t().is_contiguous()
+
+
+def test_search_keeps_one_algorithm_per_operand_order() -> None:
+    fake = FakeCslt()
+    kernel, _ = _chain(fake)[0][0], None
+    assert kernel.search(60) == 3  # column-major choice, M padded to 64
+    assert kernel.alg_ids == {(64, False): 3, (64, True): 5}
+    fake.calls.clear()
+    x = torch.randn(64, 32)
+    kernel(x)
+    kernel(x.t().contiguous().t())
+    assert fake.calls == [(False, 3), (True, 5)]
+
+
+def test_search_falls_back_to_alg_0_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPARSE_RUNTIME_CSLT_SEARCH", "0")
+    kernel = _chain(FakeCslt())[0][0]
+    assert kernel.search(8) == 0
+    assert kernel.alg_ids == {(8, False): 0, (8, True): 0}
