@@ -150,25 +150,70 @@ def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
     return names
 
 
+class Serialized:
+    """Protobuf wire bytes built by hand; gRPC's serializers take it like a message.
+
+    Why: upb serializes a large bytes field into a buffer it grows as it goes, at about
+    0.3 GB/s (29 ms for one 256x8192 fp32 output on the dev VM), while joining the header
+    and the raw outputs costs one copy (0.7 ms). Protobuf parsers accept fields in any order
+    and append repeated ones, so header + raw fields is the same message.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf message method name
+        return self.data
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field_header(message: type, field: str, size: int) -> bytes:
+    """Tag and length of one length-delimited field of `message` (numbers from the stubs)."""
+    number = message.DESCRIPTOR.fields_by_name[field].number  # type: ignore[attr-defined]
+    return _varint(number << 3 | 2) + _varint(size)
+
+
+def _raw_view(array: np.ndarray) -> np.ndarray:
+    """The array's row-major bytes as a flat uint8 array (a view where it already is)."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
 def encode_response(
     model_name: str,
     model_version: str,
     request_id: str,
     outputs: Mapping[str, np.ndarray],
     names: Sequence[str],
-) -> pb.ModelInferResponse:
+) -> Serialized:
+    """A ModelInferResponse: header by protobuf, raw outputs appended as field bytes."""
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version)
     if request_id:
         response.id = request_id
-    raw = response.raw_output_contents
+    blobs: list[bytes | np.ndarray] = []
     for name in names:
         array = outputs[name]
+        if array.dtype.byteorder == ">":  # NOTE: the wire is little-endian
+            array = array.astype(array.dtype.newbyteorder("<"))
         datatype = numpy_to_wire(array.dtype)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        if datatype == "BYTES":
-            raw.append(serialize_bytes(array))
-        else:
-            if array.dtype.byteorder == ">":
-                array = array.astype(array.dtype.newbyteorder("<"))
-            raw.append(array.tobytes())
-    return response
+        blobs.append(serialize_bytes(array) if datatype == "BYTES" else _raw_view(array))
+    parts: list[bytes | np.ndarray] = [response.SerializeToString()]
+    for blob in blobs:
+        parts += [_field_header(pb.ModelInferResponse, "raw_output_contents", len(blob)), blob]
+    return Serialized(b"".join(parts))
+
+
+def stream_response(response: Serialized) -> Serialized:
+    """ModelStreamInferResponse{infer_response}, around an already serialized response."""
+    header = _field_header(pb.ModelStreamInferResponse, "infer_response", len(response.data))
+    return Serialized(header + response.data)

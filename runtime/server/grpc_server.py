@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import signal
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -37,6 +38,46 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
+
+
+HAND_SERIALIZED = ("ModelInfer", "ModelStreamInfer")
+"""Methods whose answers `codec` serializes itself (a `codec.Serialized`, or a message)."""
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
+
+
+class _Capture:
+    """Stands in for the server while the generated stub registers the service, so the
+    handlers can be adjusted before the real server sees them."""
+
+    def __init__(self) -> None:
+        self.generic: list[Any] = []
+        self.registered: tuple[str, dict[str, Any]] | None = None
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.registered = (service, handlers)
+
+
+def add_inference_service(servicer: Any, server: grpc.aio.Server) -> None:
+    """The generated registration, with a serializer for HAND_SERIALIZED methods that takes
+    the hand-built `codec.Serialized` as well as messages (the stub's own insists on its
+    message class)."""
+    capture = _Capture()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
+    if capture.registered is None:  # NOTE: older stubs register only a generic handler
+        raise RuntimeError("tritonclient's service stub did not register its method handlers")
+    service, handlers = capture.registered
+    handlers = {
+        name: h._replace(response_serializer=_serialize) if name in HAND_SERIALIZED else h
+        for name, h in handlers.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
 class Server:
@@ -72,7 +113,7 @@ class Server:
     def _bind_aio(self) -> grpc.aio.Server:
         s = self.settings
         server = grpc.aio.server(options=grpc_options(s))
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        add_inference_service(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
         try:
             self.grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")

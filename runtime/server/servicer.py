@@ -179,7 +179,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             )
 
     # ---- inference ------------------------------------------------------------------
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest) -> codec.Serialized:
         """Decode, validate, batch, encode; errors are counted against the model."""
         start = time.perf_counter_ns()
         if not self.accepting:
@@ -213,16 +213,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    ) -> AsyncIterator[pb.ModelStreamInferResponse | codec.Serialized]:
         """Each request is answered on the stream (errors as error_message, as Triton does);
         requests run concurrently, so they can share batches."""
-        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        out: asyncio.Queue[pb.ModelStreamInferResponse | codec.Serialized | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(req: pb.ModelInferRequest) -> None:
             try:
                 resp = await self._infer(req)
-                await out.put(pb.ModelStreamInferResponse(infer_response=resp))
+                await out.put(codec.stream_response(resp))
             except RuntimeServerError as err:
                 await out.put(self._stream_error(req, str(err)))
             except Exception:

@@ -1,0 +1,72 @@
+"""The hand-built ModelInferResponse bytes parse to what protobuf itself would have built.
+
+Pure wire checks (no server): the servers' end-to-end behaviour is covered over real gRPC in
+test_server_grpc.py and test_native_frontend.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2 as pb
+
+from runtime.server import codec
+
+
+def _by_protobuf(outputs: dict[str, np.ndarray], request_id: str) -> pb.ModelInferResponse:
+    """The straightforward (slow for large tensors) way, as the reference."""
+    response = pb.ModelInferResponse(model_name="m", model_version="3", id=request_id)
+    for name, array in outputs.items():
+        if array.dtype == object:
+            datatype, raw = "BYTES", codec.serialize_bytes(array)
+        else:
+            array = array.astype(array.dtype.newbyteorder("<"))
+            datatype, raw = codec.numpy_to_wire(array.dtype), array.tobytes()
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        response.raw_output_contents.append(raw)
+    return response
+
+
+CASES = {
+    "fp32 matrix": {"y": np.arange(12, dtype=np.float32).reshape(3, 4)},
+    "two outputs": {
+        "a": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "b": np.array([[True, False]]),
+    },
+    "non-contiguous": {"y": np.arange(20, dtype=np.float16).reshape(4, 5).T},
+    "big-endian": {"y": np.arange(4, dtype=">i4")},
+    "empty": {"y": np.zeros((0, 8), dtype=np.float32)},
+    "scalar": {"y": np.array(2.5, dtype=np.float64)},
+    "bytes": {"s": np.array([b"ab", b"", b"xyz"], dtype=object)},
+    "large": {"y": np.random.default_rng(0).standard_normal((64, 1024)).astype(np.float32)},
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("request_id", ["", "req-7"])
+def test_encoded_response_parses_like_protobufs_own(case: str, request_id: str) -> None:
+    outputs = CASES[case]
+    got = codec.encode_response("m", "3", request_id, outputs, list(outputs))
+    assert isinstance(got.SerializeToString(), bytes)
+    parsed = pb.ModelInferResponse.FromString(got.SerializeToString())
+    assert parsed == _by_protobuf(outputs, request_id)
+
+
+def test_stream_response_wraps_the_serialized_response() -> None:
+    outputs = CASES["two outputs"]
+    inner = codec.encode_response("m", "3", "s1", outputs, list(outputs))
+    parsed = pb.ModelStreamInferResponse.FromString(codec.stream_response(inner).data)
+    assert parsed.error_message == ""
+    assert parsed.infer_response == _by_protobuf(outputs, "s1")
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**21, 2**31 - 1, 2**40])
+def test_varint_matches_protobuf(value: int) -> None:
+    assert codec._varint(value) == _protobuf_varint(value)
+
+
+def _protobuf_varint(value: int) -> bytes:
+    """Protobuf's encoding of `value` as the uint64 field of a message, minus the tag."""
+    msg = pb.InferParameter(uint64_param=value)
+    data = msg.SerializeToString()
+    return data[1:]
