@@ -58,6 +58,13 @@ class Settings:
     shutdown_grace_secs: float = field(
         default=30.0, metadata={"help": "how long SIGTERM waits for in-flight requests"}
     )
+    host_buffer_reuse_bytes: int = field(
+        default=64 * 2**20,
+        metadata={
+            "help": "glibc: tensors under this size reuse heap pages instead of fresh mmaps "
+            "(0 = malloc defaults; see runtime/hostmem.py)"
+        },
+    )
     port_file: Path | None = field(
         default=None, metadata={"help": "write the bound ports as JSON here (for tests)"}
     )

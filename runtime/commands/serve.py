@@ -26,7 +26,10 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if settings.log_verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from runtime.hostmem import keep_large_buffers
     from runtime.server.grpc_server import serve
+
+    keep_large_buffers(settings.host_buffer_reuse_bytes)
 
     if not settings.model_repository.is_dir():
         LOGGER.error("model repository '%s' is not a directory", settings.model_repository)
