@@ -72,10 +72,12 @@ def wait_ready(log: Path, proc: subprocess.Popen[bytes], timeout: float = 120) -
     raise RuntimeError(f"server not ready:\n{log.read_text(errors='replace')[-3000:]}")
 
 
-def measure(port: int, model: str, concurrency: int, seconds: float) -> tuple[float, float]:
+def measure(
+    port: int, model: str, concurrency: int, seconds: float, batch: int = 1
+) -> tuple[float, float]:
     """(infer/s, p50 ms) of one perf_analyzer window (serve_bench's); NaN when it failed."""
     try:
-        point = run_perf_analyzer(f"localhost:{port}", model, concurrency, seconds)
+        point = run_perf_analyzer(f"localhost:{port}", model, concurrency, seconds, batch)
     except RuntimeError:
         return float("nan"), float("nan")
     return point["throughput"], point["p50_ms"]
@@ -89,6 +91,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=2.0, help="per window")
     parser.add_argument("--base-port", type=int, default=18200)
+    parser.add_argument("--batch", type=int, default=1, help="rows per request (-b)")
     args = parser.parse_args()
     if not PERF_ANALYZER.exists():
         print(f"perf_analyzer not found at {PERF_ANALYZER}", file=sys.stderr)
@@ -103,13 +106,13 @@ def main() -> int:
         for variant, _, proc in servers:
             wait_ready(logs / f"{variant.name}.log", proc)
         for _, port, _ in servers:
-            measure(port, args.model, 8, 1.0)  # warm-up
+            measure(port, args.model, 8, 1.0, args.batch)  # warm-up
         results: dict[tuple[str, int], list[tuple[float, float]]] = {}
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             for r in range(args.rounds):
                 order = servers if r % 2 == 0 else servers[::-1]
                 for variant, port, _ in order:
-                    point = measure(port, args.model, concurrency, args.seconds)
+                    point = measure(port, args.model, concurrency, args.seconds, args.batch)
                     results.setdefault((variant.name, concurrency), []).append(point)
         for (name, concurrency), points in results.items():
             rates = [p[0] for p in points]

@@ -198,9 +198,11 @@ def server_rss(metrics_port: int) -> float:
     return float("nan")
 
 
-def run_perf_analyzer(url: str, model: str, concurrency: int, duration: float) -> dict:
+def run_perf_analyzer(
+    url: str, model: str, concurrency: int, duration: float, batch: int = 1
+) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".csv") as out:
-        cmd = [str(PERF_ANALYZER), "-i", "grpc", "-u", url, "-m", model,
+        cmd = [str(PERF_ANALYZER), "-i", "grpc", "-u", url, "-m", model, "-b", str(batch),
                "--concurrency-range", f"{concurrency}:{concurrency}",
                "--measurement-interval", str(int(duration * 1000)),
                "--stability-percentage", "100", "--max-trials", "6", "-f", out.name]  # fmt: skip
