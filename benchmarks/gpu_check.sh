@@ -5,8 +5,9 @@
 #
 # Every step runs under its own `timeout` and a shared time budget (GPU_CHECK_BUDGET_S, default
 # 420 s); a failing step is logged and the next one still runs. Logs, JSON and a final summary
-# go to OUTDIR as they are produced. Carried wheels in .whl/ (tritonclient and friends) are
-# installed into /tmp/site without touching the host's packages.
+# go to OUTDIR as they are produced, and into OUTDIR/gpu_check_all.tgz at the end. Carried
+# wheels in .whl/ (tritonclient and friends) are installed into /tmp/site without touching the
+# host's packages.
 set -u
 
 OUT=${1:?usage: benchmarks/gpu_check.sh OUTDIR}
@@ -93,4 +94,9 @@ step server 200 $PY "${BENCH[@]}" server --secs 0.3 --start-timeout 60 \
     --load-timeout $((left > 90 ? left - 30 : 60))
 $PY "${BENCH[@]}" summary 2>&1 | tee "$OUT/summary.md"
 echo "steps:" && cat "$OUT/steps.txt"
-echo "gpu_check done in $(elapsed)s; results in $OUT"
+# NOTE: the device tool brings back at most 8 files from OUTDIR (13 were written here and 5
+# were lost once), so everything also goes into one archive beside the summary.
+(cd "$OUT" && tar czf gpu_check_all.tgz --exclude gpu_check_all.tgz ./*) &&
+    find "$OUT" -maxdepth 1 -type f ! -name gpu_check_all.tgz ! -name summary.md \
+        ! -name gpu_check.log -delete
+echo "gpu_check done in $(elapsed)s; results in $OUT (summary.md, gpu_check.log, gpu_check_all.tgz)"

@@ -279,8 +279,12 @@ def part_engine(
 
     from runtime.engines.base import EngineOptions
     from runtime.engines.torch_sparse import TorchSparseEngine
+    from runtime.hostmem import keep_large_buffers
+    from runtime.settings import Settings
 
     rec = Recorder(out, "engine", env_meta())
+    # NOTE: as `serve` does; without it each >= 32 MiB host tensor is a fresh mmap
+    rec.set("malloc_tuned", keep_large_buffers(Settings().host_buffer_reuse_bytes))
     path = make_models(models_dir)
     source = path.read_bytes()
     engines: dict[str, Any] = {}
