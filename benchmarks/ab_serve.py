@@ -4,7 +4,9 @@ Single benchmark runs on a shared 2-core VM differ by 20-30%, more than most cha
 are worth. This starts every variant's server once (all at the same time, each on its
 own ports), then drives them with Triton's perf_analyzer in short alternating windows
 (A B B A A B ...), so slow and fast periods of the host fall on every variant alike,
-and prints the median, min and max infer/s and the median p50 per variant.
+and prints the median, min and max infer/s, the median p50 and the median server CPU time
+per request (all threads of the server process, from /proc, over the server's own success
+count) per variant.
 
 A variant is NAME=DIR[:REPO[:ENV=VALUE,...]]: DIR is a checkout to run the server from
 (e.g. a `git worktree` of the baseline commit; its native bridge must be built there),
@@ -72,15 +74,37 @@ def wait_ready(log: Path, proc: subprocess.Popen[bytes], timeout: float = 120) -
     raise RuntimeError(f"server not ready:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def requests_served(metrics_port: int) -> float:
+    """The server's nv_inference_request_success, summed over models."""
+    from runtime.compare.scrape import scrape, total
+
+    return (
+        total(scrape(f"http://localhost:{metrics_port}/metrics"), "nv_inference_request_success")
+        or 0.0
+    )
+
+
 def measure(
-    port: int, model: str, concurrency: int, seconds: float, batch: int = 1
-) -> tuple[float, float]:
-    """(infer/s, p50 ms) of one perf_analyzer window (serve_bench's); NaN when it failed."""
+    port: int, model: str, concurrency: int, seconds: float, batch: int = 1, pid: int = 0
+) -> tuple[float, float, float]:
+    """(infer/s, p50 ms, server CPU ms per request) of one perf_analyzer window
+    (serve_bench's); NaN where it failed. CPU counts every thread of the server process."""
+    cpu0, n0 = (cpu_seconds(pid), requests_served(port + 1)) if pid else (0.0, 0.0)
     try:
         point = run_perf_analyzer(f"localhost:{port}", model, concurrency, seconds, batch)
     except RuntimeError:
-        return float("nan"), float("nan")
-    return point["throughput"], point["p50_ms"]
+        return float("nan"), float("nan"), float("nan")
+    cpu_ms = float("nan")
+    if pid:
+        served = requests_served(port + 1) - n0
+        cpu_ms = (cpu_seconds(pid) - cpu0) * 1e3 / served if served else float("nan")
+    return point["throughput"], point["p50_ms"], cpu_ms
 
 
 def main() -> int:
@@ -107,18 +131,21 @@ def main() -> int:
             wait_ready(logs / f"{variant.name}.log", proc)
         for _, port, _ in servers:
             measure(port, args.model, 8, 1.0, args.batch)  # warm-up
-        results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             for r in range(args.rounds):
                 order = servers if r % 2 == 0 else servers[::-1]
-                for variant, port, _ in order:
-                    point = measure(port, args.model, concurrency, args.seconds, args.batch)
+                for variant, port, proc in order:
+                    point = measure(
+                        port, args.model, concurrency, args.seconds, args.batch, proc.pid
+                    )
                     results.setdefault((variant.name, concurrency), []).append(point)
         for (name, concurrency), points in results.items():
             rates = [p[0] for p in points]
             print(f"{name:14s} c={concurrency:<3d} median {statistics.median(rates):7.0f} infer/s "
                   f"(min {min(rates):6.0f} max {max(rates):6.0f})  "
-                  f"p50 {statistics.median(p[1] for p in points):.2f} ms")  # fmt: skip
+                  f"p50 {statistics.median(p[1] for p in points):.2f} ms  "
+                  f"server CPU {statistics.median(p[2] for p in points):.2f} ms/req")  # fmt: skip
     finally:
         for _, _, proc in servers:
             proc.terminate()

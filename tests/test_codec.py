@@ -70,3 +70,59 @@ def _protobuf_varint(value: int) -> bytes:
     msg = pb.InferParameter(uint64_param=value)
     data = msg.SerializeToString()
     return data[1:]
+
+
+def _large_request() -> pb.ModelInferRequest:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 300)).astype(np.float32)
+    ids = rng.integers(0, 1000, (64, 8)).astype(np.int64)
+    words = np.array([b"a" * 5000, b"", b"xyz"], dtype=object)
+    request = pb.ModelInferRequest(model_name="m", model_version="2", id="r-1")
+    request.parameters["sequence_id"].int64_param = 7
+    for name, array, datatype in (("x", x, "FP32"), ("ids", ids, "INT64"), ("w", words, "BYTES")):
+        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        raw = codec.serialize_bytes(array) if datatype == "BYTES" else array.tobytes()
+        request.raw_input_contents.append(raw)
+    request.outputs.add(name="y")
+    return request
+
+
+def test_large_request_keeps_raw_inputs_as_views_of_the_received_bytes() -> None:
+    request = _large_request()
+    data = request.SerializeToString()
+    assert len(data) >= codec.ZERO_COPY_MIN_BYTES
+    parsed = codec.parse_infer_request(data)
+    assert isinstance(parsed, codec.ParsedInferRequest)
+    assert all(view.obj is data for view in parsed.raw_input_contents)  # no copy
+    assert [bytes(v) for v in parsed.raw_input_contents] == list(request.raw_input_contents)
+    assert (parsed.model_name, parsed.model_version, parsed.id) == ("m", "2", "r-1")
+    assert parsed.parameters["sequence_id"].int64_param == 7
+    assert [o.name for o in parsed.outputs] == ["y"] and len(parsed.inputs) == 3
+    fast, slow = codec.decode_inputs(parsed), codec.decode_inputs(request)
+    assert fast.keys() == slow.keys()
+    for name, (array, datatype) in slow.items():
+        assert fast[name][1] == datatype
+        np.testing.assert_array_equal(fast[name][0], array)
+
+
+def test_small_request_is_parsed_by_protobuf() -> None:
+    request = pb.ModelInferRequest(model_name="m")
+    request.raw_input_contents.append(b"\0" * 16)
+    parsed = codec.parse_infer_request(request.SerializeToString())
+    assert isinstance(parsed, pb.ModelInferRequest) and parsed == request
+
+
+def test_unknown_fields_survive_the_fast_path() -> None:
+    request = _large_request()
+    extra = b"\xf8\x06\x05" + b"\xfa\x06\x03abc"  # field 111 varint 5, field 111 bytes "abc"
+    parsed = codec.parse_infer_request(request.SerializeToString() + extra)
+    assert isinstance(parsed, codec.ParsedInferRequest)
+    assert parsed.model_name == "m" and len(parsed.raw_input_contents) == 3
+
+
+@pytest.mark.parametrize("cut", [1, 100, 40_000])  # the last one falls under the threshold
+def test_truncated_request_raises_like_protobuf(cut: int) -> None:
+    from google.protobuf.message import DecodeError
+
+    with pytest.raises(DecodeError):
+        codec.parse_infer_request(_large_request().SerializeToString()[:-cut])

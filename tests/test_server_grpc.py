@@ -133,6 +133,19 @@ def test_all_dtypes_and_bytes_roundtrip(client: grpcclient.InferenceServerClient
     assert result.as_numpy("s_out").tolist() == data["s"].tolist()
 
 
+def test_large_request_with_every_dtype_roundtrips(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    """Over 64 KiB, raw inputs are parsed as views of the received bytes (codec's fast path)."""
+    data = zoo_inputs(2)
+    data["s"] = np.array([[b"a" * 30_000, b"b"], [b"", "ß∂".encode() * 9_000]], dtype=object)
+    result = client.infer("zoo", zoo_request(data))
+    np.testing.assert_array_equal(result.as_numpy("f32_x2"), data["f32"] * 2)
+    np.testing.assert_array_equal(result.as_numpy("i64_x2"), data["i64"] * 2)
+    np.testing.assert_array_equal(result.as_numpy("b_not"), ~data["b"])
+    assert result.as_numpy("s_out").tolist() == data["s"].tolist()
+
+
 def test_requested_output_filtering(client: grpcclient.InferenceServerClient) -> None:
     outputs = [grpcclient.InferRequestedOutput("i64_x2"), grpcclient.InferRequestedOutput("b_not")]
     response = client.infer("zoo", zoo_request(zoo_inputs(1)), outputs=outputs).get_response()

@@ -21,6 +21,7 @@ from tritonclient.grpc import service_pb2_grpc
 from runtime.fileio import write_atomic
 from runtime.metrics import Metrics
 from runtime.repository.manager import ModelManager
+from runtime.server import codec
 from runtime.server.health import HealthState
 from runtime.server.native_frontend import NativeFrontend
 from runtime.server.servicer import InferenceServicer
@@ -38,10 +39,6 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
-
-
-HAND_SERIALIZED = ("ModelInfer", "ModelStreamInfer")
-"""Methods whose answers `codec` serializes itself (a `codec.Serialized`, or a message)."""
 
 
 def _serialize(message: Any) -> bytes:
@@ -64,16 +61,21 @@ class _Capture:
 
 
 def add_inference_service(servicer: Any, server: grpc.aio.Server) -> None:
-    """The generated registration, with a serializer for HAND_SERIALIZED methods that takes
-    the hand-built `codec.Serialized` as well as messages (the stub's own insists on its
-    message class)."""
+    """The generated registration, with `codec`'s parser and serializer for its hand-coded
+    methods: requests whose raw inputs stay views of the received bytes, and answers taken
+    as hand-built `codec.Serialized` as well as messages (the stub's own serializer insists
+    on its message class)."""
     capture = _Capture()
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
     if capture.registered is None:  # NOTE: older stubs register only a generic handler
         raise RuntimeError("tritonclient's service stub did not register its method handlers")
     service, handlers = capture.registered
     handlers = {
-        name: h._replace(response_serializer=_serialize) if name in HAND_SERIALIZED else h
+        name: h._replace(
+            request_deserializer=codec.parse_infer_request, response_serializer=_serialize
+        )
+        if name in codec.HAND_CODED_METHODS
+        else h
         for name, h in handlers.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))

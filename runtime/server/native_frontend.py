@@ -29,6 +29,8 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2 as pb
 
+from runtime.server import codec
+
 LOGGER = logging.getLogger(__name__)
 
 INFERENCE = "/inference.GRPCInferenceService/"
@@ -78,7 +80,7 @@ class _Context:
 
 @dataclass(frozen=True)
 class _Handler:
-    request_type: type[Message]
+    parse: Callable[[bytes], Any]
     method: Callable[[Any, Any], Any]
     client_streaming: bool = False
     server_streaming: bool = False
@@ -92,7 +94,9 @@ class _Handler:
 class _Stream:
     """One streaming call in progress: its parsed requests and the task serving it."""
 
-    requests: asyncio.Queue[Message | None] = field(default_factory=asyncio.Queue)
+    requests: asyncio.Queue[Message | codec.ParsedInferRequest | None] = field(
+        default_factory=asyncio.Queue
+    )
     task: asyncio.Task[None] | None = None
     abort: tuple[grpc.StatusCode, str] | None = None
 
@@ -110,8 +114,11 @@ def handlers(inference: Any, health: Any) -> dict[str, _Handler]:
             function = getattr(servicer, method.name, None)
             if not (inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)):
                 continue  # NOTE: e.g. an RPC newer than our servicer: UNIMPLEMENTED, as on aio
+            hand_coded = prefix == INFERENCE and method.name in codec.HAND_CODED_METHODS
             table[prefix + method.name] = _Handler(
-                getattr(module, method.input_type.name),
+                codec.parse_infer_request
+                if hand_coded
+                else getattr(module, method.input_type.name).FromString,
                 function,
                 method.client_streaming,
                 method.server_streaming,
@@ -196,7 +203,7 @@ class NativeFrontend:
             stream.task = self._spawn(self._serve_stream(handler, stream_id, stream))
         if kind == self._native.MESSAGE:
             try:
-                stream.requests.put_nowait(handler.request_type.FromString(payload or b""))
+                stream.requests.put_nowait(handler.parse(payload or b""))
             except DecodeError as exc:
                 self._abort_stream(stream, grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {exc}")
         elif kind == self._native.END:
@@ -255,7 +262,7 @@ class NativeFrontend:
         context = _Context(call.peer)
         try:
             try:
-                request = handler.request_type.FromString(payload)
+                request = handler.parse(payload)
             except DecodeError as exc:
                 call.abort(grpc.StatusCode.INVALID_ARGUMENT.value[0], f"bad request: {exc}")
                 return
