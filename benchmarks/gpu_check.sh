@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-shot GPU verification: env, GPU tests, GEMM microbench, engine and server benchmarks.
+# One-shot GPU verification: env, GEMM microbench, cuSPARSELt call-form probe, GPU tests,
+# engine and server benchmarks.
 #
 #   benchmarks/gpu_check.sh OUTDIR
 #
@@ -86,6 +87,7 @@ BENCH=(benchmarks/gpu_sparse_bench.py --out "$OUT" --models-dir "$SPARSE_RUNTIME
 
 step env 30 bash -c env_info
 step gemm 70 $PY "${BENCH[@]}" gemm --reps 15
+step probe 90 $PY benchmarks/gpu_probe_cslt.py "$OUT"
 step models 90 $PY "${BENCH[@]}" models
 step pytest 110 $PY -m pytest -q -m gpu -p no:cacheprovider -rfEs tests/test_gpu_sparse.py
 step engine 100 $PY "${BENCH[@]}" engine --secs 0.3
