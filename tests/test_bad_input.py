@@ -134,6 +134,26 @@ def test_truncated_bytes_element(stub: service_pb2_grpc.GRPCInferenceServiceStub
     expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "'s'")
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff" * 100,
+        b"\xff" * 100_000,
+        raw_request("mlp_dense", [64, 256]).SerializeToString()[:-9],
+    ],
+    ids=["garbage", "large garbage", "truncated large"],
+)
+def test_bytes_that_are_no_request_are_invalid_argument(server: ServerProcess, data: bytes) -> None:
+    """Both sizes (protobuf's parser below 64 KiB, codec's zero-copy split above) say why."""
+    call = grpc.insecure_channel(server.url).unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer"
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        call(data, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert "bad request: Error parsing message" in err.value.details()
+
+
 def test_failures_are_counted_and_others_unaffected(
     server: ServerProcess, stub: service_pb2_grpc.GRPCInferenceServiceStub
 ) -> None:

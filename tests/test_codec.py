@@ -121,8 +121,7 @@ def test_unknown_fields_survive_the_fast_path() -> None:
 
 
 @pytest.mark.parametrize("cut", [1, 100, 40_000])  # the last one falls under the threshold
-def test_truncated_request_raises_like_protobuf(cut: int) -> None:
-    from google.protobuf.message import DecodeError
-
-    with pytest.raises(DecodeError):
-        codec.parse_infer_request(_large_request().SerializeToString()[:-cut])
+def test_truncated_request_is_undecodable_with_protobufs_reason(cut: int) -> None:
+    parsed = codec.parse_infer_request(_large_request().SerializeToString()[:-cut])
+    assert isinstance(parsed, codec.UndecodableRequest)
+    assert "Error parsing message" in parsed.error

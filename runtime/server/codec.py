@@ -11,6 +11,7 @@ import struct
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 
 from runtime.dtypes import WIRE_ITEMSIZE, WIRE_TO_NUMPY, numpy_to_wire
@@ -141,7 +142,20 @@ class ParsedInferRequest:
         return getattr(self._message, name)
 
 
+class UndecodableRequest:
+    """Stands in for request bytes protobuf could not parse, so the servicer answers
+    INVALID_ARGUMENT with the reason (grpc.aio answers a deserializer's exception UNKNOWN)."""
+
+    model_name = ""
+    id = ""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
 InferRequest = pb.ModelInferRequest | ParsedInferRequest
+IncomingRequest = InferRequest | UndecodableRequest
+"""What `parse_infer_request` hands the servicer."""
 _RAW_INPUT_FIELD = pb.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
 
 
@@ -191,19 +205,22 @@ def _split_raw_inputs(data: bytes) -> tuple[list[memoryview], list[memoryview]]:
     return rest, raw
 
 
-def parse_infer_request(data: bytes) -> InferRequest:
+def parse_infer_request(data: bytes) -> IncomingRequest:
     """ModelInferRequest from wire bytes; large raw inputs stay views of `data` (no copy).
 
-    Anything the fast path cannot split is left to protobuf, which parses it or raises
-    DecodeError exactly as the stub's own deserializer would.
+    Anything the fast path cannot split is left to protobuf, which parses it or says why
+    not; bytes that are no ModelInferRequest give an `UndecodableRequest`.
     """
-    if len(data) < ZERO_COPY_MIN_BYTES:
-        return pb.ModelInferRequest.FromString(data)
     try:
-        rest, raw = _split_raw_inputs(data)
-    except (ValueError, IndexError):
-        return pb.ModelInferRequest.FromString(data)
-    return ParsedInferRequest(pb.ModelInferRequest.FromString(b"".join(rest)), raw)
+        if len(data) < ZERO_COPY_MIN_BYTES:
+            return pb.ModelInferRequest.FromString(data)
+        try:
+            rest, raw = _split_raw_inputs(data)
+        except (ValueError, IndexError):
+            return pb.ModelInferRequest.FromString(data)
+        return ParsedInferRequest(pb.ModelInferRequest.FromString(b"".join(rest)), raw)
+    except DecodeError as exc:
+        return UndecodableRequest(str(exc))
 
 
 def decode_inputs(request: InferRequest) -> dict[str, tuple[np.ndarray, str]]:

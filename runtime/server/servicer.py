@@ -179,11 +179,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             )
 
     # ---- inference ------------------------------------------------------------------
-    async def _infer(self, request: pb.ModelInferRequest) -> codec.Serialized:
+    async def _infer(self, request: codec.IncomingRequest) -> codec.Serialized:
         """Decode, validate, batch, encode; errors are counted against the model."""
         start = time.perf_counter_ns()
         if not self.accepting:
             raise ServerShuttingDown("server is shutting down; request not accepted")
+        if isinstance(request, codec.UndecodableRequest):
+            raise InvalidArgument(f"bad request: {request.error}")
         model = self._manager.get(request.model_name, request.model_version)
         try:
             arrays = codec.decode_inputs(request)
@@ -208,18 +210,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
     @_rpc
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Any:
+    async def ModelInfer(self, request: codec.IncomingRequest, context: Any) -> Any:
         return await self._infer(request)
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+        self, request_iterator: AsyncIterator[codec.IncomingRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse | codec.Serialized]:
         """Each request is answered on the stream (errors as error_message, as Triton does);
         requests run concurrently, so they can share batches."""
         out: asyncio.Queue[pb.ModelStreamInferResponse | codec.Serialized | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
 
-        async def one(req: pb.ModelInferRequest) -> None:
+        async def one(req: codec.IncomingRequest) -> None:
             try:
                 resp = await self._infer(req)
                 await out.put(codec.stream_response(resp))
@@ -253,7 +255,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 t.cancel()
 
     @staticmethod
-    def _stream_error(req: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+    def _stream_error(req: codec.IncomingRequest, message: str) -> pb.ModelStreamInferResponse:
         resp = pb.ModelStreamInferResponse(error_message=message)
         resp.infer_response.model_name = req.model_name
         resp.infer_response.id = req.id
