@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
+from runtime.protowire import encode_varint, read_varint
 from runtime.server import codec
 
 
@@ -62,7 +63,8 @@ def test_stream_response_wraps_the_serialized_response() -> None:
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**21, 2**31 - 1, 2**40])
 def test_varint_matches_protobuf(value: int) -> None:
-    assert codec._varint(value) == _protobuf_varint(value)
+    assert encode_varint(value) == _protobuf_varint(value)
+    assert read_varint(encode_varint(value), 0) == (value, len(encode_varint(value)))
 
 
 def _protobuf_varint(value: int) -> bytes:

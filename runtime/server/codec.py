@@ -16,6 +16,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from runtime.dtypes import WIRE_ITEMSIZE, WIRE_TO_NUMPY, numpy_to_wire
 from runtime.errors import InvalidArgument, Unsupported
+from runtime.protowire import LENGTH_DELIMITED, fields, length_delimited_header
 
 # typed-contents field of InferTensorContents for each wire datatype
 TYPED_FIELD: dict[str, str] = {
@@ -159,49 +160,19 @@ IncomingRequest = InferRequest | UndecodableRequest
 _RAW_INPUT_FIELD = pb.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
 def _split_raw_inputs(data: bytes) -> tuple[list[memoryview], list[memoryview]]:
-    """(other top-level fields, raw input contents) as views; ValueError/IndexError if the
-    bytes are not a well-formed message at the top level."""
-    view, size, pos = memoryview(data), len(data), 0
+    """(other top-level fields, raw input contents) as views; ValueError if the bytes are not
+    a well-formed message at the top level."""
+    view = memoryview(data)
     rest: list[memoryview] = []
     raw: list[memoryview] = []
-    while pos < size:
-        start = pos
-        tag, pos = _read_varint(data, pos)
-        wire_type = tag & 7
-        if wire_type == 0:
-            _, pos = _read_varint(data, pos)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        elif wire_type == 2:
-            length, pos = _read_varint(data, pos)
-            if pos + length > size:
-                raise ValueError("field runs past the end")
-            if tag >> 3 == _RAW_INPUT_FIELD:
-                raw.append(view[pos : pos + length])
-                pos += length
-                continue
-            pos += length
+    field_start = 0
+    for number, wire_type, start, end in fields(view, 0, len(view)):
+        if number == _RAW_INPUT_FIELD and wire_type == LENGTH_DELIMITED:
+            raw.append(view[start:end])
         else:
-            raise ValueError(f"wire type {wire_type}")
-        if pos > size:
-            raise ValueError("field runs past the end")
-        rest.append(view[start:pos])
+            rest.append(view[field_start:end])
+        field_start = end
     return rest, raw
 
 
@@ -216,7 +187,7 @@ def parse_infer_request(data: bytes) -> IncomingRequest:
             return pb.ModelInferRequest.FromString(data)
         try:
             rest, raw = _split_raw_inputs(data)
-        except (ValueError, IndexError):
+        except ValueError:
             return pb.ModelInferRequest.FromString(data)
         return ParsedInferRequest(pb.ModelInferRequest.FromString(b"".join(rest)), raw)
     except DecodeError as exc:
@@ -278,19 +249,10 @@ class Serialized:
         return self.data
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _field_header(message: type, field: str, size: int) -> bytes:
     """Tag and length of one length-delimited field of `message` (numbers from the stubs)."""
     number = message.DESCRIPTOR.fields_by_name[field].number  # type: ignore[attr-defined]
-    return _varint(number << 3 | 2) + _varint(size)
+    return length_delimited_header(number, size)
 
 
 def _raw_view(array: np.ndarray) -> np.ndarray:

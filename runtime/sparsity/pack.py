@@ -58,6 +58,7 @@ import zstandard
 
 from runtime.errors import ModelLoadError
 from runtime.fileio import write_atomic
+from runtime.protowire import fields
 from runtime.sparsity.analysis import find_gemm_weights, k_axis_for
 
 MAGIC = b"\x89SPR\r\n\x1a\n"
@@ -103,49 +104,6 @@ def _sha(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# ---- protobuf wire walking (just enough to find raw_data spans) ----------------
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(buf: memoryview, start: int, end: int) -> list[tuple[int, int, int, int]]:
-    """(field number, wire type, value start, value end) of one message's fields."""
-    out = []
-    pos = start
-    while pos < end:
-        tag, pos = _varint(buf, pos)
-        num, wt = tag >> 3, tag & 7
-        if wt == 0:
-            _, nxt = _varint(buf, pos)
-        elif wt == 1:
-            nxt = pos + 8
-        elif wt == 5:
-            nxt = pos + 4
-        elif wt == 2:
-            length, pos = _varint(buf, pos)
-            nxt = pos + length
-        else:
-            raise ValueError(f"unsupported wire type {wt}")
-        if nxt > end:
-            raise ValueError("field runs past its message")
-        out.append((num, wt, pos, nxt))
-        pos = nxt
-    return out
-
-
 def raw_data_spans(data: bytes) -> dict[str, tuple[int, int]]:
     """Initializer name -> (start, end) of its raw_data contents in the serialized model.
 
@@ -153,16 +111,16 @@ def raw_data_spans(data: bytes) -> dict[str, tuple[int, int]]:
     TensorProto.name=8, raw_data=9). Names seen twice are dropped (not packable).
     """
     buf = memoryview(data)
-    graphs = [f for f in _fields(buf, 0, len(buf)) if f[0] == 7 and f[1] == 2]
+    graphs = [f for f in fields(buf, 0, len(buf)) if f[0] == 7 and f[1] == 2]
     if len(graphs) != 1:
         return {}
     spans: dict[str, tuple[int, int]] = {}
     dupes: set[str] = set()
-    for num, wt, s, e in _fields(buf, graphs[0][2], graphs[0][3]):
+    for num, wt, s, e in fields(buf, graphs[0][2], graphs[0][3]):
         if num != 5 or wt != 2:
             continue
         name, raw = None, []
-        for fnum, fwt, fs, fe in _fields(buf, s, e):
+        for fnum, fwt, fs, fe in fields(buf, s, e):
             if fnum == 8 and fwt == 2:
                 name = bytes(buf[fs:fe]).decode("utf-8", "replace")
             elif fnum == 9 and fwt == 2:
