@@ -4,7 +4,8 @@ Why: glibc serves every allocation of 32 MiB or more (its largest dynamic mmap t
 a fresh mmap and unmaps it on free (below that, its threshold adapts only after such a free),
 so each large tensor pays a page fault per 4 KiB on first touch. `benchmarks/host_alloc_bench.py`
 on the dev VM, one output plus its bytes per call: 15.1 -> 2.9 ms at 16 MiB, 29.4 -> 6.6 ms at
-32 MiB (1024 rows of 8192 fp32); through the server, 1024-row fp32 requests 1.8x faster.
+32 MiB (1024 rows of 8192 fp32); through the server (`ab_serve.py --batch 1024`), 1.75x the
+rows/s at concurrency 1 and 1.54x at 4.
 Raising the mmap threshold (and the trim threshold with it, or freed heap goes back to the
 kernel and faults in again) makes such buffers reuse heap pages. The cost is resident memory:
 up to the trim threshold (twice the setting) of freed heap stays mapped.

@@ -122,14 +122,16 @@ HAND_CODED_METHODS = ("ModelInfer", "ModelStreamInfer")
 this module serializes (a `Serialized`, or a message)."""
 
 ZERO_COPY_MIN_BYTES = 64 * 1024
-"""Below this, upb's C parser is faster than walking the top-level fields in Python."""
+"""Below this, upb's C parser (and one copy) beats walking the top-level fields in Python:
+on the dev VM 2.1 vs 5.3 us at 1 KiB, 6.7 vs 5.7 us at 64 KiB."""
 
 
 class ParsedInferRequest:
     """A ModelInferRequest whose raw input contents are views of the received bytes.
 
     Why: upb copies each raw input into its arena and indexing it copies again; for a 32 MiB
-    input those two copies were a third of the server's busy time (py-spy, dev VM). Every
+    input those two copies were a third of the server's busy samples (py-spy, dev VM), and
+    without them the server spent 15% less CPU per request (`ab_serve.py --batch 1024`). Every
     other field is read from the message, parsed by protobuf as usual.
     """
 

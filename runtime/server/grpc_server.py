@@ -50,11 +50,10 @@ class _Capture:
     handlers can be adjusted before the real server sees them."""
 
     def __init__(self) -> None:
-        self.generic: list[Any] = []
         self.registered: tuple[str, dict[str, Any]] | None = None
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        self.generic.extend(handlers)
+        pass  # NOTE: rebuilt below from the registered handlers
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         self.registered = (service, handlers)

@@ -94,7 +94,7 @@ class _Handler:
 class _Stream:
     """One streaming call in progress: its parsed requests and the task serving it."""
 
-    requests: asyncio.Queue[Message | codec.ParsedInferRequest | None] = field(
+    requests: asyncio.Queue[Message | codec.IncomingRequest | None] = field(
         default_factory=asyncio.Queue
     )
     task: asyncio.Task[None] | None = None
