@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot GPU verification: env, GEMM microbench, cuSPARSELt call-form probe, GPU tests,
-# engine and server benchmarks.
+# engine benchmark, and server benchmarks (hidden-8192 MLP, BERT-shaped encoder).
 #
 #   benchmarks/gpu_check.sh OUTDIR
 #
@@ -91,8 +91,9 @@ step probe 90 $PY benchmarks/gpu_probe_cslt.py "$OUT"
 step models 90 $PY "${BENCH[@]}" models
 step pytest 110 $PY -m pytest -q -m gpu -p no:cacheprovider -rfEs tests/test_gpu_sparse.py
 step engine 100 $PY "${BENCH[@]}" engine --secs 0.3
+step server 150 $PY "${BENCH[@]}" server --secs 0.3 --start-timeout 60 --load-timeout 90
 left=$((BUDGET - $(elapsed) - 25))
-step server 200 $PY "${BENCH[@]}" server --secs 0.3 --start-timeout 60 \
+step server_encoder 160 $PY "${BENCH[@]}" server-encoder --secs 0.3 --start-timeout 60 \
     --load-timeout $((left > 90 ? left - 30 : 60))
 $PY "${BENCH[@]}" summary 2>&1 | tee "$OUT/summary.md"
 echo "steps:" && cat "$OUT/steps.txt"

@@ -9,6 +9,9 @@ Parts (each one a separate command so a driver can give each its own timeout):
   server  (c) the same through `python -m runtime serve` over gRPC (tritonclient for control,
           request bytes built once for the timed calls); skips cleanly
           when tritonclient is missing or the server does not come up
+  server-encoder  (c') the same for a BERT-shaped encoder (`runtime.samples.encoder_model`: 6
+          layers, hidden 768, FFN 3072, seq 128, random weights pruned 2:4), token ids in and
+          one 768-vector out per row, so GPU work outweighs the bytes on the wire
 
 The 8192 MLP: the weights of `runtime.samples.mlp_pair((8192, 8192, 8192, 8192))` (same
 `mlp_weights` seed; three 8192x8192 layers, ReLU), pruned with the same rule as
@@ -31,6 +34,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +164,30 @@ def make_models(models_dir: Path, layers: Sequence[int] = MLP_LAYERS) -> Path:
     stamp.write_text(json.dumps(list(layers)))
     size = path.stat().st_size
     print(f"models: wrote {path} ({size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f}s")
+    return path
+
+
+ENCODER_FILE = "encoder_sparse24.onnx"
+ENCODER_SEQ = 128
+ENCODER_BATCHES = (1, 8, 32, 64)
+
+
+def make_encoder(models_dir: Path) -> Path:
+    """Write the 2:4-pruned BERT-shaped encoder (`runtime.samples.encoder_model`) once."""
+    from runtime.samples import encoder_model
+
+    path = models_dir / ENCODER_FILE
+    if path.exists():
+        print(f"models: reusing {path}", flush=True)
+        return path
+    models_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model = encoder_model(seq=ENCODER_SEQ, prune_24=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(model.SerializeToString())
+    tmp.replace(path)
+    print(f"models: wrote {path} ({path.stat().st_size / 1e6:.0f} MB) in "
+          f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
     return path
 
 
@@ -462,14 +490,43 @@ CLIENT_NOTE = (
 )
 
 
-def request_bytes(model: str, x: np.ndarray) -> bytes:
-    """A ModelInferRequest for input "x" (output "y"), serialized."""
+@dataclass(frozen=True)
+class ModelSet:
+    """A dense/2:4 pair served from one pruned file, and how to build its requests."""
+
+    name: str
+    models: dict[str, str]  # model name -> sparsity
+    baseline: str
+    batches: tuple[int, ...]
+    input_name: str
+    output_name: str
+
+    def sample(self, rng: np.random.Generator, batch: int) -> np.ndarray:
+        if self.name == "encoder":
+            return rng.integers(0, 8192, (batch, ENCODER_SEQ)).astype(np.int64)
+        return rng.standard_normal((batch, MLP_LAYERS[0])).astype(np.float32)
+
+
+def model_sets(mlp_batches: Sequence[int]) -> dict[str, ModelSet]:
+    return {
+        "mlp": ModelSet("mlp", {"mlp8192_dense": "off", "mlp8192_sparse24": "auto"},
+                        "mlp8192_dense", tuple(mlp_batches), "x", "y"),
+        "encoder": ModelSet("encoder", {"encoder_dense": "off", "encoder_sparse24": "auto"},
+                            "encoder_dense", ENCODER_BATCHES, "input_ids", "pooled"),
+    }  # fmt: skip
+
+
+def request_bytes(model: str, x: np.ndarray, input_name: str = "x", output: str = "y") -> bytes:
+    """A ModelInferRequest with one raw input (FP32 or INT64) and one requested output."""
     from tritonclient.grpc import service_pb2 as pb
 
+    datatype = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}[x.dtype]
     request = pb.ModelInferRequest(model_name=model)
-    request.inputs.add(name="x", datatype="FP32", shape=x.shape)
-    request.outputs.add(name="y")
-    request.raw_input_contents.append(np.ascontiguousarray(x, dtype="<f4").tobytes())
+    request.inputs.add(name=input_name, datatype=datatype, shape=x.shape)
+    request.outputs.add(name=output)
+    request.raw_input_contents.append(
+        np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<")).tobytes()
+    )
     return request.SerializeToString()
 
 
@@ -511,14 +568,18 @@ def _server_rounds(
     models: Sequence[str],
     batches: Sequence[int],
     secs: float,
+    model_set: ModelSet | None = None,
 ) -> list[dict[str, Any]]:
     call = raw_infer(url)
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng(1)
+    kind = model_set or model_sets(batches)["mlp"]
     for batch in batches:
         try:
-            x = rng.standard_normal((batch, MLP_LAYERS[0])).astype(np.float32)
-            requests = {name: request_bytes(name, x) for name in models}
+            x = kind.sample(rng, batch)
+            requests = {
+                name: request_bytes(name, x, kind.input_name, kind.output_name) for name in models
+            }
             one = 0.0
             for data in requests.values():
                 t1 = time.perf_counter()
@@ -584,23 +645,27 @@ def part_server(
     start_timeout: float,
     load_timeout: float,
     engine: str = "torch_sparse",
+    which: str = "mlp",
 ) -> None:
-    rec = Recorder(out, "server", {"engine": engine})
+    kind = model_sets(batches)[which]
+    batches = kind.batches
+    part = "server" if which == "mlp" else f"server_{which}"
+    rec = Recorder(out, part, {"engine": engine, "model_set": which})
     try:
         import tritonclient.grpc as grpcclient
     except Exception as exc:  # noqa: BLE001
         rec.set("skipped", f"tritonclient.grpc not importable: {exc!r}")
         print(f"SKIP (c): tritonclient.grpc not importable: {exc!r}")
         return
-    path = make_models(models_dir)
-    models = {"mlp8192_dense": "off", "mlp8192_sparse24": "auto"}
+    path = make_models(models_dir) if which == "mlp" else make_encoder(models_dir)
+    models = kind.models
     repo = Path(tempfile.mkdtemp(prefix="sr_repo_"))
     for name, sparsity in models.items():
         _link(path, repo / name / "1" / "model.onnx")
         cfg = CONFIG.format(name=name, sparsity=sparsity, max_batch=max(batches), engine=engine)
         (repo / name / "config.pbtxt").write_text(cfg)
     grpc_port, metrics_port = _free_port(), _free_port()
-    log_path = out / "server.log"
+    log_path = out / f"{part}_process.log"  # NOTE: gpu_check.sh writes {part}.log itself
     cmd = [
         sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo),
         "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
@@ -642,11 +707,12 @@ def part_server(
             except Exception as exc:  # noqa: BLE001
                 rec.error(f"config {name}", exc)
         rec.set("client", CLIENT_NOTE)
-        rows = _server_rounds(rec, f"127.0.0.1:{grpc_port}", metrics_url, live, batches, secs)
-        dense = {r["batch"]: r for r in rows if r["model"] == "mlp8192_dense"}
+        url = f"127.0.0.1:{grpc_port}"
+        rows = _server_rounds(rec, url, metrics_url, live, batches, secs, kind)
+        dense = {r["batch"]: r for r in rows if r["model"] == kind.baseline}
         for r in rows:
             ref = dense.get(r["batch"])
-            if r["model"] != "mlp8192_dense" and ref:
+            if r["model"] != kind.baseline and ref:
                 r["speedup"] = ref["p50_ms"] / r["p50_ms"]
                 if ref.get("compute_infer_ms") and r.get("compute_infer_ms"):
                     r["speedup_compute"] = ref["compute_infer_ms"] / r["compute_infer_ms"]
@@ -664,9 +730,7 @@ def part_server(
             rec.set("metrics_excerpt", keep[:200])
         except Exception as exc:  # noqa: BLE001
             rec.error("metrics", exc)
-        print(
-            table(rows, SERVER_COLS, "(c) through the server (gRPC, request bytes prebuilt), fp16")
-        )
+        print(table(rows, SERVER_COLS, f"(c) through the server ({which}, request bytes prebuilt)"))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -688,7 +752,7 @@ def part_summary(out: Path) -> None:
         path = out / f"{name}.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
-    gemm, engine, server = load("gemm"), load("engine"), load("server")
+    gemm, engine = load("gemm"), load("engine")
     print("## meta", json.dumps(gemm.get("meta") or engine.get("meta") or {}))
     print(table(gemm.get("rows", []), GEMM_COLS, "(a) fp16 GEMM, cuSPARSELt 2:4 vs cuBLAS"))
     print(table(engine.get("rows", []), ENGINE_COLS, "(b) engine level, hidden-8192 MLP, fp16"))
@@ -712,10 +776,12 @@ def part_summary(out: Path) -> None:
                     f"never slower than dense beyond 3%: {worst[0] >= 0.97}; "
                     f">= 1.3x at the largest batch: {vals[-1][0] >= 1.3}"
                 )
-    if server.get("skipped"):
-        print(f"(c) server: SKIPPED: {server['skipped']}")
-    print(table(server.get("rows", []), SERVER_COLS, "(c) through the server (gRPC), fp16"))
-    for name in ("gemm", "engine", "server"):
+    for name, title in (("server", "hidden-8192 MLP"), ("server_encoder", "BERT-shaped encoder")):
+        result = load(name)
+        if result.get("skipped"):
+            print(f"(c) {name}: SKIPPED: {result['skipped']}")
+        print(table(result.get("rows", []), SERVER_COLS, f"(c) through the server, {title}"))
+    for name in ("gemm", "engine", "server", "server_encoder"):
         for err in load(name).get("errors", []):
             print(f"error [{name}] {err['where']}: {err['error'][:300]}")
 
@@ -729,7 +795,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("models", "gemm", "engine", "server", "summary", "all"))
+    parser.add_argument(
+        "part", choices=("models", "gemm", "engine", "server", "server-encoder", "summary", "all")
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/sparse_runtime_models"))
     parser.add_argument("--reps", type=int, default=15, help="timed reps per GEMM (median)")
@@ -752,13 +820,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to benchmark")
         return 2
-    parts = ("models", "gemm", "engine", "server") if args.part == "all" else (args.part,)
+    every = ("models", "gemm", "engine", "server", "server-encoder")
+    parts = every if args.part == "all" else (args.part,)
     status = 0
     for part in parts:
         t0 = time.perf_counter()
         try:
             if part == "models":
                 make_models(args.models_dir)
+                make_encoder(args.models_dir)
             elif part == "gemm":
                 part_gemm(args.out, args.reps, args.ms, KNS)
             elif part == "engine":
@@ -768,6 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 part_server(
                     args.out, args.models_dir, args.batches, args.secs,
                     args.start_timeout, args.load_timeout, args.engine,
+                    "encoder" if part == "server-encoder" else "mlp",
                 )  # fmt: skip
         except Exception:  # noqa: BLE001
             traceback.print_exc()

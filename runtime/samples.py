@@ -82,6 +82,100 @@ def mlp_pair(
     return mlp_model(weights, "mlp_dense"), mlp_model(sparse, "mlp_sparse24")
 
 
+def encoder_model(
+    layers: int = 6,
+    hidden: int = 768,
+    heads: int = 12,
+    ffn: int = 3072,
+    vocab: int = 8192,
+    seq: int = 128,
+    seed: int = SEED,
+    prune_24: bool = False,
+) -> onnx.ModelProto:
+    """BERT-shaped encoder with random weights: `input_ids` int64 [batch, seq] -> `pooled`
+    fp32 [batch, hidden] (first token). With `prune_24`, every linear weight is 2:4 along K.
+
+    Why: a model whose GPU work outweighs its bytes on the wire (ids in, one vector out), to
+    compare dense and 2:4 end to end through the server where the 8192-wide MLP cannot show
+    it. Post-LN layers (MatMul+Add linears, softmax attention without a mask, erf-GELU).
+    """
+    rng = np.random.default_rng(seed)
+    hd = hidden // heads
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def const(name: str, value: object, dtype: type = np.float32) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def linear(name: str, x: str, k: int, n: int) -> str:
+        w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+        if prune_24:
+            w = magnitude_prune_2of4(w, k_axis=0)
+        const(f"{name}.weight", w)
+        const(f"{name}.bias", rng.standard_normal(n) * 0.02)
+        nodes.append(helper.make_node("MatMul", [x, f"{name}.weight"], [f"{name}.mm"],
+                                      name=f"{name}/MatMul"))  # fmt: skip
+        nodes.append(helper.make_node("Add", [f"{name}.mm", f"{name}.bias"], [f"{name}.out"]))
+        return f"{name}.out"
+
+    def layer_norm(name: str, x: str) -> str:
+        const(f"{name}.g", np.ones(hidden))
+        const(f"{name}.b", np.zeros(hidden))
+        nodes.append(helper.make_node("LayerNormalization", [x, f"{name}.g", f"{name}.b"],
+                                      [f"{name}.out"], axis=-1, epsilon=1e-12))  # fmt: skip
+        return f"{name}.out"
+
+    def node(op: str, inputs: list[str], output: str, **attrs: object) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], **attrs))
+        return output
+
+    const("word_emb", rng.standard_normal((vocab, hidden)) * 0.5)
+    const("pos_emb", rng.standard_normal((1, seq, hidden)) * 0.1)
+    split = const("split_heads", [0, 0, heads, hd], np.int64)
+    merge = const("merge_heads", [0, 0, hidden], np.int64)
+    scale = const("attn_scale", 1.0 / np.sqrt(hd))
+    sqrt2, one, half = const("sqrt2", np.sqrt(2.0)), const("one", 1.0), const("half", 0.5)
+    x = node("Add", [node("Gather", ["word_emb", "input_ids"], "word"), "pos_emb"], "emb")
+    x = layer_norm("emb_ln", x)
+    for i in range(layers):
+        p = f"layer{i}"
+        qkv = {}
+        for part in ("q", "k", "v"):
+            flat = linear(f"{p}.attn.{part}", x, hidden, hidden)
+            qkv[part] = node("Reshape", [flat, split], f"{p}.{part}4d")
+        q = node("Transpose", [qkv["q"]], f"{p}.qt", perm=[0, 2, 1, 3])
+        k = node("Transpose", [qkv["k"]], f"{p}.kt", perm=[0, 2, 3, 1])
+        v = node("Transpose", [qkv["v"]], f"{p}.vt", perm=[0, 2, 1, 3])
+        scores = node("Mul", [node("MatMul", [q, k], f"{p}.qk"), scale], f"{p}.scores")
+        probs = node("Softmax", [scores], f"{p}.probs", axis=-1)
+        ctx = node("Transpose", [node("MatMul", [probs, v], f"{p}.ctx")], f"{p}.ctxt",
+                   perm=[0, 2, 1, 3])  # fmt: skip
+        ctx = node("Reshape", [ctx, merge], f"{p}.ctx3d")
+        attn = linear(f"{p}.attn.out", ctx, hidden, hidden)
+        x = layer_norm(f"{p}.ln1", node("Add", [attn, x], f"{p}.res1"))
+        h = linear(f"{p}.ffn.in", x, hidden, ffn)
+        erf = node("Erf", [node("Div", [h, sqrt2], f"{p}.hs")], f"{p}.erf")
+        gelu = node("Mul", [node("Mul", [h, node("Add", [erf, one], f"{p}.erf1")], f"{p}.g0"),
+                            half], f"{p}.gelu")  # fmt: skip
+        out = linear(f"{p}.ffn.out", gelu, ffn, hidden)
+        x = layer_norm(f"{p}.ln2", node("Add", [out, x], f"{p}.res2"))
+    first = const("first_token", 0, np.int64)
+    node("Gather", [x, first], "pooled", axis=1)
+    graph = helper.make_graph(
+        nodes,
+        "encoder_sparse24" if prune_24 else "encoder_dense",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", seq])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", hidden])],
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sparse-runtime"
+    )
+    model.ir_version = 8
+    return model
+
+
 def write_if_missing(model: onnx.ModelProto, path: Path, force: bool = False) -> bool:
     if path.exists() and not force:
         return False

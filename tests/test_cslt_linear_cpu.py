@@ -14,7 +14,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from runtime.engines import torch_sparse  # noqa: E402
 from runtime.engines.torch_sparse import CsltLinear  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_search_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch_sparse, "_SEARCHED", {})
 
 
 class FakeCslt(types.SimpleNamespace):
@@ -23,6 +29,7 @@ class FakeCslt(types.SimpleNamespace):
     def __init__(self) -> None:
         super().__init__(nn=torch.nn, randn=torch.randn, allclose=torch.allclose)
         self.calls: list[tuple[bool, int]] = []  # (operand row-major?, alg id) per GEMM
+        self.searches = 0
 
     @staticmethod
     def _cslt_compress(w: Any) -> Any:
@@ -32,8 +39,8 @@ class FakeCslt(types.SimpleNamespace):
         self.calls.append((bool(xt.is_contiguous()), alg_id))
         return packed @ xt
 
-    @staticmethod
-    def _cslt_sparse_mm_search(packed: Any, xt: Any) -> int:
+    def _cslt_sparse_mm_search(self, packed: Any, xt: Any) -> int:
+        self.searches += 1
         return 5 if xt.is_contiguous() else 3
 
 
@@ -86,3 +93,16 @@ def test_search_falls_back_to_alg_0_when_disabled(monkeypatch: pytest.MonkeyPatc
     kernel = _chain(FakeCslt())[0][0]
     assert kernel.search(8) == 0
     assert kernel.alg_ids == {(8, False): 0, (8, True): 0}
+
+
+def test_layers_of_one_shape_share_a_search() -> None:
+    fake = FakeCslt()
+    gen = torch.Generator().manual_seed(1)
+    same = [CsltLinear(fake, torch.randn(48, 32, generator=gen), None) for _ in range(4)]
+    other = CsltLinear(fake, torch.randn(16, 32, generator=gen), None)
+    for kernel in same:
+        kernel.search(64)
+    assert fake.searches == 2  # one per operand order, not per layer
+    assert all(k.alg_ids == same[0].alg_ids for k in same)
+    other.search(64)
+    assert fake.searches == 4  # a new shape searches again

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.samples import mlp_pair
+from runtime.samples import encoder_model, mlp_pair
 
 torch = pytest.importorskip("torch")
 
@@ -56,6 +56,22 @@ def test_mlp_linears_are_extracted_with_fused_bias() -> None:
     assert [s.op_type for s in graph.steps].count("Add") == 0  # bias Adds folded in
     first = next(iter(graph.linears.values()))
     assert (first.out_features, first.in_features) == (1024, 256)
+
+
+@pytest.mark.parametrize("prune", [False, True], ids=["dense", "sparse24"])
+def test_encoder_sample_matches_onnxruntime(prune: bool) -> None:
+    """The benchmark's BERT-shaped encoder (tiny here): 6 linears per layer, all 2:4 when
+    pruned, and the same numbers as onnxruntime."""
+    from runtime.engines.torch_sparse import sparse_eligibility
+
+    model = encoder_model(layers=2, hidden=64, heads=4, ffn=128, vocab=100, seq=16,
+                          prune_24=prune)  # fmt: skip
+    ids = np.random.default_rng(3).integers(0, 100, (3, 16)).astype(np.int64)
+    _check(model, {"input_ids": ids})
+    graph = convert(model)
+    assert len(graph.linears) == 12
+    eligible = [not sparse_eligibility(lin.weight) for lin in graph.linears.values()]
+    assert all(eligible) if prune else not any(eligible)
 
 
 def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...], scale: float = 0.2):

@@ -50,6 +50,8 @@ from runtime.errors import ConfigError, EngineUnavailable, InferenceFailed, Mode
 
 LOGGER = logging.getLogger(__name__)
 _GPU_LOCK = threading.RLock()
+_SEARCHED: dict[tuple[object, ...], int] = {}
+"""cuSPARSELt's searched algorithm per (N, K, padded M, operand order, dtype, device)."""
 
 DEFAULT_BUCKETS: tuple[int, ...] = (1, 8, 64, 256)
 SPARSE_TILE = 16
@@ -159,7 +161,7 @@ class CsltLinear:
         self._torch = torch
         self.packed = torch._cslt_compress(weight.contiguous())
         self.bias = bias
-        self.in_features = int(weight.shape[1])
+        self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
         self.alg_ids: dict[tuple[int, bool], int] = {}
         # NOTE: measured on an H200 (torch 2.11, cuSPARSELt 0.8.0, CUDA-graph replays): the
         # plain form W_c @ x^T with a searched algorithm beat cuBLAS up to 1.54x on 8192^2,
@@ -215,9 +217,17 @@ class CsltLinear:
             )
             if row_major:
                 x = x.t().contiguous().t()
+            # NOTE: the choice depends on the problem's shape, not its values, so layers of
+            # one shape share a search (a 6-layer BERT has 36 linears but 3 shapes)
+            shape_key = (self.out_features, self.in_features, *key, str(self.packed.dtype),
+                         str(self.packed.device))  # fmt: skip
             try:
-                found = torch._cslt_sparse_mm_search(self.packed, self.operand(x)[0])
-                alg = int(found[0] if isinstance(found, (tuple, list)) else found)
+                if shape_key in _SEARCHED:
+                    alg = _SEARCHED[shape_key]
+                else:
+                    found = torch._cslt_sparse_mm_search(self.packed, self.operand(x)[0])
+                    alg = int(found[0] if isinstance(found, (tuple, list)) else found)
+                    _SEARCHED[shape_key] = alg
                 self.alg_ids[key] = 0
                 ref = self(x)
                 self.alg_ids[key] = alg
