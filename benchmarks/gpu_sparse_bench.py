@@ -34,9 +34,8 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -490,8 +489,7 @@ CLIENT_NOTE = (
 )
 
 
-@dataclass(frozen=True)
-class ModelSet:
+class ModelSet(NamedTuple):
     """A dense/2:4 pair served from one pruned file, and how to build its requests."""
 
     name: str
