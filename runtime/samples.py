@@ -40,6 +40,15 @@ def mlp_weights(
     return out
 
 
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    """The sample models' common wrapper: default-domain opset OPSET, IR version 8."""
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sparse-runtime"
+    )
+    model.ir_version = 8
+    return model
+
+
 def mlp_model(weights: Sequence[tuple[np.ndarray, np.ndarray]], name: str) -> onnx.ModelProto:
     """MatMul+Add(+Relu) chain with input `x` [batch, K0] and output `y` [batch, N_last]."""
     nodes, inits = [], []
@@ -65,10 +74,7 @@ def mlp_model(weights: Sequence[tuple[np.ndarray, np.ndarray]], name: str) -> on
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_last])],
         initializer=inits,
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sparse-runtime"
-    )
-    model.ir_version = 8
+    model = _model(graph)
     onnx.checker.check_model(model)
     return model
 
@@ -169,11 +175,7 @@ def encoder_model(
         [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", hidden])],
         initializer=inits,
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sparse-runtime"
-    )
-    model.ir_version = 8
-    return model
+    return _model(graph)
 
 
 def write_if_missing(model: onnx.ModelProto, path: Path, force: bool = False) -> bool:
