@@ -78,7 +78,7 @@ def test_chained_layers_get_a_row_major_operand_without_a_copy() -> None:
 
 def test_search_keeps_one_algorithm_per_operand_order() -> None:
     fake = FakeCslt()
-    kernel, _ = _chain(fake)[0][0], None
+    kernel = _chain(fake)[0][0]
     assert kernel.search(60) == 3  # column-major choice, M padded to 64
     assert kernel.alg_ids == {(64, False): 3, (64, True): 5}
     fake.calls.clear()
