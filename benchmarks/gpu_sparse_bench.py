@@ -23,6 +23,7 @@ the numpy function. Each part prints a table and writes JSON to --out as rows co
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -42,6 +43,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from runtime.fileio import write_atomic  # noqa: E402
 
 MLP_LAYERS = (8192, 8192, 8192, 8192)
 MS = (1, 16, 64, 256, 1024, 4096)
@@ -82,9 +85,7 @@ class Recorder:
         self.flush()
 
     def flush(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        tmp.replace(self.path)
+        write_atomic(self.path, json.dumps(self.data, indent=1, default=str).encode())
 
 
 def table(rows: Sequence[dict[str, Any]], cols: Sequence[str], title: str) -> str:
@@ -157,9 +158,7 @@ def make_models(models_dir: Path, layers: Sequence[int] = MLP_LAYERS) -> Path:
     del weights
     print(f"models: pruned in {time.perf_counter() - t0:.1f}s", flush=True)
     model = mlp_model(pruned, "mlp8192_sparse24")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    tmp.replace(path)
+    write_atomic(path, model.SerializeToString())
     stamp.write_text(json.dumps(list(layers)))
     size = path.stat().st_size
     print(f"models: wrote {path} ({size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f}s")
@@ -182,9 +181,7 @@ def make_encoder(models_dir: Path) -> Path:
     models_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = encoder_model(seq=ENCODER_SEQ, prune_24=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    tmp.replace(path)
+    write_atomic(path, model.SerializeToString())
     print(f"models: wrote {path} ({path.stat().st_size / 1e6:.0f} MB) in "
           f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
     return path
@@ -197,6 +194,7 @@ def part_gemm(out: Path, reps: int, ms: Sequence[int], kns: Sequence[tuple[int, 
     import torch
 
     from runtime.engines.torch_sparse import (
+        ROW_MULTIPLE,
         CsltLinear,
         _round_up,
         cusparselt_available,
@@ -262,7 +260,7 @@ def part_gemm(out: Path, reps: int, ms: Sequence[int], kns: Sequence[tuple[int, 
                     "speedup_chained": ratio(t["dense"], t["sparse_chained"]),
                     "dense_tflops": flops / t["dense"] / 1e6 if t["dense"] else None,
                     "alg_id": alg,
-                    "alg_id_chained": kernel.alg_ids.get((_round_up(m, 8), True)),
+                    "alg_id_chained": kernel.alg_ids.get((_round_up(m, ROW_MULTIPLE), True)),
                     "rel_err_chained": err_chained,
                     "search_s": round(search_s, 3),
                     "rel_err": err,
@@ -374,20 +372,10 @@ def _engine_rounds(
     for batch in batches:
         try:
             x = rng.standard_normal((batch, MLP_LAYERS[0])).astype(np.float32)
-            one = 0.0
-            for engine in engines.values():
-                t1 = time.perf_counter()
-                for _ in range(3):
-                    engine.infer({"x": x})
-                one = max(one, (time.perf_counter() - t1) / 3)
-            per_round = max(2, _iters(batch, secs, one) // rounds)
-            lat: dict[str, list[float]] = {mode: [] for mode in engines}
-            for _ in range(rounds):
-                for mode, engine in engines.items():
-                    for _ in range(per_round):
-                        t1 = time.perf_counter()
-                        engine.infer({"x": x})
-                        lat[mode].append(time.perf_counter() - t1)
+            fns = {
+                mode: functools.partial(engine.infer, {"x": x}) for mode, engine in engines.items()
+            }
+            lat, _ = alternate(fns, _iters(batch, secs, warm_up(fns)), rounds)
             device = {mode: engine.replay_us(batch) for mode, engine in engines.items()}
             # NOTE: device times again in reverse order; the mean of both passes stands
             for mode in reversed(list(engines)):
@@ -543,18 +531,30 @@ def output_shape(response: bytes) -> list[int]:
     return list(pb.ModelInferResponse.FromString(response).outputs[0].shape)
 
 
-def time_models(
-    call: Callable[[bytes], bytes], requests: dict[str, bytes], calls: int, rounds: int = 5
-) -> tuple[dict[str, list[float]], dict[str, bytes]]:
-    """Latencies (s) per model, the models taking turns in `rounds`; and each last response."""
-    lat: dict[str, list[float]] = {name: [] for name in requests}
-    last: dict[str, bytes] = {}
+def warm_up(fns: dict[str, Callable[[], Any]], calls: int = 3) -> float:
+    """Run each fn `calls` times; the slowest fn's seconds per call (sizes the timed runs)."""
+    slowest = 0.0
+    for fn in fns.values():
+        t1 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        slowest = max(slowest, (time.perf_counter() - t1) / calls)
+    return slowest
+
+
+def alternate(
+    fns: dict[str, Callable[[], Any]], calls: int, rounds: int = 5
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Latencies (s) per fn, the fns taking turns in `rounds` (so host drift hits all alike);
+    and each fn's last result."""
+    lat: dict[str, list[float]] = {name: [] for name in fns}
+    last: dict[str, Any] = {}
     per_round = max(2, calls // rounds)
     for _ in range(rounds):
-        for name, data in requests.items():
+        for name, fn in fns.items():
             for _ in range(per_round):
                 t1 = time.perf_counter()
-                last[name] = call(data)
+                last[name] = fn()
                 lat[name].append(time.perf_counter() - t1)
     return lat, last
 
@@ -575,17 +575,15 @@ def _server_rounds(
     for batch in batches:
         try:
             x = kind.sample(rng, batch)
-            requests = {
-                name: request_bytes(name, x, kind.input_name, kind.output_name) for name in models
+            fns = {
+                name: functools.partial(
+                    call, request_bytes(name, x, kind.input_name, kind.output_name)
+                )
+                for name in models
             }
-            one = 0.0
-            for data in requests.values():
-                t1 = time.perf_counter()
-                for _ in range(3):
-                    call(data)
-                one = max(one, (time.perf_counter() - t1) / 3)
+            one = warm_up(fns)
             before = {name: _counters(metrics_url, name) for name in models}
-            lat, last = time_models(call, requests, _iters(batch, secs, one, lo=10, hi=200))
+            lat, last = alternate(fns, _iters(batch, secs, one, lo=10, hi=200))
             for name in models:
                 row = {"model": name, "batch": batch, **_lat_stats(lat[name], batch)}
                 row["n"] = len(lat[name])
