@@ -251,10 +251,11 @@ class Serialized:
         return self.data
 
 
-def _field_header(message: type, field: str, size: int) -> bytes:
-    """Tag and length of one length-delimited field of `message` (numbers from the stubs)."""
-    number = message.DESCRIPTOR.fields_by_name[field].number  # type: ignore[attr-defined]
-    return length_delimited_header(number, size)
+# field numbers from the stubs, looked up once rather than per response
+_RAW_OUTPUT_FIELD = pb.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number
+_STREAM_RESPONSE_FIELD = (
+    pb.ModelStreamInferResponse.DESCRIPTOR.fields_by_name["infer_response"].number
+)
 
 
 def _raw_view(array: np.ndarray) -> np.ndarray:
@@ -283,11 +284,11 @@ def encode_response(
         blobs.append(serialize_bytes(array) if datatype == "BYTES" else _raw_view(array))
     parts: list[bytes | np.ndarray] = [response.SerializeToString()]
     for blob in blobs:
-        parts += [_field_header(pb.ModelInferResponse, "raw_output_contents", len(blob)), blob]
+        parts += [length_delimited_header(_RAW_OUTPUT_FIELD, len(blob)), blob]
     return Serialized(b"".join(parts))
 
 
 def stream_response(response: Serialized) -> Serialized:
     """ModelStreamInferResponse{infer_response}, around an already serialized response."""
-    header = _field_header(pb.ModelStreamInferResponse, "infer_response", len(response.data))
+    header = length_delimited_header(_STREAM_RESPONSE_FIELD, len(response.data))
     return Serialized(header + response.data)
