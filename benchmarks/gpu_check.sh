@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU verification: env, GEMM microbench, cuSPARSELt call-form probe, GPU tests,
-# engine benchmark, and server benchmarks (hidden-8192 MLP, BERT-shaped encoder).
+# engine benchmark (and again with the bias epilogue), and server benchmarks (hidden-8192 MLP,
+# BERT-shaped encoder).
 #
 #   benchmarks/gpu_check.sh OUTDIR
 #
@@ -91,6 +92,10 @@ step probe 90 $PY benchmarks/gpu_probe_cslt.py "$OUT"
 step models 90 $PY "${BENCH[@]}" models
 step pytest 110 $PY -m pytest -q -m gpu -p no:cacheprovider -rfEs tests/test_gpu_sparse.py
 step engine 100 $PY "${BENCH[@]}" engine --secs 0.3
+# NOTE: the bias epilogue (`cslt_bias_epilogue`) is opt-in until measured; its own process, so
+# a CUDA error in it cannot cost the engine step above (off again: the side-by-side baseline)
+step engine_fused 90 $PY "${BENCH[@]}" engine --secs 0.2 --name engine_fused \
+    --modes off,auto,auto_fused,on_fused
 step server 150 $PY "${BENCH[@]}" server --secs 0.3 --start-timeout 60 --load-timeout 90
 left=$((BUDGET - $(elapsed) - 25))
 step server_encoder 160 $PY "${BENCH[@]}" server-encoder --secs 0.3 --start-timeout 60 \

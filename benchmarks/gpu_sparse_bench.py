@@ -5,7 +5,8 @@ Parts (each one a separate command so a driver can give each its own timeout):
   gemm    (a) fp16 GEMM y = x @ W^T, W 2:4: cuSPARSELt vs cuBLAS, CUDA events, median of reps
   engine  (b) TorchSparseEngine in-process on the 8192 MLP: sparsity off (dense twin) / on / auto,
           batch 1..1024: infer latency p50/p99 and throughput (numpy in/out), device-only time
-          (CUDA graph replay), GPU memory
+          (CUDA graph replay), GPU memory. `--modes` may add on_fused / auto_fused (the same
+          with the cuSPARSELt bias epilogue, `cslt_bias_epilogue`) and `--name` the JSON's name
   server  (c) the same through `python -m runtime serve` over gRPC (tritonclient for control,
           request bytes built once for the timed calls); skips cleanly
           when tritonclient is missing or the server does not come up
@@ -50,6 +51,14 @@ MLP_LAYERS = (8192, 8192, 8192, 8192)
 MS = (1, 16, 64, 256, 1024, 4096)
 KNS = ((1024, 1024), (4096, 4096), (8192, 8192), (3072, 10240))
 BATCHES = (1, 8, 32, 64, 128, 256, 512, 1024)
+MODE_PARAMS: dict[str, dict[str, str]] = {
+    "off": {"sparsity": "off"},
+    "on": {"sparsity": "on"},
+    "auto": {"sparsity": "auto"},
+    "on_fused": {"sparsity": "on", "cslt_bias_epilogue": "on"},
+    "auto_fused": {"sparsity": "auto", "cslt_bias_epilogue": "auto"},
+}
+"""Engine-part modes: config parameters of each (precision fp16 throughout)."""
 SPARSE_FILE = "mlp8192_sparse24.onnx"
 GEMM_COLS = [
     "M", "K", "N", "dense_us", "dense_chained_us", "sparse_us", "sparse_chained_us",
@@ -294,7 +303,12 @@ def _iters(batch: int, budget_s: float, one_s: float, lo: int = 10, hi: int = 30
 
 
 def part_engine(
-    out: Path, models_dir: Path, modes: Sequence[str], batches: Sequence[int], secs: float
+    out: Path,
+    models_dir: Path,
+    modes: Sequence[str],
+    batches: Sequence[int],
+    secs: float,
+    name: str = "engine",
 ) -> None:
     """All modes loaded at once, then timed in alternating rounds per batch (side by side).
 
@@ -308,7 +322,7 @@ def part_engine(
     from runtime.hostmem import keep_large_buffers
     from runtime.settings import Settings
 
-    rec = Recorder(out, "engine", env_meta())
+    rec = Recorder(out, name, env_meta())
     # NOTE: as `serve` does; without it each >= 32 MiB host tensor is a fresh mmap
     rec.set("malloc_tuned", keep_large_buffers(Settings().host_buffer_reuse_bytes))
     path = make_models(models_dir)
@@ -321,7 +335,7 @@ def part_engine(
                 torch.cuda.empty_cache()
                 base = torch.cuda.memory_allocated()
                 t0 = time.perf_counter()
-                params = {"sparsity": mode, "precision": "fp16"}
+                params = {**MODE_PARAMS[mode], "precision": "fp16"}
                 engine = TorchSparseEngine(
                     source,
                     EngineOptions(device="cuda", batch_buckets=tuple(batches), parameters=params),
@@ -748,36 +762,42 @@ def part_summary(out: Path) -> None:
         path = out / f"{name}.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
-    gemm, engine = load("gemm"), load("engine")
-    print("## meta", json.dumps(gemm.get("meta") or engine.get("meta") or {}))
+    gemm = load("gemm")
+    print("## meta", json.dumps(gemm.get("meta") or load("engine").get("meta") or {}))
     print(table(gemm.get("rows", []), GEMM_COLS, "(a) fp16 GEMM, cuSPARSELt 2:4 vs cuBLAS"))
-    print(table(engine.get("rows", []), ENGINE_COLS, "(b) engine level, hidden-8192 MLP, fp16"))
-    for mode in ("on", "auto"):
-        details = engine.get(f"details_{mode}", {})
-        if details:
-            keys = ("kernel_table", "load_seconds", "cuda_graphs", "sparse_backend")
-            print(f"engine {mode}: " + json.dumps({k: details.get(k) for k in keys}))
+    for name in ("engine", "engine_fused"):
+        engine = load(name)
+        rows = engine.get("rows", [])
+        if not rows:
+            continue
+        print(table(rows, ENGINE_COLS, f"(b) {name}, hidden-8192 MLP, fp16"))
+        modes = [m for m in MODE_PARAMS if m != "off" and any(r["mode"] == m for r in rows)]
+        for mode in modes:
+            details = engine.get(f"details_{mode}", {})
+            keys = ("kernel_table", "load_seconds", "cuda_graphs", "sparse_backend",
+                    "cslt_bias_fused")  # fmt: skip
+            print(f"{name} {mode}: " + json.dumps({k: details.get(k) for k in keys}))
             e2e = {k: v for k, v in details.items() if k.startswith("e2e_us")}
             if e2e:
-                print(f"engine {mode} end-to-end guard timings: {json.dumps(e2e)}")
-    for mode in ("on", "auto"):
-        rows = [r for r in engine.get("rows", []) if r.get("mode") == mode]
-        for key in ("speedup_device", "speedup_infer"):
-            vals = [(r[key], r["batch"]) for r in rows if r.get(key)]
-            if vals:
-                worst, best = min(vals), max(vals)
-                print(
-                    f"verdict {mode} {key}: worst {worst[0]:.3f}x at batch {worst[1]}, "
-                    f"best {best[0]:.3f}x at batch {best[1]}; "
-                    f"never slower than dense beyond 3%: {worst[0] >= 0.97}; "
-                    f">= 1.3x at the largest batch: {vals[-1][0] >= 1.3}"
-                )
+                print(f"{name} {mode} end-to-end guard timings: {json.dumps(e2e)}")
+        for mode in modes:
+            mode_rows = [r for r in rows if r.get("mode") == mode]
+            for key in ("speedup_device", "speedup_infer"):
+                vals = [(r[key], r["batch"]) for r in mode_rows if r.get(key)]
+                if vals:
+                    worst, best = min(vals), max(vals)
+                    print(
+                        f"verdict {name} {mode} {key}: worst {worst[0]:.3f}x at batch "
+                        f"{worst[1]}, best {best[0]:.3f}x at batch {best[1]}; "
+                        f"never slower than dense beyond 3%: {worst[0] >= 0.97}; "
+                        f">= 1.3x at the largest batch: {vals[-1][0] >= 1.3}"
+                    )
     for name, title in (("server", "hidden-8192 MLP"), ("server_encoder", "BERT-shaped encoder")):
         result = load(name)
         if result.get("skipped"):
             print(f"(c) {name}: SKIPPED: {result['skipped']}")
         print(table(result.get("rows", []), SERVER_COLS, f"(c) through the server, {title}"))
-    for name in ("gemm", "engine", "server", "server_encoder"):
+    for name in ("gemm", "engine", "engine_fused", "server", "server_encoder"):
         for err in load(name).get("errors", []):
             print(f"error [{name}] {err['where']}: {err['error'][:300]}")
 
@@ -799,12 +819,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=15, help="timed reps per GEMM (median)")
     parser.add_argument("--ms", type=_ints, default=MS)
     parser.add_argument("--batches", type=_ints, default=BATCHES)
-    parser.add_argument("--modes", default="off,on,auto")
+    parser.add_argument("--modes", default="off,on,auto", help=f"of {','.join(MODE_PARAMS)}")
+    parser.add_argument("--name", default="engine", help="engine part: result file name")
     parser.add_argument("--secs", type=float, default=0.4, help="timing budget per batch size")
     parser.add_argument("--start-timeout", type=float, default=60.0)
     parser.add_argument("--load-timeout", type=float, default=150.0)
     parser.add_argument("--engine", default="torch_sparse", help="server part: engine parameter")
     args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = sorted(set(modes) - set(MODE_PARAMS))
+    if unknown:
+        parser.error(f"unknown --modes {unknown}; known: {list(MODE_PARAMS)}")
     # NOTE: `timeout` sends SIGTERM; exiting through SystemExit runs the `finally` blocks,
     # so the server subprocess of part (c) is stopped instead of orphaned on the GPU.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -828,8 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif part == "gemm":
                 part_gemm(args.out, args.reps, args.ms, KNS)
             elif part == "engine":
-                modes = [m for m in args.modes.split(",") if m]
-                part_engine(args.out, args.models_dir, modes, args.batches, args.secs)
+                part_engine(args.out, args.models_dir, modes, args.batches, args.secs, args.name)
             else:
                 part_server(
                     args.out, args.models_dir, args.batches, args.secs,

@@ -1,8 +1,9 @@
 """CsltLinear's operand handling on the CPU, with cuSPARSELt's three calls faked by matmuls.
 
 What is real: padding, the transposed-space arithmetic, the in-place bias, which operand order
-each layer of a chain gets, and the per-order algorithm table. What is fake: compression (a
-copy) and the sparse GEMM (W @ x^T). The GPU tests check the real kernels against cuBLAS.
+each layer of a chain gets, the per-order algorithm table and the bias-epilogue choice. What is
+fake: compression (a copy), the sparse GEMM (W @ x^T, + bias when fused) and, for the epilogue
+choice under "auto", the timings. The GPU tests check the real kernels against cuBLAS.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from runtime.engines.torch_sparse import CsltLinear  # noqa: E402
 @pytest.fixture(autouse=True)
 def _fresh_search_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch_sparse, "_SEARCHED", {})
+    monkeypatch.setattr(torch_sparse, "_EPILOGUE", {})
 
 
 class FakeCslt(types.SimpleNamespace):
@@ -29,15 +31,22 @@ class FakeCslt(types.SimpleNamespace):
     def __init__(self) -> None:
         super().__init__(nn=torch.nn, randn=torch.randn, allclose=torch.allclose)
         self.calls: list[tuple[bool, int]] = []  # (operand row-major?, alg id) per GEMM
+        self.fused_calls = 0
         self.searches = 0
+        self.bias_error: str = ""  # "raise" or "wrong": how a fused bias misbehaves
 
     @staticmethod
     def _cslt_compress(w: Any) -> Any:
         return w.clone()
 
-    def _cslt_sparse_mm(self, packed: Any, xt: Any, alg_id: int = 0) -> Any:
+    def _cslt_sparse_mm(self, packed: Any, xt: Any, bias: Any = None, alg_id: int = 0) -> Any:
         self.calls.append((bool(xt.is_contiguous()), alg_id))
-        return packed @ xt
+        if bias is None:
+            return packed @ xt
+        self.fused_calls += 1
+        if self.bias_error == "raise":
+            raise RuntimeError("CUSPARSE_STATUS_NOT_SUPPORTED")
+        return packed @ xt + (2 * bias if self.bias_error == "wrong" else bias)[:, None]
 
     def _cslt_sparse_mm_search(self, packed: Any, xt: Any) -> int:
         self.searches += 1
@@ -106,3 +115,63 @@ def test_layers_of_one_shape_share_a_search() -> None:
     assert all(k.alg_ids == same[0].alg_ids for k in same)
     other.search(64)
     assert fake.searches == 4  # a new shape searches again
+
+
+@pytest.mark.parametrize("mode", ["on", "auto"])
+def test_bias_epilogue_fused_where_it_agrees(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    timed: list[str] = []
+
+    def fake_time_pair(torch_mod: Any, fns: Any, x: Any, **kw: Any) -> dict[str, float]:
+        timed.append(mode)
+        return {"separate": 10.0, "fused": 9.0}
+
+    monkeypatch.setattr(torch_sparse, "time_pair", fake_time_pair)
+    fake = FakeCslt()
+    gen = torch.Generator().manual_seed(2)
+    w, b = torch.randn(48, 32, generator=gen), torch.randn(48, generator=gen)
+    kernels = [CsltLinear(fake, w, b, bias_epilogue=mode) for _ in range(3)]
+    for kernel in kernels:
+        kernel.search(13)
+    assert all(k.fused == {(16, False): True, (16, True): True} for k in kernels)
+    assert len(timed) == (2 if mode == "auto" else 0)  # one timing per order, shared by shape
+    fake.fused_calls = 0
+    x = torch.randn(13, 32)
+    y = kernels[0](x)
+    assert fake.fused_calls == 1
+    assert torch.allclose(y, torch.nn.functional.linear(x, w, b), atol=1e-4)
+
+
+def test_bias_epilogue_auto_keeps_the_separate_add_when_slower(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        torch_sparse, "time_pair", lambda *a, **k: {"separate": 10.0, "fused": 11.0}
+    )
+    fake = FakeCslt()
+    kernel = CsltLinear(fake, torch.randn(48, 32), torch.randn(48), bias_epilogue="auto")
+    kernel.search(64)
+    assert kernel.fused == {(64, False): False, (64, True): False}
+
+
+@pytest.mark.parametrize("failure", ["raise", "wrong"])
+def test_bias_epilogue_that_fails_or_disagrees_is_not_used(failure: str) -> None:
+    fake = FakeCslt()
+    fake.bias_error = failure
+    w, b = torch.randn(48, 32), torch.randn(48)
+    kernel = CsltLinear(fake, w, b, bias_epilogue="on")
+    kernel.search(8)
+    assert kernel.fused == {(8, False): False, (8, True): False}
+    x = torch.randn(8, 32)
+    assert torch.allclose(kernel(x), torch.nn.functional.linear(x, w, b), atol=1e-4)
+
+
+def test_bias_epilogue_is_off_by_default_and_without_bias() -> None:
+    fake = FakeCslt()
+    default = CsltLinear(fake, torch.randn(48, 32), torch.randn(48))
+    no_bias = CsltLinear(fake, torch.randn(48, 32), None, bias_epilogue="on")
+    for kernel in (default, no_bias):
+        kernel.search(8)
+        assert kernel.fused == {}
+    assert fake.fused_calls == 0
+    with pytest.raises(ValueError, match="bias_epilogue"):
+        CsltLinear(fake, torch.randn(48, 32), None, bias_epilogue="yes")

@@ -100,10 +100,8 @@ def test_cusparselt_is_available() -> None:
     assert cusparselt_available(torch)
 
 
-@pytest.mark.parametrize("nk", [(1024, 1024), (8192, 8192), (10240, 3072)])
-@pytest.mark.parametrize("m", [1, 64, 256])
-def test_cslt_linear_matches_dense(nk: tuple[int, int], m: int) -> None:
-    n, k = nk
+def _problem(n: int, k: int, m: int) -> tuple[Any, Any, Any]:
+    """A 2:4 weight [n, k] (scaled so outputs stay O(1)), a bias and an input [m, k], fp16."""
     gen = torch.Generator(device="cuda").manual_seed(n + k + m)
     w = torch.randn(n, k, device="cuda", dtype=torch.float16, generator=gen)
     keep = w.reshape(n, k // 4, 4).abs().topk(2, dim=-1).indices
@@ -111,6 +109,14 @@ def test_cslt_linear_matches_dense(nk: tuple[int, int], m: int) -> None:
     w = (w.reshape(n, k // 4, 4) * mask).reshape(n, k) / k**0.5
     bias = torch.randn(n, device="cuda", dtype=torch.float16, generator=gen)
     x = torch.randn(m, k, device="cuda", dtype=torch.float16, generator=gen)
+    return w, bias, x
+
+
+@pytest.mark.parametrize("nk", [(1024, 1024), (8192, 8192), (10240, 3072)])
+@pytest.mark.parametrize("m", [1, 64, 256])
+def test_cslt_linear_matches_dense(nk: tuple[int, int], m: int) -> None:
+    n, k = nk
+    w, bias, x = _problem(n, k, m)
     kernel = CsltLinear(torch, w, bias)
     alg = kernel.search(m)
     ref = torch.nn.functional.linear(x, w, bias).float()
@@ -252,3 +258,26 @@ def test_int8_qdq_sample_runs_sparse_in_fp16() -> None:
         assert err <= 0.1
     finally:
         engine.unload()
+
+
+@pytest.mark.parametrize(("n", "k", "m"), [(1024, 1024, 64), (8192, 8192, 256), (8192, 8192, 1024)])
+def test_cslt_bias_epilogue_matches_dense(n: int, k: int, m: int) -> None:
+    """The opt-in bias epilogue (searched without bias, run with it): wherever the engine's
+    check lets it be used, it matches cuBLAS like the separate add does. Last in this file:
+    should the epilogue break the CUDA context, the other tests have run already."""
+    w, bias, x = _problem(n, k, m)
+    kernel = CsltLinear(torch, w, bias, bias_epilogue="auto")
+    kernel.search(m)
+    ref = torch.nn.functional.linear(x, w, bias).float()
+    errs = {}
+    for name, xin in (("column_major", x), ("row_major", x.t().contiguous().t())):
+        got = kernel(xin).float()
+        errs[name] = float((got - ref).abs().max() / ref.abs().max())
+
+    def named(table: dict[tuple[int, bool], Any]) -> dict[str, Any]:
+        return {f"M={rows},{'row' if row_major else 'col'}": v
+                for (rows, row_major), v in table.items()}  # fmt: skip
+
+    record("cslt_bias_epilogue", n=n, k=k, m=m, fused=named(kernel.fused),
+           alg=named(kernel.alg_ids), rel_err=errs)  # fmt: skip
+    assert max(errs.values()) <= SAME_WEIGHTS_TOL

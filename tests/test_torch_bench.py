@@ -44,3 +44,34 @@ def test_latency_stats(bench) -> None:
     assert stats["p50_ms"] == pytest.approx(1.0)
     assert stats["p99_ms"] > 1.0
     assert stats["throughput_per_s"] == pytest.approx(4 * 100 / 0.11)
+
+
+def test_summary_reports_each_engine_file(
+    bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def rows(modes: list[str]) -> list[dict[str, object]]:
+        return [
+            {"mode": m, "batch": b, "p50_ms": 1.0, "speedup_device": s, "speedup_infer": 1.0}
+            for m, s in zip(modes, [None, 1.25, 1.31][: len(modes)], strict=True)
+            for b in (8, 1024)
+        ]
+
+    for name, modes in (
+        ("engine", ["off", "auto"]),
+        ("engine_fused", ["off", "auto", "auto_fused"]),
+    ):
+        rec = bench.Recorder(tmp_path, name, {})
+        rec.set("rows", rows(modes))
+        rec.set("details_auto_fused", {"cslt_bias_fused": "6/6"})
+    assert bench.main(["summary", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "(b) engine_fused, hidden-8192 MLP" in out
+    assert "verdict engine auto speedup_device: worst 1.250x" in out
+    assert "verdict engine_fused auto_fused speedup_device: worst 1.310x" in out
+    assert '"cslt_bias_fused": "6/6"' in out
+
+
+def test_engine_modes_are_checked_before_any_work(bench) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["engine", "--modes", "off,fast"])
+    assert exc.value.code == 2

@@ -57,7 +57,10 @@ def test_no_cuda_raises_engine_unavailable() -> None:
         engine.load()
 
 
-@pytest.mark.parametrize(("key", "value"), [("precision", "fp32"), ("sparsity", "sometimes")])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("precision", "fp32"), ("sparsity", "sometimes"), ("cslt_bias_epilogue", "yes")],
+)
 def test_bad_parameters_are_config_errors(key: str, value: str) -> None:
     from runtime.engines.torch_sparse import TorchSparseEngine
 

@@ -52,6 +52,9 @@ LOGGER = logging.getLogger(__name__)
 _GPU_LOCK = threading.RLock()
 _SEARCHED: dict[tuple[object, ...], int] = {}
 """cuSPARSELt's searched algorithm per (N, K, padded M, operand order, dtype, device)."""
+_EPILOGUE: dict[tuple[object, ...], bool] = {}
+"""Whether the bias epilogue is used, per the same shape key: one check and timing per shape."""
+BIAS_EPILOGUE_MODES = ("off", "on", "auto")
 
 DEFAULT_BUCKETS: tuple[int, ...] = (1, 8, 64, 256)
 SPARSE_TILE = 16
@@ -157,7 +160,9 @@ class CsltLinear:
 
     backend = "cusparselt"
 
-    def __init__(self, torch: Any, weight: Any, bias: Any | None) -> None:
+    def __init__(
+        self, torch: Any, weight: Any, bias: Any | None, bias_epilogue: str = "off"
+    ) -> None:
         self._torch = torch
         self.packed = torch._cslt_compress(weight.contiguous())
         self.bias = bias
@@ -167,6 +172,13 @@ class CsltLinear:
         # plain form W_c @ x^T with a searched algorithm beat cuBLAS up to 1.54x on 8192^2,
         # while the fused bias + transpose_result form only had alg 0 (its search failed
         # and broke the CUDA context) and ran at 0.16-0.55x. So: plain form, bias added after.
+        # The bias epilogue on the plain form (searched without bias, run with it) saves one
+        # pass over the output; not yet measured on a GPU, so it is opt-in ("on" once checked
+        # against the separate add, "auto" only where also timed faster) per (padded M, order).
+        if bias_epilogue not in BIAS_EPILOGUE_MODES:
+            raise ValueError(f"bias_epilogue must be one of {BIAS_EPILOGUE_MODES}")
+        self.bias_epilogue = bias_epilogue if bias is not None else "off"
+        self.fused: dict[tuple[int, bool], bool] = {}
 
     @property
     def nbytes(self) -> int:
@@ -183,21 +195,31 @@ class CsltLinear:
         return x2.contiguous().t(), False
 
     def __call__(self, x2: Any) -> Any:
+        return self.forward(x2)
+
+    def forward(self, x2: Any, fused: bool | None = None) -> Any:
+        """y for x2 [M, K]; `fused` overrides the per-(M, order) bias-epilogue choice."""
         m = int(x2.shape[0])
         padded = _round_up(max(m, 1), ROW_MULTIPLE)
         if padded != m:
             x2 = self._torch.nn.functional.pad(x2, (0, 0, 0, padded - m))
         xt, row_major = self.operand(x2)
-        yt = self._torch._cslt_sparse_mm(
-            self.packed, xt, alg_id=self.alg_ids.get((padded, row_major), 0)
-        )
-        if self.bias is not None:
-            yt.add_(self.bias[:, None])  # NOTE: in place on the fresh [N, M] output
+        key = (padded, row_major)
+        alg = self.alg_ids.get(key, 0)
+        if fused is None:
+            fused = self.fused.get(key, False)
+        if self.bias is not None and fused:
+            yt = self._torch._cslt_sparse_mm(self.packed, xt, bias=self.bias, alg_id=alg)
+        else:
+            yt = self._torch._cslt_sparse_mm(self.packed, xt, alg_id=alg)
+            if self.bias is not None:
+                yt.add_(self.bias[:, None])  # NOTE: in place on the fresh [N, M] output
         y = yt.t()
         return y[:m] if padded != m else y
 
     def search(self, rows: int) -> int:
-        """Pick cuSPARSELt's tuned algorithm for this M, for both operand orders, once.
+        """Pick cuSPARSELt's tuned algorithm for this M, for both operand orders, once (and
+        whether to fuse the bias, when asked to).
 
         Returns the column-major (contiguous input) choice; 0 wherever the search fails.
         """
@@ -206,11 +228,6 @@ class CsltLinear:
         for row_major in (False, True):
             key = (padded, row_major)
             if key in self.alg_ids:
-                continue
-            if not hasattr(torch, "_cslt_sparse_mm_search") or (
-                os.environ.get("SPARSE_RUNTIME_CSLT_SEARCH", "1") != "1"
-            ):
-                self.alg_ids[key] = 0
                 continue
             x = torch.randn(
                 padded, self.in_features, device=self.packed.device, dtype=self.packed.dtype
@@ -221,29 +238,74 @@ class CsltLinear:
             # one shape share a search (a 6-layer BERT has 36 linears but 3 shapes)
             shape_key = (self.out_features, self.in_features, *key, str(self.packed.dtype),
                          str(self.packed.device))  # fmt: skip
-            try:
-                if shape_key in _SEARCHED:
-                    alg = _SEARCHED[shape_key]
-                else:
-                    found = torch._cslt_sparse_mm_search(self.packed, self.operand(x)[0])
-                    alg = int(found[0] if isinstance(found, (tuple, list)) else found)
-                    _SEARCHED[shape_key] = alg
-                self.alg_ids[key] = 0
-                ref = self(x)
-                self.alg_ids[key] = alg
-                got = self(x)
-                if not torch.allclose(ref.float(), got.float(), rtol=1e-2, atol=1e-2):
-                    raise RuntimeError("searched algorithm disagrees with alg 0")
-            except Exception as exc:  # a bad alg id must never break serving
-                LOGGER.warning(
-                    "cuSPARSELt alg search failed for M=%d (%s operand): %s",
-                    padded,
-                    "row-major" if row_major else "column-major",
-                    exc,
-                )
-                alg = 0
+            alg = self._search_alg(x, key, shape_key)
             self.alg_ids[key] = alg
+            if self.bias_epilogue != "off":
+                self.fused[key] = self._choose_epilogue(x, (*shape_key, alg))
         return self.alg_ids[(padded, False)]
+
+    def _search_alg(self, x: Any, key: tuple[int, bool], shape_key: tuple[object, ...]) -> int:
+        """cuSPARSELt's searched algorithm for x's problem, checked against alg 0; else 0."""
+        torch = self._torch
+        if not hasattr(torch, "_cslt_sparse_mm_search") or (
+            os.environ.get("SPARSE_RUNTIME_CSLT_SEARCH", "1") != "1"
+        ):
+            return 0
+        try:
+            if shape_key in _SEARCHED:
+                alg = _SEARCHED[shape_key]
+            else:
+                found = torch._cslt_sparse_mm_search(self.packed, self.operand(x)[0])
+                alg = int(found[0] if isinstance(found, (tuple, list)) else found)
+                _SEARCHED[shape_key] = alg
+            self.alg_ids[key] = 0
+            ref = self.forward(x, fused=False)
+            self.alg_ids[key] = alg
+            got = self.forward(x, fused=False)
+            if not torch.allclose(ref.float(), got.float(), rtol=1e-2, atol=1e-2):
+                raise RuntimeError("searched algorithm disagrees with alg 0")
+            return alg
+        except Exception as exc:  # a bad alg id must never break serving
+            LOGGER.warning(
+                "cuSPARSELt alg search failed for M=%d (%s operand): %s",
+                key[0],
+                "row-major" if key[1] else "column-major",
+                exc,
+            )
+            return 0
+
+    def _choose_epilogue(self, x: Any, shape_key: tuple[object, ...]) -> bool:
+        """Fuse the bias into the GEMM for x's (M, order)? Only if it matches the separate add
+        (and, under "auto", times faster in CUDA graphs); any failure keeps the separate add."""
+        if shape_key in _EPILOGUE:
+            return _EPILOGUE[shape_key]
+        torch = self._torch
+        try:
+            ref = self.forward(x, fused=False)
+            got = self.forward(x, fused=True)
+            if not torch.allclose(ref.float(), got.float(), rtol=1e-2, atol=1e-2):
+                raise RuntimeError("bias epilogue disagrees with the separate add")
+            use = True
+            if self.bias_epilogue == "auto":
+                r = time_pair(
+                    torch,
+                    {
+                        "separate": lambda v: self.forward(v, fused=False),
+                        "fused": lambda v: self.forward(v, fused=True),
+                    },
+                    x,
+                )
+                fused_us, separate_us = r.get("fused"), r.get("separate")
+                use = fused_us is not None and separate_us is not None and fused_us < separate_us
+                LOGGER.info(
+                    "bias epilogue at M=%d: fused %s us, separate %s us -> %s",
+                    int(x.shape[0]), fused_us, separate_us, "fused" if use else "separate",
+                )  # fmt: skip
+        except Exception as exc:  # an unsupported epilogue must never break serving
+            LOGGER.warning("cuSPARSELt bias epilogue unusable at M=%d: %s", int(x.shape[0]), exc)
+            use = False
+        _EPILOGUE[shape_key] = use
+        return use
 
 
 class SemiStructuredLinear:
@@ -392,10 +454,16 @@ class TorchSparseEngine:
         self._use_graphs = bool_parameter(params, "cuda_graphs", True)
         self._min_gain = float(params.get("sparse_min_gain", DEFAULT_MIN_GAIN))
         self._profile_len = int(params.get("profile_seq_len", "128"))
+        self._bias_epilogue = params.get("cslt_bias_epilogue", "off").lower()
         if self._precision not in _PRECISIONS:
             raise ConfigError(f"precision must be fp16 or bf16, got {self._precision!r}")
         if self._mode not in MODES:
             raise ConfigError(f"sparsity must be one of {MODES}, got {self._mode!r}")
+        if self._bias_epilogue not in BIAS_EPILOGUE_MODES:
+            raise ConfigError(
+                f"cslt_bias_epilogue must be one of {BIAS_EPILOGUE_MODES}, "
+                f"got {self._bias_epilogue!r}"
+            )
         self._torch: Any = None
         self._graph: Any = None
         self._device: Any = None
@@ -522,7 +590,10 @@ class TorchSparseEngine:
             if self._eligibility[name]:
                 continue
             try:
-                kernel = factory(torch, lin.weight, lin.bias)
+                if factory is CsltLinear:
+                    kernel = CsltLinear(torch, lin.weight, lin.bias, self._bias_epilogue)
+                else:
+                    kernel = factory(torch, lin.weight, lin.bias)
                 x = torch.randn(64, lin.in_features, device=self._device, dtype=graph.float_dtype)
                 ref = lin.dense(x).float()
                 # NOTE: a chained sparse layer gets x as a transposed view; check that order too.
@@ -845,6 +916,10 @@ class TorchSparseEngine:
         comp_res = sum(
             int(lin.kernels["sparse"].nbytes) for lin in linears if "sparse" in lin.kernels
         )
+        plans = [
+            v for lin in linears for v in getattr(lin.kernels.get("sparse"), "fused", {}).values()
+        ]
+        fused = f"{sum(plans)}/{len(plans)}"
         try:
             cslt = str(torch.backends.cusparselt.version())
         except Exception:
@@ -863,6 +938,8 @@ class TorchSparseEngine:
                 "cusparselt": cslt,
                 "batch_buckets": ",".join(str(b) for b in self._buckets),
                 "cuda_graphs": str(sum(1 for c in self._captured.values() if c is not None)),
+                "cslt_bias_epilogue": self._bias_epilogue,
+                "cslt_bias_fused": fused,
                 "layers_total": str(len(graph.linears)),
                 "layers_eligible": str(sum(1 for v in self._eligibility.values() if not v)),
                 "layers_sparse": str(sum(1 for k in summary.values() if k == "sparse")),
