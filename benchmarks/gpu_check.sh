@@ -92,14 +92,15 @@ step probe 90 $PY benchmarks/gpu_probe_cslt.py "$OUT"
 step models 90 $PY "${BENCH[@]}" models
 step pytest 110 $PY -m pytest -q -m gpu -p no:cacheprovider -rfEs tests/test_gpu_sparse.py
 step engine 100 $PY "${BENCH[@]}" engine --secs 0.3
-# NOTE: the bias epilogue (`cslt_bias_epilogue`) is opt-in until measured; its own process, so
-# a CUDA error in it cannot cost the engine step above (off again: the side-by-side baseline)
-step engine_fused 90 $PY "${BENCH[@]}" engine --secs 0.2 --name engine_fused \
+step server_encoder 130 $PY "${BENCH[@]}" server-encoder --secs 0.3 --start-timeout 60 \
+    --load-timeout 90
+step server 120 $PY "${BENCH[@]}" server --secs 0.3 --start-timeout 60 --load-timeout 90
+# NOTE: diagnostics last, so a short budget still gets the figures above. The bias epilogue
+# (`cslt_bias_epilogue`) is opt-in until measured; its own process, so a CUDA error in it
+# cannot cost another step (off again in it: the side-by-side baseline).
+step engine_fused 80 $PY "${BENCH[@]}" engine --secs 0.2 --name engine_fused \
     --modes off,auto,auto_fused,on_fused
-step server 150 $PY "${BENCH[@]}" server --secs 0.3 --start-timeout 60 --load-timeout 90
-left=$((BUDGET - $(elapsed) - 25))
-step server_encoder 160 $PY "${BENCH[@]}" server-encoder --secs 0.3 --start-timeout 60 \
-    --load-timeout $((left > 90 ? left - 30 : 60))
+step profile 60 $PY "${BENCH[@]}" profile --modes off,auto
 $PY "${BENCH[@]}" summary 2>&1 | tee "$OUT/summary.md"
 echo "steps:" && cat "$OUT/steps.txt"
 # NOTE: the device tool brings back at most 8 files from OUTDIR (13 were written here and 5

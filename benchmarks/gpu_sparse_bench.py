@@ -7,6 +7,7 @@ Parts (each one a separate command so a driver can give each its own timeout):
           batch 1..1024: infer latency p50/p99 and throughput (numpy in/out), device-only time
           (CUDA graph replay), GPU memory. `--modes` may add on_fused / auto_fused (the same
           with the cuSPARSELt bias epilogue, `cslt_bias_epilogue`) and `--name` the JSON's name
+  profile per-kernel device time of --modes at --profile-batches (torch.profiler over infer)
   server  (c) the same through `python -m runtime serve` over gRPC (tritonclient for control,
           request bytes built once for the timed calls); skips cleanly
           when tritonclient is missing or the server does not come up
@@ -413,6 +414,66 @@ def _engine_rounds(
     return rows
 
 
+def part_profile(
+    out: Path, models_dir: Path, modes: Sequence[str], batches: Sequence[int], calls: int = 5
+) -> None:
+    """Where each mode's GPU time goes: torch.profiler over a few `infer` calls per batch.
+
+    Why: the engine's device time trails the GEMM microbenchmark's ratio (on the H200, 1.17x
+    at batch 1024 against 1.49x for the bare GEMM); this attributes the gap per kernel (GEMM,
+    bias add, ReLU, casts, host<->device copies). Kernels replayed from CUDA graphs are listed
+    when CUPTI reports them; the totals per call are printed either way.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from runtime.engines.base import EngineOptions
+    from runtime.engines.torch_sparse import TorchSparseEngine
+
+    rec = Recorder(out, "profile", env_meta())
+    source = make_models(models_dir).read_bytes()
+    rng = np.random.default_rng(0)
+    for mode in modes:
+        params = {**MODE_PARAMS[mode], "precision": "fp16"}
+        engine = TorchSparseEngine(
+            source, EngineOptions(device="cuda", batch_buckets=tuple(batches), parameters=params)
+        )
+        try:
+            engine.load()
+            for batch in batches:
+                x = rng.standard_normal((batch, MLP_LAYERS[0])).astype(np.float32)
+                for _ in range(3):
+                    engine.infer({"x": x})
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    for _ in range(calls):
+                        engine.infer({"x": x})
+                    torch.cuda.synchronize()
+                kernels = []
+                for ev in prof.key_averages():
+                    dev_us = float(
+                        getattr(ev, "self_device_time_total", None)
+                        or getattr(ev, "self_cuda_time_total", 0.0)
+                        or 0.0
+                    )
+                    if dev_us > 0:
+                        kernels.append({"name": ev.key[:120], "us_per_call": dev_us / calls,
+                                        "count_per_call": ev.count / calls})  # fmt: skip
+                kernels.sort(key=lambda k: -k["us_per_call"])
+                total = sum(k["us_per_call"] for k in kernels)
+                row = {"mode": mode, "batch": batch, "device_us_per_call": total,
+                       "kernels": kernels[:15]}  # fmt: skip
+                rec.row(row)
+                print(f"profile {mode} batch {batch}: {total:.1f} us of device time per call")
+                for k in kernels[:15]:
+                    print(f"  {k['us_per_call']:9.1f} us  x{k['count_per_call']:<4g} {k['name']}")
+        except Exception as exc:  # noqa: BLE001
+            rec.error(f"profile mode={mode}", exc)
+        finally:
+            engine.unload()
+            torch.cuda.empty_cache()
+
+
 # ----------------------------------------------------------------------------- (c) server
 
 
@@ -792,12 +853,15 @@ def part_summary(out: Path) -> None:
                         f"never slower than dense beyond 3%: {worst[0] >= 0.97}; "
                         f">= 1.3x at the largest batch: {vals[-1][0] >= 1.3}"
                     )
+    for row in load("profile").get("rows", []):
+        top = "; ".join(f"{k['us_per_call']:.1f} {k['name'][:40]}" for k in row["kernels"][:6])
+        print(f"profile {row['mode']} b={row['batch']}: {row['device_us_per_call']:.1f} us: {top}")
     for name, title in (("server", "hidden-8192 MLP"), ("server_encoder", "BERT-shaped encoder")):
         result = load(name)
         if result.get("skipped"):
             print(f"(c) {name}: SKIPPED: {result['skipped']}")
         print(table(result.get("rows", []), SERVER_COLS, f"(c) through the server, {title}"))
-    for name in ("gemm", "engine", "engine_fused", "server", "server_encoder"):
+    for name in ("gemm", "engine", "engine_fused", "profile", "server", "server_encoder"):
         for err in load(name).get("errors", []):
             print(f"error [{name}] {err['where']}: {err['error'][:300]}")
 
@@ -812,7 +876,17 @@ def _ints(text: str) -> tuple[int, ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "part", choices=("models", "gemm", "engine", "server", "server-encoder", "summary", "all")
+        "part",
+        choices=(
+            "models",
+            "gemm",
+            "engine",
+            "profile",
+            "server",
+            "server-encoder",
+            "summary",
+            "all",
+        ),
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/sparse_runtime_models"))
@@ -821,6 +895,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batches", type=_ints, default=BATCHES)
     parser.add_argument("--modes", default="off,on,auto", help=f"of {','.join(MODE_PARAMS)}")
     parser.add_argument("--name", default="engine", help="engine part: result file name")
+    parser.add_argument("--profile-batches", type=_ints, default=(256, 1024))
     parser.add_argument("--secs", type=float, default=0.4, help="timing budget per batch size")
     parser.add_argument("--start-timeout", type=float, default=60.0)
     parser.add_argument("--load-timeout", type=float, default=150.0)
@@ -852,6 +927,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 make_encoder(args.models_dir)
             elif part == "gemm":
                 part_gemm(args.out, args.reps, args.ms, KNS)
+            elif part == "profile":
+                part_profile(args.out, args.models_dir, modes, args.profile_batches)
             elif part == "engine":
                 part_engine(args.out, args.models_dir, modes, args.batches, args.secs, args.name)
             else:
