@@ -1,7 +1,8 @@
 """Error hierarchy: each class declares the gRPC status it maps to.
 
 The servicer catches `RuntimeServerError` once and aborts with `err.code`, so no
-code path needs an isinstance ladder to pick a status.
+code path needs an isinstance ladder to pick a status. `failure_reason` is the `reason` label
+Triton puts on `nv_inference_request_failure`: REJECTED, CANCELED, BACKEND or OTHER.
 """
 
 from __future__ import annotations
@@ -13,44 +14,38 @@ class RuntimeServerError(Exception):
     """Base class for errors that reach a client."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    reason: str = "internal"
+    failure_reason: str = "OTHER"
 
 
 class InvalidArgument(RuntimeServerError):
     code = grpc.StatusCode.INVALID_ARGUMENT
-    reason = "invalid_argument"
 
 
 class ModelNotFound(RuntimeServerError):
     code = grpc.StatusCode.NOT_FOUND
-    reason = "not_found"
 
 
 class ModelNotReady(RuntimeServerError):
     code = grpc.StatusCode.UNAVAILABLE
-    reason = "unavailable"
 
 
 class QueueFull(RuntimeServerError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    reason = "rejected"
+    failure_reason = "REJECTED"
 
 
 class ServerShuttingDown(RuntimeServerError):
     code = grpc.StatusCode.UNAVAILABLE
-    reason = "unavailable"
 
 
 class Unsupported(RuntimeServerError):
     code = grpc.StatusCode.UNIMPLEMENTED
-    reason = "unimplemented"
 
 
 class ModelLoadError(RuntimeServerError):
     """A model could not be loaded (bad config, bad file, engine unavailable)."""
 
     code = grpc.StatusCode.INTERNAL
-    reason = "load_failed"
 
 
 class ConfigError(ModelLoadError):
@@ -67,7 +62,7 @@ class EngineUnavailable(ModelLoadError):
 
 class InferenceFailed(RuntimeServerError):
     code = grpc.StatusCode.INTERNAL
-    reason = "backend"
+    failure_reason = "BACKEND"
 
 
 def unknown_model_message(name: str, version: str = "") -> str:

@@ -59,6 +59,8 @@ RESIDENT_FORMS = (
     ("resident_compressed", "engine_weight_bytes_compressed_resident"),
 )
 FAILURE_COUNTER = "nv_inference_request_failure"
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+"""Triton's `reason` label values on nv_inference_request_failure."""
 TRITON_COUNTERS = (*(c[0] for c in _COUNTERS), FAILURE_COUNTER)
 
 
@@ -100,12 +102,11 @@ class TritonCollector(Collector):
             yield metric
         failure = _counter(FAILURE_COUNTER, "Number of failed inference requests")
         for m in models:
-            for reason, n in sorted(m.stats.fail_by_reason.items()):
+            # NOTE: every reason Triton has, zeros included, so rate() has a series from start
+            counts = {reason: 0 for reason in FAILURE_REASONS} | m.stats.fail_by_reason
+            for reason, n in counts.items():
                 labels = {"model": m.name, "version": str(m.version), "reason": reason}
                 failure.add_sample(FAILURE_COUNTER, labels, n)
-            if not m.stats.fail_by_reason:
-                labels = {"model": m.name, "version": str(m.version), "reason": "OTHER"}
-                failure.add_sample(FAILURE_COUNTER, labels, 0)
         yield failure
         pending = GaugeMetricFamily(
             "nv_inference_pending_request_count", "Requests waiting in the queue", labels=LABELS

@@ -167,7 +167,13 @@ def test_failures_are_counted_and_others_unaffected(
     name = "nv_inference_request_failure"
     delta = metric(after, name, model="mlp_sparse24") - metric(before, name, model="mlp_sparse24")
     assert delta == 3
+    # Triton's reason labels: a bad request is OTHER (not BACKEND); every reason has a series
+    other = {"model": "mlp_sparse24", "reason": "OTHER"}
+    assert metric(after, name, **other) - metric(before, name, **other) == 3
+    reasons = {dict(labels)["reason"] for (n, labels) in after if n == name}
+    assert reasons == {"REJECTED", "CANCELED", "BACKEND", "OTHER"}
     success = "nv_inference_request_success"
-    assert metric(after, success, model="mlp_sparse24") - metric(
-        before, success, model="mlp_sparse24"
-    ) == 1
+    assert (
+        metric(after, success, model="mlp_sparse24") - metric(before, success, model="mlp_sparse24")
+        == 1
+    )

@@ -1,11 +1,13 @@
 """A request whose caller has left (deadline passed, call cancelled) while it waits in the
 queue must not take engine time: on a busy edge node that time belongs to callers still
 waiting. Checked on both gRPC frontends, through the rows Triton's statistics report as
-inferred (inference_count)."""
+inferred (inference_count), and counted as Triton does: nv_inference_request_failure
+{reason="CANCELED"}."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from runtime.server.native_frontend import load_bridge
-from tests.conftest import ServerProcess, copy_repo, start_server
+from tests.conftest import ServerProcess, copy_repo, metric, parse_metrics, start_server
 
 try:
     load_bridge()
@@ -75,9 +77,15 @@ async def _flood(url: str) -> tuple[list[str], list[str]]:
         return list(await asyncio.gather(*blockers)), list(gone)
 
 
+def _canceled(server: ServerProcess) -> float:
+    samples = parse_metrics(server.scrape())
+    return metric(samples, "nv_inference_request_failure", model="mlp_dense", reason="CANCELED")
+
+
 def test_requests_whose_caller_left_do_not_run(frontend_server: ServerProcess) -> None:
     url = frontend_server.url
     before = _rows_inferred(url)
+    canceled_before = _canceled(frontend_server)
     kept, gone = asyncio.run(_flood(url))
     extra_rows = _rows_inferred(url) - before - 64 * BLOCKERS
     assert kept == ["ok"] * BLOCKERS
@@ -85,4 +93,9 @@ def test_requests_whose_caller_left_do_not_run(frontend_server: ServerProcess) -
     # NOTE: a few may reach the engine before their deadline; most expire while queued
     assert extra_rows <= GONE // 2, (extra_rows, gone)
     assert grpcclient.InferenceServerClient(url).is_server_ready()
+    expired = gone.count("StatusCode.DEADLINE_EXCEEDED")
+    deadline = time.monotonic() + 10  # NOTE: the server learns of a deadline on its own clock
+    while _canceled(frontend_server) - canceled_before < expired - extra_rows:
+        assert time.monotonic() < deadline, (_canceled(frontend_server), canceled_before, gone)
+        time.sleep(0.1)
     assert "Traceback" not in frontend_server.log_text()

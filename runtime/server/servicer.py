@@ -198,7 +198,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 model.name, str(model.version), request.id, outputs, names
             )
         except RuntimeServerError as err:
-            model.stats.record_failure(err.reason.upper(), time.perf_counter_ns() - start)
+            model.stats.record_failure(err.failure_reason, time.perf_counter_ns() - start)
+            raise
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            model.stats.record_failure("CANCELED", time.perf_counter_ns() - start)
             raise
         except Exception:
             model.stats.record_failure("BACKEND", time.perf_counter_ns() - start)
