@@ -26,13 +26,19 @@ def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def fields(buf: bytes | memoryview, start: int, end: int) -> list[tuple[int, int, int, int]]:
+def fields(
+    buf: bytes | memoryview, start: int, end: int, max_fields: int | None = None
+) -> list[tuple[int, int, int, int]]:
     """(field number, wire type, value start, value end) of one message's fields, in order.
 
-    Fields are contiguous: each one's tag starts where the previous value ended."""
-    out = []
+    Fields are contiguous: each one's tag starts where the previous value ended. ValueError
+    past `max_fields` fields: this walk runs in Python, about 1 us a field, so a caller that
+    only wants a few large fields stops early on a message of millions of small ones."""
+    out: list[tuple[int, int, int, int]] = []
     pos = start
     while pos < end:
+        if max_fields is not None and len(out) >= max_fields:
+            raise ValueError(f"more than {max_fields} fields")
         tag, pos = read_varint(buf, pos)
         num, wt = tag >> 3, tag & 7
         if wt == 0:

@@ -127,3 +127,22 @@ def test_truncated_request_is_undecodable_with_protobufs_reason(cut: int) -> Non
     parsed = codec.parse_infer_request(_large_request().SerializeToString()[:-cut])
     assert isinstance(parsed, codec.UndecodableRequest)
     assert "Error parsing message" in parsed.error
+
+
+def test_a_flood_of_tiny_fields_is_left_to_protobuf() -> None:
+    """Millions of small unknown fields would hold the event loop for seconds in the Python
+    walk; past MAX_SPLIT_FIELDS the message goes to upb, which parses it in milliseconds."""
+    flood = b"\xb8\x06\x01" * (codec.MAX_SPLIT_FIELDS + 1)  # field 103, varint 1
+    data = _large_request().SerializeToString() + flood
+    parsed = codec.parse_infer_request(data)
+    assert isinstance(parsed, pb.ModelInferRequest)
+    assert parsed.model_name == "m" and len(parsed.raw_input_contents) == 3
+
+
+def test_field_walk_stops_at_its_limit() -> None:
+    from runtime import protowire
+
+    data = b"\x08\x01" * 5
+    assert len(protowire.fields(data, 0, len(data), max_fields=5)) == 5
+    with pytest.raises(ValueError, match="more than 4 fields"):
+        protowire.fields(data, 0, len(data), max_fields=4)
