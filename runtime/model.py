@@ -52,12 +52,30 @@ class InputSpec:
         if not batched:
             return 1
         rows = shape[0]
-        if rows < 1 or rows > max_rows:
+        if rows < 1:
+            raise InvalidArgument(
+                f"input '{self.name}' has batch size 0; a request needs at least one row"
+            )
+        if rows > max_rows:
             raise InvalidArgument(
                 f"inference request batch-size must be <= {max_rows} for input "
                 f"'{self.name}', got {rows}"
             )
         return rows
+
+
+def _check_utf8(name: str, array: np.ndarray) -> None:
+    """BYTES elements must be UTF-8: onnxruntime's string tensors take Python str. Checked per
+    request, so one bad element fails its own request, not the batch it would have joined."""
+    for i, value in enumerate(array.reshape(-1)):
+        if isinstance(value, bytes):
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidArgument(
+                    f"input '{name}': element {i} is not valid UTF-8 ({exc.reason} at byte "
+                    f"{exc.start}); string tensors must be UTF-8"
+                ) from None
 
 
 @dataclass
@@ -76,9 +94,7 @@ class ServedModel:
 
     def __post_init__(self) -> None:
         self.inputs: dict[str, InputSpec] = {
-            t.name: InputSpec(
-                t.name, wire_datatype(t.data_type), tuple(t.dims), t.optional
-            )
+            t.name: InputSpec(t.name, wire_datatype(t.data_type), tuple(t.dims), t.optional)
             for t in self.config.input
         }
         self.output_names: tuple[str, ...] = tuple(o.name for o in self.config.output)
@@ -125,6 +141,8 @@ class ServedModel:
                     f"input '{name}' has batch size {r}, other inputs have {rows}"
                 )
             rows = r
+            if datatype == "BYTES":
+                _check_utf8(name, array)
             inputs[name] = array
         missing = [n for n, s in self.inputs.items() if n not in inputs and not s.optional]
         if missing:
@@ -132,14 +150,14 @@ class ServedModel:
                 f"expected {len(self.inputs)} inputs but got {len(inputs)} inputs for model "
                 f"'{self.name}'; missing {missing}"
             )
-        for out in requested:
+        for i, out in enumerate(requested):
             if out not in self.output_datatypes:
                 raise InvalidArgument(
                     f"unexpected inference output '{out}' for model '{self.name}'"
                 )
-        signature = tuple(
-            (n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items())
-        )
+            if out in requested[:i]:
+                raise InvalidArgument(f"output '{out}' is requested more than once")
+        signature = tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
         return InferRequest(
             inputs=inputs,
             outputs=tuple(requested) or None,
@@ -158,4 +176,3 @@ class ServedModel:
             self.engine.unload()
         except Exception:  # unload must never take the server down
             LOGGER.exception("engine unload failed for %s", self.name)
-

@@ -177,3 +177,22 @@ def test_failures_are_counted_and_others_unaffected(
         metric(after, success, model="mlp_sparse24") - metric(before, success, model="mlp_sparse24")
         == 1
     )
+
+
+def test_bytes_element_that_is_not_utf8(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = pb.ModelInferRequest(model_name="zoo")
+    request.inputs.add(name="s", datatype="BYTES", shape=[1, 2])
+    request.raw_input_contents.append(b"\x02\x00\x00\x00ok\x01\x00\x00\x00\xff")
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "'s'", "element 1", "UTF-8")
+
+
+def test_empty_batch(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    expect(stub, raw_request("mlp_dense", [0, 256], raw=b""), grpc.StatusCode.INVALID_ARGUMENT,
+           "batch size 0")  # fmt: skip
+
+
+def test_output_requested_twice(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = raw_request("mlp_dense", [1, 256])
+    request.outputs.add(name="y")
+    request.outputs.add(name="y")
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "output 'y'", "more than once")
