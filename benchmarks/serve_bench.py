@@ -47,7 +47,16 @@ sys.path.insert(0, str(ROOT))
 
 from runtime.samples import build_samples  # noqa: E402
 
-PERF_ANALYZER = ROOT.parent / "shared" / "tools" / "perf_analyzer"
+
+def _find_perf_analyzer() -> Path:
+    """$PERF_ANALYZER, else perf_analyzer on PATH (Triton's SDK), else the team's shared copy."""
+    if os.environ.get("PERF_ANALYZER"):
+        return Path(os.environ["PERF_ANALYZER"])
+    on_path = shutil.which("perf_analyzer")
+    return Path(on_path) if on_path else ROOT.parent / "shared" / "tools" / "perf_analyzer"
+
+
+PERF_ANALYZER = _find_perf_analyzer()
 ECHO = ROOT / "benchmarks" / "grpc_echo.py"
 NATIVE_ECHO = ROOT / "benchmarks" / "native_echo" / "echo.cc"
 # real Triton 2.51 (python backend + onnxruntime CPU, dynamic batching 500 us) per the issue;

@@ -26,8 +26,12 @@ class Settings:
         default=Path("model_repo"), metadata={"help": "model repository root directory"}
     )
     host: str = field(default="0.0.0.0", metadata={"help": "address to bind (gRPC and metrics)"})
-    grpc_port: int = field(default=8001, metadata={"help": "gRPC port (0 picks a free one)"})
-    metrics_port: int = field(default=8002, metadata={"help": "Prometheus port, -1 disables"})
+    grpc_port: int = field(
+        default=8001, metadata={"help": "gRPC port (0 picks a free one)", "range": (0, 65535)}
+    )
+    metrics_port: int = field(
+        default=8002, metadata={"help": "Prometheus port, -1 disables", "range": (-1, 65535)}
+    )
     model_control_mode: str = field(
         default="none", metadata={"help": "none | poll | explicit", "choices": CONTROL_MODES}
     )
@@ -53,7 +57,11 @@ class Settings:
         },
     )
     grpc_max_message_bytes: int = field(
-        default=2**31 - 1, metadata={"help": "max gRPC message size, both directions"}
+        default=2**31 - 1,
+        metadata={
+            "help": "max gRPC message size, both directions (gRPC's own cap: 2^31-1)",
+            "range": (1, 2**31 - 1),
+        },
     )
     shutdown_grace_secs: float = field(
         default=30.0, metadata={"help": "how long SIGTERM waits for in-flight requests"}
@@ -117,10 +125,12 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
             values[f.name] = _parse(env[ENV_PREFIX + f.name.upper()], annotation)
     settings = Settings(**values)  # type: ignore[arg-type]
     for f in fields(Settings):
+        value = getattr(settings, f.name)
+        where = f"{_flag(f.name)} (or {ENV_PREFIX}{f.name.upper()})"
         choices = f.metadata.get("choices")
-        if choices and getattr(settings, f.name) not in choices:
-            raise ValueError(
-                f"{_flag(f.name)} (or {ENV_PREFIX}{f.name.upper()}) must be one of "
-                f"{', '.join(choices)}; got {getattr(settings, f.name)!r}"
-            )
+        if choices and value not in choices:
+            raise ValueError(f"{where} must be one of {', '.join(choices)}; got {value!r}")
+        lo, hi = f.metadata.get("range", (None, None))
+        if lo is not None and not lo <= value <= hi:
+            raise ValueError(f"{where} must be in [{lo}, {hi}]; got {value}")
     return settings

@@ -45,3 +45,10 @@ def test_bad_values_are_rejected() -> None:
         parse([], {"SPARSE_RUNTIME_GRPC_PORT": "eighty"})
     with pytest.raises(ValueError, match="--grpc-frontend"):
         parse([], {"SPARSE_RUNTIME_GRPC_FRONTEND": "rust"})
+    with pytest.raises(
+        ValueError, match=r"--grpc-max-message-bytes .* must be in \[1, 2147483647\]"
+    ):
+        parse(["--grpc-max-message-bytes", str(2**32)], {})
+    with pytest.raises(ValueError, match="--metrics-port"):
+        parse(["--metrics-port", "70000"], {})
+    assert parse(["--metrics-port", "-1"], {}).metrics_port == -1

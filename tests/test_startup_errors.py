@@ -49,6 +49,17 @@ def test_bad_choice_from_the_environment_is_a_clear_error(tmp_path: Path) -> Non
     assert "Traceback" not in done.stderr
 
 
+def test_out_of_range_flag_is_a_clear_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "serve", "--model-repository", str(tmp_path),
+         "--grpc-max-message-bytes", str(2**32)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--grpc-max-message-bytes" in done.stderr and "must be in" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_native_frontend_not_built_is_a_clear_error(tmp_path: Path) -> None:
     """Where the bridge is missing, asking for it says how to get it; no traceback."""
     code = (
