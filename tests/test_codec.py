@@ -146,3 +146,24 @@ def test_field_walk_stops_at_its_limit() -> None:
     assert len(protowire.fields(data, 0, len(data), max_fields=5)) == 5
     with pytest.raises(ValueError, match="more than 4 fields"):
         protowire.fields(data, 0, len(data), max_fields=4)
+
+
+@pytest.mark.parametrize(("datatype", "dtype"), [("FP32", np.float32), ("FP64", np.float64)])
+def test_large_typed_floats_are_read_from_their_packed_bytes(datatype: str, dtype: type) -> None:
+    values = np.random.default_rng(0).standard_normal(codec.PACKED_FAST_MIN * 2).astype(dtype)
+    request = pb.ModelInferRequest(model_name="m")
+    tensor = request.inputs.add(name="x", datatype=datatype, shape=[2, codec.PACKED_FAST_MIN])
+    getattr(tensor.contents, codec.TYPED_FIELD[datatype]).extend(values.tolist())
+    tensor.contents.int_contents.extend([7, 8])  # another typed field alongside is ignored
+    parsed = codec.parse_infer_request(request.SerializeToString())
+    array, wire = codec.decode_inputs(parsed)["x"]
+    assert wire == datatype and array.dtype == dtype and array.shape == (2, codec.PACKED_FAST_MIN)
+    np.testing.assert_array_equal(array.reshape(-1), values)
+
+
+def test_typed_ints_still_checked_for_range() -> None:
+    request = pb.ModelInferRequest(model_name="m")
+    tensor = request.inputs.add(name="i", datatype="INT8", shape=[3])
+    tensor.contents.int_contents.extend([1, -128, 300])
+    with pytest.raises(codec.InvalidArgument, match="do not fit INT8"):
+        codec.decode_inputs(request)

@@ -109,10 +109,32 @@ def _from_typed(name: str, datatype: str, shape: Sequence[int], contents: object
         arr = np.empty(count, dtype=object)
         arr[:] = list(values)
         return arr.reshape(shape)
+    if datatype in _PACKED_FLOATS and count >= PACKED_FAST_MIN:
+        return _packed_floats(contents, field, datatype).reshape(shape)
     try:
-        return np.asarray(values, dtype=WIRE_TO_NUMPY[datatype]).reshape(shape)
+        # NOTE: fromiter walks the container once; asarray probes it as a sequence, 3x slower
+        return np.fromiter(values, WIRE_TO_NUMPY[datatype], count).reshape(shape)
     except (OverflowError, ValueError, TypeError) as exc:
         raise InvalidArgument(f"input '{name}': values do not fit {datatype}: {exc}") from None
+
+
+_PACKED_FLOATS = ("FP32", "FP64")
+PACKED_FAST_MIN = 4096
+"""Typed FP32/FP64 contents of at least this many values are read from their packed wire form."""
+
+
+def _packed_floats(contents: object, field: str, datatype: str) -> np.ndarray:
+    """The typed float values as one array, via their packed wire bytes (fixed-width,
+    little-endian): 16 MiB of fp32_contents took 0.59 s element by element on the dev VM, on
+    the event loop, and 0.05 s this way."""
+    data = contents.SerializeToString()  # type: ignore[attr-defined]
+    number = contents.DESCRIPTOR.fields_by_name[field].number  # type: ignore[attr-defined]
+    parts = [
+        data[start:end]
+        for num, wire_type, start, end in fields(data, 0, len(data))
+        if num == number and wire_type == LENGTH_DELIMITED
+    ]
+    return np.frombuffer(b"".join(parts) if len(parts) != 1 else parts[0], dtype=_LE[datatype])
 
 
 HAND_CODED_METHODS = ("ModelInfer", "ModelStreamInfer")
