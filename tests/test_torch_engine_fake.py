@@ -346,3 +346,35 @@ def test_dynamic_seq_graphs_are_captured_lazily(fake_cuda: list[Any]) -> None:
             assert np.abs(got[name] - ref).max() <= 0.1 * np.abs(ref).max()
     # (4, 7) serves both batch 3 and 2; (1, 16) is the second graph
     assert engine.describe().details["cuda_graphs"] == "2"
+
+
+def test_sparse_outputs_reach_the_host_row_major(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the real CsltLinear (cuSPARSELt faked by matmuls) each 2:4 layer returns a
+    transposed view; infer must still hand back C-order arrays, or the response encoder
+    transposes them on the CPU."""
+    from tests.test_cslt_linear_cpu import FakeCslt
+
+    fake = FakeCslt()
+
+    class FakeCsltLinear(torch_sparse.CsltLinear):
+        def __init__(self, torch_mod: Any, weight: Any, bias: Any) -> None:
+            super().__init__(fake, weight, bias)
+
+    class CsltCpuEngine(CpuEngine):
+        def _sparse_factory(self, major: int) -> Any:
+            return FakeCsltLinear
+
+    monkeypatch.setattr(torch_sparse, "_SEARCHED", {})
+    engine = CsltCpuEngine(
+        mlp_pair()[1].SerializeToString(),
+        EngineOptions(device="cuda", batch_buckets=BUCKETS,
+                      parameters={"sparsity": "on", "precision": "bf16"}),
+    )  # fmt: skip
+    engine.load()
+    assert engine.describe().details["layers_sparse"] == "4"
+    fake.calls.clear()
+    for batch in (3, 64, 300):
+        y = engine.infer({"x": np.ones((batch, 256), np.float32)})["y"]
+        assert y.flags.c_contiguous and y.shape == (batch, 256)
+    assert fake.calls  # the sparse kernels ran
+    _check(engine, 1, 40)

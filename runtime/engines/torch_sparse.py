@@ -851,14 +851,22 @@ class TorchSparseEngine:
             raise InferenceFailed(f"torch_sparse inference failed: {exc}") from exc
 
     def _to_numpy(self, t: Any, elem_type: int) -> np.ndarray:
-        """fp32 models answer in fp32 (the compute dtype is an engine detail); fp16 stays fp16."""
+        """fp32 models answer in fp32 (the compute dtype is an engine detail); fp16 stays fp16.
+
+        Always row-major: a 2:4 layer's output is a transposed view (see CsltLinear), and
+        cast-and-copy kernels keep that layout, so it would reach the host column-major and
+        the response encoder would transpose it on the CPU (70 ms for 1024x8192 fp32 on the
+        dev VM); on the GPU the transpose rides along with the cast.
+        """
         torch = self._torch
+        row_major = torch.contiguous_format
         if elem_type == TensorProto.FLOAT16:
-            return t.to(torch.float16).cpu().numpy()
+            return t.to(torch.float16, memory_format=row_major).cpu().numpy()
         if t.is_floating_point():
             target = np.float64 if elem_type == TensorProto.DOUBLE else np.float32
-            return t.float().cpu().numpy().astype(target, copy=False)
-        return t.cpu().numpy()
+            out = t.to(torch.float32, memory_format=row_major).cpu().numpy()
+            return out.astype(target, copy=False)
+        return t.contiguous().cpu().numpy()
 
     # ------------------------------------------------------------------ lifecycle, reports
 
