@@ -148,6 +148,14 @@ def test_broken_models_are_unavailable_and_others_serve(repo: Path, tmp_path: Pa
         'max_batch_size: 8\ninput [ { name: "input0" data_type: TYPE_FP32 dims: [ 256 ] } ]'
     )
     (repo / "noversion").mkdir()
+    two = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["y"])], "two",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in "ab"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )  # fmt: skip
+    partial = 'max_batch_size: 8\ninput [ { name: "a" data_type: TYPE_FP32 dims: [ 4 ] } ]'
+    opset = [helper.make_opsetid("", 17)]
+    write_model(repo, "partialio", helper.make_model(two, opset_imports=opset), partial)
     srv = start_server(repo, tmp_path)
     try:
         client = grpcclient.InferenceServerClient(srv.url)
@@ -156,7 +164,8 @@ def test_broken_models_are_unavailable_and_others_serve(repo: Path, tmp_path: Pa
         assert not client.is_server_ready()  # strict readiness, as Triton
         index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
         for name, fragment in (("garbage", "not a valid ONNX"), ("badconfig", "malformed"),
-                               ("wrongio", "input0"), ("noversion", "no version")):  # fmt: skip
+                               ("wrongio", "input0"), ("noversion", "no version"),
+                               ("partialio", "inputs ['b'] are not declared")):  # fmt: skip
             assert index[name]["state"] == "UNAVAILABLE", name
             assert fragment in index[name]["reason"], index[name]
             assert not client.is_model_ready(name)
@@ -225,6 +234,7 @@ def test_full_queue_answers_resource_exhausted(repo: Path, tmp_path: Path) -> No
 
         async def burst() -> list[object]:
             async with aioclient.InferenceServerClient(srv.url) as c:
+
                 async def one() -> object:
                     inp = aioclient.InferInput("x", [1, 256], "FP32")
                     inp.set_data_from_numpy(np.ones((1, 256), np.float32))
@@ -251,6 +261,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero(repo: Path, tmp_pat
 
     async def in_flight() -> list[object]:
         async with aioclient.InferenceServerClient(srv.url) as c:
+
             async def one() -> np.ndarray:
                 inp = aioclient.InferInput("x", [16, 256], "FP32")
                 inp.set_data_from_numpy(np.ones((16, 256), np.float32))

@@ -135,6 +135,14 @@ def complete_config(
                     f"{kind} '{tensor.name}': config dims {dims} do not match the model's "
                     f"{list(graph_dims)}" + (" (after the batch dim)" if batched else "")
                 )
+    # NOTE: every model input needs a declaration (a request could never feed an undeclared
+    # one); declaring a subset of the outputs is fine, as in Triton
+    undeclared = sorted(set(graph) - {t.name for t in config.input})
+    if undeclared:
+        raise ConfigError(
+            f"model inputs {undeclared} are not declared in the config's input list "
+            f"(declared: {sorted(t.name for t in config.input)})"
+        )
     return config
 
 
