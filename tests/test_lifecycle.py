@@ -85,10 +85,12 @@ def test_explicit_mode_load_and_unload(repo: Path, tmp_path: Path) -> None:
             infer(client, "mlp_dense")
         assert "mlp_dense" in str(err.value)
         assert infer(client, "mlp_sparse24").shape == (1, 256)
-        with pytest.raises(InferenceServerException) as err:
-            client.load_model("does_not_exist")
+        for name in ("does_not_exist", "", ".", "..", "../repo", "/", str(repo)):
+            with pytest.raises(InferenceServerException) as err:
+                client.load_model(name)  # never a path: no walk of the filesystem
+            assert err.value.status() == "StatusCode.NOT_FOUND", (name, err.value)
         index = client.get_model_repository_index(as_json=True)["models"]
-        assert "does_not_exist" not in {m["name"] for m in index}
+        assert {m["name"] for m in index} <= set(os.listdir(repo))  # no rows for the paths
         client.load_model("mlp_dense")
         assert client.is_model_ready("mlp_dense")
         # a failed reload keeps the version that is serving (as Triton does)
@@ -105,6 +107,21 @@ def test_explicit_mode_load_and_unload(repo: Path, tmp_path: Path) -> None:
         assert srv.stop() == 0
 
 
+def test_load_model_flag_naming_a_missing_model(repo: Path, tmp_path: Path) -> None:
+    flags = ["--model-control-mode", "explicit", "--load-model", "mlp_dense",
+             "--load-model", "mlp_dnese"]  # fmt: skip
+    srv = start_server(repo, tmp_path, flags)
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert wait_for(lambda: client.is_model_ready("mlp_dense"))
+        assert not client.is_server_ready()  # as Triton: a model it was told to load is missing
+        index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
+        assert "not in" in index["mlp_dnese"]["reason"]
+        assert "mlp_dnese" in srv.log_text()
+    finally:
+        assert srv.stop() == 0
+
+
 def test_poll_mode_picks_up_new_versions_and_models(repo: Path, tmp_path: Path) -> None:
     srv = start_server(repo, tmp_path, ["--model-control-mode", "poll",
                                         "--repository-poll-secs", "0.3"])  # fmt: skip
@@ -114,7 +131,11 @@ def test_poll_mode_picks_up_new_versions_and_models(repo: Path, tmp_path: Path) 
         before = infer(client, "mlp_dense")
         # version 2 with different weights: the latest version policy switches to it
         v2 = repo / "mlp_dense" / "2"
-        v2.mkdir()
+        v2.mkdir()  # copied in the usual way: the folder first, its file later
+        (repo / "mlp_dense" / "²").mkdir()  # not a version (isdigit() but not ASCII)
+        assert wait_for(lambda: "version 2" in srv.log_text())  # tried and failed: no file
+        assert client.is_model_ready("mlp_dense")  # version 1 keeps serving meanwhile
+        np.testing.assert_array_equal(infer(client, "mlp_dense"), before)
         os.link(repo / "mlp_sparse24" / "1" / "model.onnx", v2 / "model.onnx")
         assert wait_for(lambda: client.get_model_metadata("mlp_dense").versions == ["2"])
         after = infer(client, "mlp_dense")

@@ -149,4 +149,3 @@ def complete_config(
 def wire_datatype(data_type: int) -> str:
     """config DataType enum value -> KServe wire datatype string."""
     return CONFIG_TO_WIRE[mc.DataType.Name(data_type)]
-

@@ -51,8 +51,12 @@ class ModelSlot:
 
 def fingerprint(model_dir: Path) -> tuple[object, ...]:
     """Cheap change detector for poll mode: names, sizes and mtimes of the model's files."""
-    items = []
-    for path in sorted(model_dir.rglob("*")):
+    items: list[tuple[object, ...]] = []
+    try:
+        paths = sorted(model_dir.rglob("*"))
+    except OSError as exc:  # unreadable: the load reports it; poll retries when it changes
+        return (("unreadable", str(exc)),)
+    for path in paths:
         try:
             st = path.stat()
         except OSError:
@@ -111,9 +115,7 @@ class ModelManager:
         return max(ready, key=lambda v: v.model.version).model  # type: ignore[union-attr]
 
     def ready_models(self) -> list[ServedModel]:
-        return [
-            v.model for s in self._slots.values() for v in s.versions.values() if v.model
-        ]
+        return [v.model for s in self._slots.values() for v in s.versions.values() if v.model]
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -158,6 +160,10 @@ class ModelManager:
         names = list(repository.scan(self._root))
         if mode == "explicit":
             wanted = self._settings.load_model
+            for missing in sorted(set(wanted) - set(names) - {"*"}):
+                reason = f"--load-model names '{missing}', which is not in {self._root}"
+                LOGGER.error("%s", reason)
+                self._slots[missing] = ModelSlot(reason=reason)  # shown in the index, not ready
             names = names if "*" in wanted else [n for n in names if n in wanted]
         results = await asyncio.gather(*(self.load(n) for n in names), return_exceptions=True)
         for result in results:
@@ -179,7 +185,7 @@ class ModelManager:
         The load is shielded: a caller that goes away (client deadline, cancelled poll)
         must not leave versions half-loaded or engines loaded but unowned.
         """
-        if not (self._root / name).is_dir():
+        if not repository.is_model_name(name) or not (self._root / name).is_dir():
             raise ModelNotFound(f"failed to load '{name}', no version is available")
         slot = self._slots.setdefault(name, ModelSlot())
         await asyncio.shield(self._load_serialized(name, slot, config_override))
@@ -204,6 +210,8 @@ class ModelManager:
         try:
             config = config_override or await asyncio.to_thread(read_config, model_dir)
             entry = (await asyncio.to_thread(repository.scan, self._root)).get(name)
+            if entry is not None and entry.error:
+                raise ModelLoadError(entry.error)
             available = entry.versions if entry else ()
             policy = config.version_policy if config else mc.ModelVersionPolicy()
             versions = repository.select_versions(available, policy)
@@ -239,7 +247,13 @@ class ModelManager:
             slot.versions[v] = VersionState(READY, "", result)
             if old is not None and old.model is not None:
                 await self._drain_and_unload(old.model)
-        await self._retire(slot, retire)
+        if errors and retire:
+            # NOTE: as Triton, a failed (re)load leaves what serves serving: a version folder
+            # being copied in (poll mode sees it before its file) must not take the old one down
+            LOGGER.warning("model %s: versions %s keep serving until the new ones load",
+                           name, sorted(retire))  # fmt: skip
+        else:
+            await self._retire(slot, retire)
         if errors:
             raise ModelLoadError(f"failed to load '{name}': " + "; ".join(errors))
 
@@ -326,7 +340,5 @@ class ModelManager:
         if self._poll_task is not None:
             self._poll_task.cancel()
         models = self.ready_models()
-        await asyncio.gather(
-            *(m.batcher.drain(grace) for m in models if m.batcher is not None)
-        )
+        await asyncio.gather(*(m.batcher.drain(grace) for m in models if m.batcher is not None))
         await asyncio.gather(*(asyncio.to_thread(m.unload) for m in models))

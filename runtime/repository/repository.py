@@ -14,24 +14,47 @@ MODEL_FILENAMES = ("model.onnx", "model.sparse")
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One model folder as found on disk."""
+    """One model folder as found on disk; `error` says why it could not be read."""
 
     name: str
     path: Path
     versions: tuple[int, ...]
+    error: str = ""
+
+
+def is_model_name(name: str) -> bool:
+    """A plain, visible folder name: what `scan` lists (no paths, no '.', '..' or hidden)."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith((".", "_"))
+
+
+def _is_version(name: str) -> bool:
+    return name.isascii() and name.isdigit()  # NOTE: "²".isdigit() is True; int() rejects it
 
 
 def scan(root: Path) -> dict[str, ModelEntry]:
-    """Every model folder under `root` (hidden folders skipped), with its numeric versions."""
+    """Every model folder under `root` (hidden folders skipped), with its numeric versions.
+
+    One unreadable model folder is reported in its entry, not raised: the others still load.
+    """
     if not root.is_dir():
         raise ConfigError(f"model repository '{root}' is not a directory")
+    try:
+        children = sorted(root.iterdir())
+    except OSError as exc:
+        raise ConfigError(f"model repository '{root}' cannot be read: {exc}") from exc
     models = {}
-    for path in sorted(root.iterdir()):
-        if not path.is_dir() or path.name.startswith((".", "_")):
+    for path in children:
+        if not is_model_name(path.name) or not path.is_dir():
             continue
-        versions = tuple(
-            sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
-        )
+        try:
+            versions = tuple(
+                sorted(int(p.name) for p in path.iterdir() if _is_version(p.name) and p.is_dir())
+            )
+        except OSError as exc:
+            models[path.name] = ModelEntry(
+                path.name, path, (), f"model folder cannot be read: {exc}"
+            )
+            continue
         models[path.name] = ModelEntry(path.name, path, versions)
     return models
 

@@ -1,0 +1,50 @@
+"""Scanning a Triton-layout repository: what counts as a model and a version, and how one
+unreadable model folder is reported without hiding the others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.repository import repository
+
+
+def test_versions_are_ascii_digit_folders(tmp_path: Path) -> None:
+    for name in ("1", "3", "²", "x", ".hidden"):
+        (tmp_path / "m" / name).mkdir(parents=True)
+    (tmp_path / "m" / "7").write_text("a file, not a version folder")
+    (tmp_path / "_private" / "1").mkdir(parents=True)
+    (tmp_path / ".git").mkdir()
+    found = repository.scan(tmp_path)
+    assert list(found) == ["m"]
+    assert found["m"].versions == (1, 3) and found["m"].error == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("mlp", True), ("a.b", True), ("", False), (".", False), ("..", False), ("../x", False),
+     ("/", False), ("/tmp", False), ("a/b", False), (".hidden", False), ("_x", False)],
+)  # fmt: skip
+def test_model_names_are_plain_folder_names(name: str, ok: bool) -> None:
+    assert repository.is_model_name(name) is ok
+
+
+def test_an_unreadable_model_folder_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "good" / "1").mkdir(parents=True)
+    (tmp_path / "locked" / "1").mkdir(parents=True)
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path):  # what a folder of another user's with mode 700 does
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    found = repository.scan(tmp_path)
+    assert found["good"].versions == (1,)
+    assert (
+        "cannot be read" in found["locked"].error and "Permission denied" in found["locked"].error
+    )
