@@ -103,6 +103,13 @@ def test_explicit_mode_load_and_unload(repo: Path, tmp_path: Path) -> None:
         assert "not a valid ONNX" in str(err.value)
         assert client.is_model_ready("mlp_sparse24")
         np.testing.assert_array_equal(infer(client, "mlp_sparse24"), good)
+        # a JSON config override with a mistake names the mistake
+        for bad, fragment in (('{"max_batch_sise": 4}', "max_batch_sise"),
+                              ('{"max_batch_size": "four"}', "max_batch_size")):  # fmt: skip
+            with pytest.raises(InferenceServerException) as err:
+                client.load_model("mlp_dense", config=bad)
+            assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+            assert fragment in str(err.value), str(err.value)
     finally:
         assert srv.stop() == 0
 

@@ -152,12 +152,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             text = request.parameters["config"].string_param
             override = mc.ModelConfig()
             try:  # Triton sends JSON here; accept pbtxt too
-                json_format.Parse(text, override)
-            except Exception:
-                try:
+                if text.lstrip().startswith("{"):
+                    json_format.Parse(text, override)
+                else:
                     override = text_format.Parse(text, mc.ModelConfig())
-                except text_format.ParseError as exc:
-                    raise InvalidArgument(f"config parameter is not valid: {exc}") from exc
+            except (json_format.ParseError, text_format.ParseError) as exc:
+                raise InvalidArgument(f"config parameter is not valid: {exc}") from exc
         await self._manager.load(request.model_name, override)
         return pb.RepositoryModelLoadResponse()
 
