@@ -34,6 +34,13 @@ class QueueFull(RuntimeServerError):
     failure_reason = "REJECTED"
 
 
+class QueueTimeout(RuntimeServerError):
+    """Queued longer than the model's queue policy allows (Triton's wording and status)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    failure_reason = "REJECTED"
+
+
 class ServerShuttingDown(RuntimeServerError):
     code = grpc.StatusCode.UNAVAILABLE
 

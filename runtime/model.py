@@ -118,12 +118,22 @@ class ServedModel:
             observer=observer,
             name=self.name,
             instances=sum(g.count or 1 for g in self.config.instance_group) or 1,
+            queue_timeout_us=int(db.default_queue_policy.default_timeout_microseconds),
+            delay_on_timeout=db.default_queue_policy.timeout_action == mc.ModelQueuePolicy.DELAY,
+            allow_timeout_override=db.default_queue_policy.allow_timeout_override,
         )
+        if db.priority_levels > 1 or db.priority_queue_policy:
+            LOGGER.warning(
+                "%s: dynamic_batching priority levels are not supported; every request "
+                "shares one queue under default_queue_policy",
+                self.name,
+            )
 
     def make_request(
         self,
         arrays: Mapping[str, tuple[np.ndarray, str]],
         requested: Sequence[str],
+        timeout_us: int = 0,
     ) -> InferRequest:
         """Check names, dtypes, shapes and batch agreement; build the batcher request."""
         rows: int | None = None
@@ -163,6 +173,7 @@ class ServedModel:
             outputs=tuple(requested) or None,
             rows=rows or 1,
             signature=signature,
+            timeout_us=max(timeout_us, 0),
         )
 
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:

@@ -36,7 +36,7 @@ class Settings:
         default="none", metadata={"help": "none | poll | explicit", "choices": CONTROL_MODES}
     )
     repository_poll_secs: float = field(
-        default=15.0, metadata={"help": "rescan interval in poll mode"}
+        default=15.0, metadata={"help": "rescan interval in poll mode", "range": (0.05, 86400)}
     )
     load_model: tuple[str, ...] = field(
         default=(), metadata={"help": "models to load at start in explicit mode ('*' = all)"}
@@ -47,7 +47,10 @@ class Settings:
     )
     max_queue_size: int = field(
         default=1024,
-        metadata={"help": "pending requests per model before RESOURCE_EXHAUSTED"},
+        metadata={
+            "help": "pending requests per model before RESOURCE_EXHAUSTED (0 = no limit)",
+            "range": (0, 2**31 - 1),
+        },
     )
     grpc_frontend: str = field(
         default="python",
@@ -64,7 +67,8 @@ class Settings:
         },
     )
     shutdown_grace_secs: float = field(
-        default=30.0, metadata={"help": "how long SIGTERM waits for in-flight requests"}
+        default=30.0,
+        metadata={"help": "how long SIGTERM waits for in-flight requests", "range": (0, 86400)},
     )
     host_buffer_reuse_bytes: int = field(
         default=64 * 2**20,

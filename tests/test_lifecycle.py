@@ -17,7 +17,7 @@ import tritonclient.grpc.aio as aioclient
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import copy_repo, start_server, wait_for
+from tests.conftest import copy_repo, metric, parse_metrics, start_server, wait_for
 
 
 def infer(client: grpcclient.InferenceServerClient, model: str, rows: int = 1) -> np.ndarray:
@@ -278,6 +278,105 @@ def test_full_queue_answers_resource_exhausted(repo: Path, tmp_path: Path) -> No
         assert client.is_server_live() and infer(client, "mlp_dense").shape == (1, 256)
     finally:
         srv.stop()
+
+
+def _burst(url: str, model: str, n: int, timeout_us: int | None = None,
+           rows: list[np.ndarray] | None = None, name: str = "x") -> list[object]:  # fmt: skip
+    """n concurrent requests; results or InferenceServerExceptions, in order."""
+
+    async def run() -> list[object]:
+        async with aioclient.InferenceServerClient(url) as c:
+
+            async def one(i: int) -> object:
+                x = rows[i] if rows is not None else np.ones((1, 256), np.float32)
+                inp = aioclient.InferInput(name, list(x.shape), "FP32" if x.dtype == np.float32
+                                           else "INT64")  # fmt: skip
+                inp.set_data_from_numpy(x)
+                return await c.infer(model, [inp], timeout=timeout_us)
+
+            return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+
+    return asyncio.run(run())
+
+
+def test_queue_policy_timeouts(repo: Path, tmp_path: Path) -> None:
+    """default_queue_policy as Triton: REJECT past default_timeout_microseconds (UNAVAILABLE
+    "Request timeout expired", counted REJECTED), unless the request's own timeout may
+    override it (allow_timeout_override)."""
+    policy = ("dynamic_batching { default_queue_policy { timeout_action: REJECT "
+              "default_timeout_microseconds: 30000 allow_timeout_override: true } }")  # fmt: skip
+    config = SLOW_CONFIG.replace("64", "1", 1).replace(
+        "dynamic_batching { default_queue_policy { max_queue_size: 2 } }", policy
+    )
+    write_model(repo, "slow", slow_model(layers=120), config)
+    srv = start_server(repo, tmp_path)
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert wait_for(lambda: client.is_model_ready("slow"))
+        infer(client, "slow")  # warm
+        results = _burst(srv.url, "slow", 8)
+        expired = [r for r in results if isinstance(r, InferenceServerException)]
+        assert expired and len(expired) < 8, results
+        for r in expired:
+            assert r.status() == "StatusCode.UNAVAILABLE" and "Request timeout expired" in str(r)
+        samples = parse_metrics(srv.scrape())
+        failed = metric(samples, "nv_inference_request_failure", model="slow", reason="REJECTED")
+        assert failed == len(expired)
+        # the request's own timeout (60 s) overrides the model's 30 ms: all are served
+        results = _burst(srv.url, "slow", 8, timeout_us=60_000_000)
+        assert not [r for r in results if isinstance(r, Exception)], results
+    finally:
+        assert srv.stop() == 0
+
+
+def gather_model(layers: int = 120, width: int = 1024) -> onnx.ModelProto:
+    """idx [batch, 1] int64 -> rows of a 16x256 table -> the slow chain: an index out of
+    range fails in the engine, for that request's batch."""
+    slow = slow_model(layers, width)
+    table = numpy_helper.from_array(np.arange(16 * 256, dtype=np.float32).reshape(16, 256),
+                                    "table")  # fmt: skip
+    shape = numpy_helper.from_array(np.array([-1, 256], np.int64), "shape")
+    nodes = [helper.make_node("Gather", ["table", "idx"], ["g"], axis=0),
+             helper.make_node("Reshape", ["g", "shape"], ["x"]), *slow.graph.node]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "gather",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch", 1])],
+        list(slow.graph.output),
+        initializer=[table, shape, *slow.graph.initializer],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+GATHER_CONFIG = """
+name: "gather"
+max_batch_size: 16
+input [ { name: "idx" data_type: TYPE_INT64 dims: [ 1 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 256 ] } ]
+dynamic_batching { }
+parameters { key: "engine" value { string_value: "onnxruntime" } }
+"""
+
+
+def test_a_request_the_engine_rejects_fails_alone(repo: Path, tmp_path: Path) -> None:
+    """One bad index among requests batched together: only that request fails."""
+    write_model(repo, "gather", gather_model(), GATHER_CONFIG)
+    srv = start_server(repo, tmp_path)
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert wait_for(lambda: client.is_model_ready("gather"))
+        rows = [np.array([[i % 16]], np.int64) for i in range(8)]
+        rows[5] = np.array([[99]], np.int64)  # out of the table
+        results = _burst(srv.url, "gather", 8, rows=rows, name="idx")
+        failed = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+        assert failed == [5], results
+        assert results[5].status() == "StatusCode.INTERNAL"  # type: ignore[union-attr]
+        assert "running them one at a time" in srv.log_text()  # they were batched together
+        ok = [r for r in results if not isinstance(r, Exception)]
+        assert all(r.as_numpy("y").shape == (1, 256) for r in ok)  # type: ignore[union-attr]
+    finally:
+        assert srv.stop() == 0
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_zero(repo: Path, tmp_path: Path) -> None:

@@ -52,3 +52,8 @@ def test_bad_values_are_rejected() -> None:
     with pytest.raises(ValueError, match="--metrics-port"):
         parse(["--metrics-port", "70000"], {})
     assert parse(["--metrics-port", "-1"], {}).metrics_port == -1
+    for flag, value in (("--repository-poll-secs", "0"), ("--shutdown-grace-secs", "-5"),
+                        ("--max-queue-size", "-1")):  # fmt: skip
+        with pytest.raises(ValueError, match=flag):
+            parse([flag, value], {})
+    assert parse(["--max-queue-size", "0"], {}).max_queue_size == 0  # no limit, as in Triton

@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.engines.base import Engine
-from runtime.errors import InferenceFailed, QueueFull, RuntimeServerError, ServerShuttingDown
+from runtime.errors import (
+    InferenceFailed,
+    QueueFull,
+    QueueTimeout,
+    RuntimeServerError,
+    ServerShuttingDown,
+)
 from runtime.stats import ModelStats
 
 LOGGER = logging.getLogger(__name__)
@@ -44,6 +50,8 @@ class InferRequest:
     arrival_ns: int = field(default_factory=time.perf_counter_ns)
     future: asyncio.Future[dict[str, np.ndarray]] | None = None
     dispatch_ns: int = 0
+    timeout_us: int = 0
+    """The client's queue timeout (request parameter `timeout`); 0 = the model's default."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,9 @@ class DynamicBatcher:
         observer: BatchObserver | None = None,
         name: str = "model",
         instances: int = 1,
+        queue_timeout_us: int = 0,
+        delay_on_timeout: bool = False,
+        allow_timeout_override: bool = False,
     ) -> None:
         self._engine = engine
         self._stats = stats
@@ -111,7 +122,10 @@ class DynamicBatcher:
         preferred = [p for p in preferred_batch_sizes if 0 < p <= self._max_rows]
         self._target_rows = max(preferred) if preferred else self._max_rows
         self._delay_ns = max_queue_delay_us * 1000 if batching else 0
-        self._max_queue = max_queue_size
+        self._max_queue = max_queue_size or 2**62  # NOTE: 0 = no limit, as in Triton
+        self._timeout_ns = queue_timeout_us * 1000
+        self._delay_on_timeout = delay_on_timeout
+        self._allow_override = allow_timeout_override
         self._observer = observer
         self._queue: collections.deque[InferRequest] = collections.deque()
         self._instances = max(instances, 1)
@@ -132,9 +146,7 @@ class DynamicBatcher:
         if self._closed:
             raise ServerShuttingDown("model is unloading; request not accepted")
         if len(self._queue) >= self._max_queue:
-            raise QueueFull(
-                f"queue of {self._max_queue} pending requests is full; retry later"
-            )
+            raise QueueFull(f"queue of {self._max_queue} pending requests is full; retry later")
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         request.future = loop.create_future()
@@ -181,6 +193,28 @@ class DynamicBatcher:
         self._returning = 0
         self._maybe_dispatch()
 
+    def _timeout_ns_of(self, r: InferRequest) -> int:
+        if r.timeout_us and self._allow_override:
+            return r.timeout_us * 1000
+        return self._timeout_ns
+
+    def _expire(self) -> None:
+        """Queue policy (default_queue_policy): requests queued past their timeout are
+        rejected (REJECT) or moved behind the others (DELAY)."""
+        now = time.perf_counter_ns()
+        late = [r for r in self._queue if (t := self._timeout_ns_of(r)) and now - r.arrival_ns > t]
+        if not late:
+            return
+        for r in late:
+            self._queue.remove(r)
+        if self._delay_on_timeout:
+            self._queue.extend(late)
+            return
+        self._stats.pending -= len(late)
+        for r in late:
+            if r.future is not None and not r.future.done():
+                r.future.set_exception(QueueTimeout("Request timeout expired"))
+
     def _take_batch(self) -> list[InferRequest]:
         first = self._queue.popleft()
         batch, rows = [first], first.rows
@@ -203,6 +237,10 @@ class DynamicBatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._timeout_ns or self._allow_override:
+            self._expire()
+            if not self._queue:
+                return
         batch = self._take_batch()
         self._running += 1
         now = time.perf_counter_ns()
@@ -213,8 +251,42 @@ class DynamicBatcher:
         fut = self._loop.run_in_executor(self._executor, self._run, batch)
         fut.add_done_callback(lambda f: self._complete(batch, f))
 
-    def _run(self, batch: list[InferRequest]) -> tuple[list[dict[str, np.ndarray]], BatchTiming]:
-        """Engine thread: merge, infer, split; timings for Triton's compute_* stats."""
+    def _run(
+        self, batch: list[InferRequest]
+    ) -> tuple[list[dict[str, np.ndarray] | Exception], BatchTiming | None]:
+        """Engine thread: the batch in one call; should that fail, each request alone, so a
+        request the engine rejects (say an index out of range) fails by itself and not the
+        requests it was batched with. Timings cover the calls that succeeded."""
+        try:
+            parts, timing = self._run_together(batch)
+            return list(parts), timing
+        except Exception as exc:
+            if len(batch) == 1:
+                raise
+            LOGGER.warning(
+                "a batch of %d requests failed (%s); running them one at a time", len(batch), exc
+            )
+        results: list[dict[str, np.ndarray] | Exception] = []
+        timings: list[BatchTiming] = []
+        for r in batch:
+            try:
+                one, timing = self._run_together([r])
+                results.append(one[0])
+                timings.append(timing)
+            except Exception as exc:
+                results.append(exc)
+        if not timings:
+            return results, None
+        total = BatchTiming(
+            sum(t.rows for t in timings), len(timings), sum(t.input_ns for t in timings),
+            sum(t.infer_ns for t in timings), sum(t.output_ns for t in timings),
+        )  # fmt: skip
+        return results, total
+
+    def _run_together(
+        self, batch: list[InferRequest]
+    ) -> tuple[list[dict[str, np.ndarray]], BatchTiming]:
+        """Merge, infer, split; timings for Triton's compute_* stats."""
         t0 = time.perf_counter_ns()
         merged = merge_inputs(batch)
         wanted = batch[0].outputs
@@ -232,24 +304,27 @@ class DynamicBatcher:
         self._running -= 1
         try:
             parts, timing = fut.result()
-        except Exception as exc:  # engine errors fail this batch only
-            err = exc
-            if not isinstance(exc, RuntimeServerError):
-                LOGGER.error("inference failed", exc_info=exc)
-                err = InferenceFailed(f"inference failed: {exc}")
-            for r in batch:
-                if r.future is not None and not r.future.done():
-                    r.future.set_exception(err)
-        else:
+        except Exception as exc:  # a one-request batch failed
+            parts, timing = [exc] * len(batch), None
+        if timing is not None:
             self._stats.record_execution(
                 timing.rows, timing.requests, timing.input_ns, timing.infer_ns, timing.output_ns
             )
             if self._observer is not None:
-                self._observer(timing, batch)
-            for r, part in zip(batch, parts, strict=True):
-                self._stats.queue.add(r.dispatch_ns - r.arrival_ns)
+                self._observer(timing, [r for r, p in zip(batch, parts, strict=True)
+                                        if not isinstance(p, Exception)])  # fmt: skip
+        for r, part in zip(batch, parts, strict=True):
+            if isinstance(part, Exception):
+                err = part
+                if not isinstance(part, RuntimeServerError):
+                    LOGGER.error("inference failed", exc_info=part)
+                    err = InferenceFailed(f"inference failed: {part}")
                 if r.future is not None and not r.future.done():
-                    r.future.set_result(part)
+                    r.future.set_exception(err)
+                continue
+            self._stats.queue.add(r.dispatch_ns - r.arrival_ns)
+            if r.future is not None and not r.future.done():
+                r.future.set_result(part)
         # clients just answered tend to send again at once (closed-loop load)
         self._returning = len(batch) if len(batch) > 1 else 0
         self._maybe_dispatch()

@@ -244,6 +244,18 @@ def decode_inputs(request: InferRequest) -> dict[str, tuple[np.ndarray, str]]:
     return arrays
 
 
+def timeout_us(request: InferRequest) -> int:
+    """The request's `timeout` parameter (microseconds, as tritonclient sends it); 0 if none.
+    It counts only where the model's queue policy sets allow_timeout_override."""
+    if "timeout" not in request.parameters:
+        return 0
+    param = request.parameters["timeout"]
+    which = param.WhichOneof("parameter_choice")
+    if which not in ("int64_param", "uint64_param"):
+        raise InvalidArgument(f"parameter 'timeout' must be an integer (microseconds), got {which}")
+    return int(getattr(param, which))
+
+
 def requested_outputs(request: InferRequest) -> list[str]:
     names = []
     for out in request.outputs:

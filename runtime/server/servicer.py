@@ -190,7 +190,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             arrays = codec.decode_inputs(request)
             requested = codec.requested_outputs(request)
-            infer_request = model.make_request(arrays, requested)
+            infer_request = model.make_request(arrays, requested, codec.timeout_us(request))
             infer_request.arrival_ns = start
             outputs = await model.infer(infer_request)
             names = requested or [n for n in model.output_names if n in outputs] or list(outputs)
