@@ -55,7 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if module is None:  # pragma: no cover - argparse already rejected it
         parser.error(f"unknown command {args.command}")
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except OSError as exc:  # a path that cannot be read or written: say which, no traceback
+        print(f"sparse-runtime {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

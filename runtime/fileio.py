@@ -16,10 +16,25 @@ from runtime.errors import ModelLoadError
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` beside `path`, then rename over it (creating parent folders)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a directory, not a file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # NOTE: no model-sized leftover beside the target
+        raise
+
+
+def output_problem(*paths: Path | None) -> str:
+    """Why one of these output files cannot be written, checked before the work starts
+    (a directory in the way); "" when none is in the way."""
+    for path in paths:
+        if path is not None and Path(path).is_dir():
+            return f"{path} is a directory; give a file name"
+    return ""
 
 
 def read_model(path: Path) -> tuple[bytes, onnx.ModelProto, str]:

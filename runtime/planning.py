@@ -52,6 +52,20 @@ def batch_buckets(config: mc.ModelConfig | None) -> tuple[int, ...]:
     return tuple(sorted(set(powers + preferred + (top,))))
 
 
+def _int_parameter(params: dict[str, str], key: str, default: int) -> int:
+    """A non-negative integer config parameter, or a ConfigError that names it."""
+    raw = params.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"parameter '{key}' must be a non-negative integer, got {raw!r}")
+    return value
+
+
 def build_model(
     name: str,
     model_dir: Path,
@@ -96,8 +110,8 @@ def build_model(
     options = EngineOptions(
         device=device.split(":")[0],
         device_id=int(device.split(":")[1]) if ":" in device else 0,
-        intra_op_threads=int(params.get("intra_op_thread_count", settings.intra_op_threads)),
-        inter_op_threads=int(params.get("inter_op_thread_count", 0)),
+        intra_op_threads=_int_parameter(params, "intra_op_thread_count", settings.intra_op_threads),
+        inter_op_threads=_int_parameter(params, "inter_op_thread_count", 0),
         precision=params.get("precision", "fp16" if engine_name in GPU_ENGINES else "fp32"),
         batch_buckets=batch_buckets(config),
         parameters=params,

@@ -102,3 +102,44 @@ def test_pack_unpack_bit_exact(models: tuple[Path, Path], tmp_path: Path,
     packed.write_bytes(packed.read_bytes()[:-10])
     assert main(["unpack", str(packed), "-o", str(restored)]) == 2
     assert "truncated" in capsys.readouterr().err
+
+
+def test_output_paths_in_the_way_are_clear_errors(
+    models: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory where the output file should go, an out-of-range level, a file where the
+    repository should be: a message and a non-zero exit, no traceback, no leftover .tmp."""
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    assert main(["prune", str(models[0]), "-o", str(folder), "--no-progress"]) == 2
+    assert main(["quantize", str(models[0]), "-o", str(folder), "--no-progress"]) == 2
+    packed = tmp_path / "m.sparse"
+    assert main(["pack", str(models[1]), "-o", str(packed)]) == 0
+    assert main(["unpack", str(packed), "-o", str(folder)]) == 2
+    assert capsys.readouterr().err.count("is a directory") == 3
+    assert list(tmp_path.glob("*.tmp")) == []
+    with pytest.raises(SystemExit) as exc:
+        main(["pack", str(models[1]), "--level", "99"])
+    assert exc.value.code == 2
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["build-samples", "--model-repository", str(afile)]) == 2
+
+
+def test_report_json_goes_into_new_folders(models: tuple[Path, Path], tmp_path: Path) -> None:
+    report = tmp_path / "reports" / "deep" / "prune.json"
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(models[0]), "-o", str(out), "--no-progress",
+                 "--json", str(report)]) == 0  # fmt: skip
+    assert json.loads(report.read_text())["pattern"] == "2:4"
+
+
+def test_unwritable_output_is_reported_without_a_traceback(
+    models: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where a parent folder should be
+    assert main(["pack", str(models[1]), "-o", str(blocker / "m.sparse")]) == 2
+    assert main(["prune", str(models[0]), "-o", str(blocker / "p.onnx"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "sparse-runtime prune: error:" in err

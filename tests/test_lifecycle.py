@@ -184,6 +184,11 @@ def test_broken_models_are_unavailable_and_others_serve(repo: Path, tmp_path: Pa
     partial = 'max_batch_size: 8\ninput [ { name: "a" data_type: TYPE_FP32 dims: [ 4 ] } ]'
     opset = [helper.make_opsetid("", 17)]
     write_model(repo, "partialio", helper.make_model(two, opset_imports=opset), partial)
+    (repo / "badparam" / "1").mkdir(parents=True)
+    os.link(repo / "mlp_dense" / "1" / "model.onnx", repo / "badparam" / "1" / "model.onnx")
+    (repo / "badparam" / "config.pbtxt").write_text(
+        'parameters { key: "intra_op_thread_count" value { string_value: "abc" } }'
+    )
     srv = start_server(repo, tmp_path)
     try:
         client = grpcclient.InferenceServerClient(srv.url)
@@ -193,7 +198,8 @@ def test_broken_models_are_unavailable_and_others_serve(repo: Path, tmp_path: Pa
         index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
         for name, fragment in (("garbage", "not a valid ONNX"), ("badconfig", "malformed"),
                                ("wrongio", "input0"), ("noversion", "no version"),
-                               ("partialio", "inputs ['b'] are not declared")):  # fmt: skip
+                               ("partialio", "inputs ['b'] are not declared"),
+                               ("badparam", "'intra_op_thread_count' must be")):  # fmt: skip
             assert index[name]["state"] == "UNAVAILABLE", name
             assert fragment in index[name]["reason"], index[name]
             assert not client.is_model_ready(name)

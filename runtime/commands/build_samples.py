@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from runtime.samples import build_samples
@@ -16,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.model_repository.exists() and not args.model_repository.is_dir():
+        print(f"error: {args.model_repository} is not a directory", file=sys.stderr)
+        return 2
     written = build_samples(args.model_repository, force=args.force)
     print(f"sample models: {len(written)} written, others already present")
     return 0

@@ -14,7 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register pack's flags."""
     parser.add_argument("model", type=Path, help="ONNX model to pack")
     parser.add_argument("-o", "--output", type=Path, help="output file (default MODEL.sparse)")
-    parser.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level (1-22)")
+    parser.add_argument(
+        "--level", type=int, default=DEFAULT_LEVEL, choices=range(1, 23), metavar="{1..22}",
+        help=f"zstd level (default {DEFAULT_LEVEL})",
+    )  # fmt: skip
 
 
 def format_sizes(stats: PackStats) -> str:

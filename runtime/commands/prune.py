@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from runtime.errors import ConfigError, ModelLoadError
-from runtime.fileio import write_atomic
+from runtime.fileio import output_problem, write_atomic
 from runtime.sparsity.inputs import (
     Feeds,
     generate_inputs,
@@ -105,6 +105,10 @@ def format_report(report: PruneReport) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Prune, print the report, write the model; exit 2 on bad input."""
+    problem = output_problem(args.output, args.json)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     config = PruneConfig(
         pattern=None if args.sparsity is not None else "2:4",
         sparsity=args.sparsity if args.sparsity is not None else 0.5,
@@ -147,12 +151,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"deviation measured on {source}")
     print(f"wrote {args.output}")
     if args.json:
-        args.json.write_text(json.dumps({
+        write_atomic(args.json, json.dumps({
             "method": report.method,
             "pattern": report.pattern,
             "seconds": report.seconds,
             "deviation": report.deviation.as_dict(),
             "stop_metric": report.stop_metric,
             "layers": [r.__dict__ for r in report.layers],
-        }, indent=2))
+        }, indent=2).encode())
     return 0

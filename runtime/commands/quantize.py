@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runtime.commands.inspect import load_model
 from runtime.errors import ConfigError, ModelLoadError
-from runtime.fileio import write_atomic
+from runtime.fileio import output_problem, write_atomic
 from runtime.quantize import (
     CALIBRATION_METHODS,
     MODES,
@@ -72,6 +72,10 @@ def _calibration(args: argparse.Namespace, model) -> tuple[Feeds | None, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Quantize, print the report, write the model; exit 2 on bad input."""
+    problem = output_problem(args.output, args.json)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     config = QuantizeConfig(
         mode=args.mode,
         per_channel=not args.per_tensor,
@@ -100,5 +104,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"wrote {args.output}")
     if args.json:
-        args.json.write_text(json.dumps(report.as_dict(), indent=2))
+        write_atomic(args.json, json.dumps(report.as_dict(), indent=2).encode())
     return 0

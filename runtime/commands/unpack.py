@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from runtime.fileio import write_atomic
+from runtime.fileio import output_problem, write_atomic
 from runtime.sparsity.pack import PackedFormatError, load_packed
 
 
@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Verify, restore and write the ONNX bytes; exit 2 on a bad file."""
     out = args.output or args.packed.with_suffix(".onnx")
+    problem = output_problem(out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         data = load_packed(args.packed)
     except PackedFormatError as exc:
