@@ -50,9 +50,10 @@ class Unsupported(RuntimeServerError):
 
 
 class ModelLoadError(RuntimeServerError):
-    """A model could not be loaded (bad config, bad file, engine unavailable)."""
+    """A model could not be loaded (bad config, bad file, engine unavailable); Triton answers
+    RepositoryModelLoad's failures INVALID_ARGUMENT."""
 
-    code = grpc.StatusCode.INTERNAL
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class ConfigError(ModelLoadError):

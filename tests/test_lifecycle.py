@@ -101,6 +101,11 @@ def test_explicit_mode_load_and_unload(repo: Path, tmp_path: Path) -> None:
         with pytest.raises(InferenceServerException) as err:
             client.load_model("mlp_sparse24")
         assert "not a valid ONNX" in str(err.value)
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT"  # as Triton
+        assert "load failed for model 'mlp_sparse24': version 1 is at UNAVAILABLE" in str(err.value)
+        with pytest.raises(InferenceServerException) as err:
+            client.load_model("mlp_dense", config="{}", files={"file:1/model.onnx": b"x"})
+        assert err.value.status() == "StatusCode.UNIMPLEMENTED"
         assert client.is_model_ready("mlp_sparse24")
         np.testing.assert_array_equal(infer(client, "mlp_sparse24"), good)
         # a JSON config override with a mistake names the mistake
@@ -414,3 +419,27 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero(repo: Path, tmp_pat
     assert "stopped" in srv.log_text()
     with pytest.raises(grpc.FutureTimeoutError):
         grpc.channel_ready_future(grpc.insecure_channel(srv.url)).result(timeout=1)
+
+
+def test_second_stop_signal_exits_at_once(repo: Path, tmp_path: Path) -> None:
+    """SIGTERM drains; a second SIGTERM while draining (Ctrl-C twice) exits without waiting."""
+    config = SLOW_CONFIG.replace("64", "1", 1).replace("max_queue_size: 2", "max_queue_size: 100")
+    write_model(repo, "slow", slow_model(layers=200), config)
+    srv = start_server(repo, tmp_path)
+    client = grpcclient.InferenceServerClient(srv.url)
+    assert wait_for(lambda: client.is_model_ready("slow"))
+
+    async def queued() -> None:
+        async with aioclient.InferenceServerClient(srv.url) as c:
+            inp = aioclient.InferInput("x", [1, 256], "FP32")
+            inp.set_data_from_numpy(np.ones((1, 256), np.float32))
+            tasks = [asyncio.create_task(c.infer("slow", [inp])) for _ in range(60)]
+            await asyncio.sleep(0.3)
+            srv.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            srv.proc.send_signal(signal.SIGTERM)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(queued())
+    assert srv.proc.wait(10) == 1
+    assert "second stop signal" in srv.log_text()

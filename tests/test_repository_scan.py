@@ -11,7 +11,7 @@ from runtime.repository import repository
 
 
 def test_versions_are_ascii_digit_folders(tmp_path: Path) -> None:
-    for name in ("1", "3", "²", "x", ".hidden"):
+    for name in ("1", "3", "²", "x", ".hidden", "01"):
         (tmp_path / "m" / name).mkdir(parents=True)
     (tmp_path / "m" / "7").write_text("a file, not a version folder")
     (tmp_path / "_private" / "1").mkdir(parents=True)

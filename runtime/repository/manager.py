@@ -238,7 +238,7 @@ class ModelManager:
             if isinstance(result, BaseException):
                 reason = str(result)
                 LOGGER.error("model %s version %d failed to load: %s", name, v, reason)
-                errors.append(f"version {v}: {reason}")
+                errors.append(f"version {v} is at UNAVAILABLE state: {reason}")
                 old = slot.versions.get(v)
                 if old is None or old.model is None:  # a failed reload keeps the serving copy
                     slot.versions[v] = VersionState(UNAVAILABLE, reason)
@@ -255,7 +255,7 @@ class ModelManager:
         else:
             await self._retire(slot, retire)
         if errors:
-            raise ModelLoadError(f"failed to load '{name}': " + "; ".join(errors))
+            raise ModelLoadError(f"load failed for model '{name}': " + "; ".join(errors))
 
     async def _load_version(
         self, name: str, model_dir: Path, version: int, config: mc.ModelConfig | None

@@ -28,7 +28,9 @@ def is_model_name(name: str) -> bool:
 
 
 def _is_version(name: str) -> bool:
-    return name.isascii() and name.isdigit()  # NOTE: "²".isdigit() is True; int() rejects it
+    """A version folder: ASCII digits ("²".isdigit() is True), no leading zero ("01" would be
+    version 1 but not the folder named 1)."""
+    return name.isascii() and name.isdigit() and (name == "0" or not name.startswith("0"))
 
 
 def scan(root: Path) -> dict[str, ModelEntry]:

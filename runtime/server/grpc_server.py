@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 from typing import Any
 
@@ -163,20 +164,30 @@ class Server:
         LOGGER.info("server ready: %s", self.servicer.server_ready())
 
     def request_stop(self) -> None:
+        if self._stopping.is_set():
+            # NOTE: a second SIGTERM/SIGINT (Ctrl-C twice) means now, as in tritonserver
+            LOGGER.warning("second stop signal: exiting without waiting for in-flight requests")
+            logging.shutdown()
+            os._exit(1)
         self._stopping.set()
 
     async def wait_and_stop(self) -> None:
         await self._stopping.wait()
         LOGGER.info("stopping: draining in-flight requests")
-        grace = self.settings.shutdown_grace_secs
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace_secs
+
+        def left() -> float:  # NOTE: one grace period for the whole stop, not one per step
+            return max(deadline - loop.time(), 0.0)
+
         self.servicer.accepting = False
         await self._health.update(False)
-        await self.manager.stop(grace)
+        await self.manager.stop(left())
         await self._health.shutdown()
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._server.stop(left())
         if self._native is not None:
-            await self._native.stop(grace)
+            await self._native.stop(left())
         await asyncio.to_thread(self.metrics.close)
         LOGGER.info("stopped")
 

@@ -148,6 +148,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> Any:
         self._require_explicit()
         override = None
+        if any(key.startswith("file:") for key in request.parameters):
+            raise Unsupported(
+                "loading a model from files sent in the request is not supported; "
+                "put them in the model repository"
+            )
         if "config" in request.parameters:
             text = request.parameters["config"].string_param
             override = mc.ModelConfig()
