@@ -143,3 +143,18 @@ def test_unwritable_output_is_reported_without_a_traceback(
     assert main(["prune", str(models[0]), "-o", str(blocker / "p.onnx"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "sparse-runtime prune: error:" in err
+
+
+def test_calibration_with_nan_or_a_zero_batch_is_refused(
+    models: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    npz = tmp_path / "nan.npz"
+    np.savez(npz, x=np.full((8, 64), np.nan, np.float32))
+    out = str(tmp_path / "p.onnx")
+    assert main(["prune", str(models[0]), "-o", out, "--method", "wanda", "--inputs", str(npz),
+                 "--no-progress"]) == 2  # fmt: skip
+    assert "NaN or infinite" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["prune", str(models[0]), "-o", out, "--batch-size", "0"])
+    assert exc.value.code == 2
+    assert "must be >= 1" in capsys.readouterr().err

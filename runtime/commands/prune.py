@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 
+from runtime.commands import positive_int
 from runtime.errors import ConfigError, ModelLoadError
 from runtime.fileio import output_problem, write_atomic
 from runtime.sparsity.inputs import (
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json")
     parser.add_argument("--samples", type=int, help="use at most N calibration samples")
     parser.add_argument("--max-length", type=int, default=128, help="token limit per sentence")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     stop = parser.add_mutually_exclusive_group()
     stop.add_argument("--max-deviation", type=float,
                       help="keep layers dense that push relative L2 output error past this")

@@ -96,6 +96,12 @@ def validate_feeds(feeds: Mapping[str, np.ndarray], specs: tuple[InputSpec, ...]
                 )
         if arr.ndim and arr.shape[0] == 0:
             raise CalibrationError(f"{source}: input {spec.name!r} has no samples")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = int(arr.size - np.isfinite(arr).sum())
+            raise CalibrationError(
+                f"{source}: input {spec.name!r} has {bad} NaN or infinite values; calibration "
+                "statistics from them would be meaningless"
+            )
         if arr.ndim:
             if batch is not None and arr.shape[0] != batch:
                 raise CalibrationError(
