@@ -41,6 +41,10 @@ class QueueTimeout(RuntimeServerError):
     failure_reason = "REJECTED"
 
 
+class ResponseTooLarge(RuntimeServerError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class ServerShuttingDown(RuntimeServerError):
     code = grpc.StatusCode.UNAVAILABLE
 

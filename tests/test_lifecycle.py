@@ -443,3 +443,31 @@ def test_second_stop_signal_exits_at_once(repo: Path, tmp_path: Path) -> None:
     asyncio.run(queued())
     assert srv.proc.wait(10) == 1
     assert "second stop signal" in srv.log_text()
+
+
+def test_a_response_over_the_message_limit_is_a_counted_failure(
+    repo: Path, tmp_path: Path
+) -> None:
+    """Output 4x the input: with --grpc-max-message-bytes between the two, the request gets
+    RESOURCE_EXHAUSTED naming the limit, and counts as a failure, not a success."""
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["x", "x", "x", "x"], ["y"], axis=1)], "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1024])],
+    )  # fmt: skip
+    write_model(repo, "wide", helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    srv = start_server(repo, tmp_path, ["--grpc-max-message-bytes", str(128 * 1024)])
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert wait_for(lambda: client.is_model_ready("wide"))
+        with pytest.raises(InferenceServerException) as err:
+            infer_wide = grpcclient.InferInput("x", [64, 256], "FP32")
+            infer_wide.set_data_from_numpy(np.ones((64, 256), np.float32))  # 64 KiB in
+            client.infer("wide", [infer_wide])  # 256 KiB out
+        assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "--grpc-max-message-bytes" in str(err.value)
+        samples = parse_metrics(srv.scrape())
+        assert metric(samples, "nv_inference_request_failure", model="wide") == 1
+        assert metric(samples, "nv_inference_request_success", model="wide") == 0
+    finally:
+        assert srv.stop() == 0

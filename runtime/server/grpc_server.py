@@ -93,7 +93,9 @@ class Server:
             settings, observer_factory=self._observer, on_change=self._changed
         )
         self.metrics = Metrics(self.registry, self.manager.ready_models)
-        self.servicer = InferenceServicer(self.manager, self.metrics)
+        self.servicer = InferenceServicer(
+            self.manager, self.metrics, settings.grpc_max_message_bytes
+        )
         self._health = HealthState(self.manager)
         self._server: grpc.aio.Server | None = None
         self._native: NativeFrontend | None = None

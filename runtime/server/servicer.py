@@ -24,6 +24,7 @@ from runtime import SERVER_NAME, __version__
 from runtime.errors import (
     InvalidArgument,
     ModelNotFound,
+    ResponseTooLarge,
     RuntimeServerError,
     ServerShuttingDown,
     Unsupported,
@@ -62,9 +63,12 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The Triton / KServe v2 gRPC API over a ModelManager."""
 
-    def __init__(self, manager: ModelManager, metrics: Metrics | None) -> None:
+    def __init__(
+        self, manager: ModelManager, metrics: Metrics | None, max_response_bytes: int = 2**31 - 1
+    ) -> None:
         self._manager = manager
         self._metrics = metrics
+        self._max_response_bytes = max_response_bytes
         self.accepting = True
         self.started = False
 
@@ -202,6 +206,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             response = codec.encode_response(
                 model.name, str(model.version), request.id, outputs, names
             )
+            if len(response.data) > self._max_response_bytes:
+                # NOTE: gRPC would drop it while sending, after it had counted as a success
+                raise ResponseTooLarge(
+                    f"response of {len(response.data)} bytes exceeds the "
+                    f"{self._max_response_bytes}-byte limit (--grpc-max-message-bytes)"
+                )
         except RuntimeServerError as err:
             model.stats.record_failure(err.failure_reason, time.perf_counter_ns() - start)
             raise
