@@ -121,6 +121,6 @@ EXPOSE 8001 8002
 
 # gRPC health (grpc.health.v1, service "" = server ready); no curl in the image.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["sparse-runtime", "health", "--url", "localhost:8001", "--timeout", "3"]
+    CMD ["sparse-runtime", "health", "--timeout", "3"]
 
 ENTRYPOINT ["sparse-runtime", "serve", "--model-repository", "/models"]

@@ -8,6 +8,7 @@ model's config parameters, so ModelConfig shows where and why it runs.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,6 +121,8 @@ def build_model(
         budget = float(params.get(CPU_BUDGET_PARAM, cpu_dispatch.DEFAULT_BUDGET_S))
     except ValueError as exc:
         raise ConfigError(f"{CPU_BUDGET_PARAM} must be a number of seconds: {exc}") from exc
+    if not math.isfinite(budget) or budget < 0:
+        raise ConfigError(f"{CPU_BUDGET_PARAM} must be a finite number of seconds >= 0")
     timings = ""
     if forced in ("", "auto") and device == "cpu" and engine_name in cpu_engines:
         engine, cpu_reason, timings = _measured_cpu_engine(

@@ -224,10 +224,11 @@ def _closed_port() -> int:
         (["--models", "mlp_dense", "--duration", "10x"], "bad duration '10x'"),
         (["--models", "mlp_dense", "--concurrency", "0,4"], "--concurrency values must be"),
         (["--models", "mlp_dense", "--metrics-url", "CLOSED"], "cannot scrape metrics at"),
+        (["--models", "mlp_dense", "--metrics-url", "GRPC"], "cannot scrape metrics at"),
         (["--models", "mlp_dense", "--inputs", "NPZ"], "lacks arrays for inputs ['x']"),
     ],
     ids=["unknown-model", "mismatched-inputs", "batch-too-big", "duplicate", "bad-duration",
-         "bad-concurrency", "metrics-unreachable", "npz-missing-input"],
+         "bad-concurrency", "metrics-unreachable", "metrics-not-http", "npz-missing-input"],
 )
 def test_errors_exit_nonzero_with_clear_message(
     server: Any, tmp_path: Path, args: list[str], message: str
@@ -235,7 +236,7 @@ def test_errors_exit_nonzero_with_clear_message(
     np.savez(tmp_path / "bad.npz", not_x=np.zeros((2, 256), np.float32))
     args = [
         f"127.0.0.1:{_closed_port()}" if a == "CLOSED" else str(tmp_path / "bad.npz")
-        if a == "NPZ" else a
+        if a == "NPZ" else server.url if a == "GRPC" else a
         for a in args
     ]
     rc, stdout, stderr = run_compare("--url", server.url, "--duration", "0.1s",

@@ -340,6 +340,19 @@ def test_pods_are_locked_down(rendered: dict[str, Path]) -> None:
         )
 
 
+def test_namespace_admits_its_own_pods(rendered: dict[str, Path]) -> None:
+    """Pod Security admission: `baseline` and `restricted` forbid hostPath volumes, so a
+    namespace whose pods mount one must enforce `privileged` (or its pods never start)."""
+    for overlay in ("cpu", "gpu", "k3s"):
+        (ns,) = by_kind(rendered[overlay], "Namespace")
+        enforce = ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+        for ds in by_kind(rendered[overlay], "DaemonSet"):
+            volumes = ds["spec"]["template"]["spec"]["volumes"]
+            if any("hostPath" in v for v in volumes):
+                assert enforce == "privileged", (overlay, ds["metadata"]["name"], enforce)
+        assert ns["metadata"]["labels"]["pod-security.kubernetes.io/warn"] == "restricted"
+
+
 def probe_specs(rendered: dict[str, Path]) -> list[tuple[str, str, dict]]:
     """(where, probe kind, probe) for every probe in every rendered pod template."""
     out = []

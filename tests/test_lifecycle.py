@@ -194,6 +194,10 @@ def test_broken_models_are_unavailable_and_others_serve(repo: Path, tmp_path: Pa
     (repo / "badparam" / "config.pbtxt").write_text(
         'parameters { key: "intra_op_thread_count" value { string_value: "abc" } }'
     )
+    shutil.copytree(repo / "badparam" / "1", repo / "nanbudget" / "1")
+    (repo / "nanbudget" / "config.pbtxt").write_text(
+        'parameters { key: "cpu_dispatch_budget_s" value { string_value: "nan" } }'
+    )
     srv = start_server(repo, tmp_path)
     try:
         client = grpcclient.InferenceServerClient(srv.url)
@@ -204,7 +208,8 @@ def test_broken_models_are_unavailable_and_others_serve(repo: Path, tmp_path: Pa
         for name, fragment in (("garbage", "not a valid ONNX"), ("badconfig", "malformed"),
                                ("wrongio", "input0"), ("noversion", "no version"),
                                ("partialio", "inputs ['b'] are not declared"),
-                               ("badparam", "'intra_op_thread_count' must be")):  # fmt: skip
+                               ("badparam", "'intra_op_thread_count' must be"),
+                               ("nanbudget", "finite number of seconds")):  # fmt: skip
             assert index[name]["state"] == "UNAVAILABLE", name
             assert fragment in index[name]["reason"], index[name]
             assert not client.is_model_ready(name)

@@ -124,3 +124,12 @@ def test_health_cli(server: ServerProcess) -> None:
                           "--timeout", "1"],
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert bad.returncode == 1 and "unhealthy" in bad.stderr
+    # without --url, the port follows SPARSE_RUNTIME_GRPC_PORT as `serve` does (the image's
+    # HEALTHCHECK relies on it)
+    import os
+
+    port = server.url.rsplit(":", 1)[1]
+    env = {**os.environ, "SPARSE_RUNTIME_GRPC_PORT": port}
+    moved = subprocess.run([sys.executable, "-m", "runtime", "health"], env=env,
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert moved.returncode == 0 and "SERVING" in moved.stdout, moved.stderr

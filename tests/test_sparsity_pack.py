@@ -116,7 +116,8 @@ def test_gemm_transb_and_conv_round_trip() -> None:
 
 def test_layout_nibbles() -> None:
     mat = np.array([[0, 7, 0, 9, 5, 0, 0, 0]], dtype=np.uint16)
-    values, meta = encode_24(mat)  # type: ignore[misc]
+    values, meta, negzero = encode_24(mat)  # type: ignore[misc]
+    assert negzero == b""  # integers have no -0
     assert np.frombuffer(values, np.uint16).tolist() == [7, 9, 5, 0]
     # group 0 keeps (1, 3): 1 | 3 << 2 = 0xD; group 1 keeps (0, 1): 0 | 1 << 2 = 0x4
     assert meta == bytes([0xD | 0x4 << 4])
@@ -159,8 +160,38 @@ def test_bad_files_give_clear_errors(sparse_bytes: bytes, tmp_path: Path) -> Non
 def test_not_onnx_is_rejected_by_pack() -> None:
     with pytest.raises(ModelLoadError):
         pack_bytes(b"\x00\x01garbage" * 10)
+    with pytest.raises(ModelLoadError, match="no nodes"):
+        pack_bytes(b"")  # parses as an empty ModelProto
 
 
 def test_packed_model_still_loads_in_onnx(sparse_bytes: bytes) -> None:
     model = onnx.load_from_string(unpack_bytes(pack_bytes(sparse_bytes)[0]))
     onnx.checker.check_model(model)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_pruned_by_multiplication_keeps_negative_zeros_and_packs(dtype: type) -> None:
+    """w * mask leaves -0.0 where a negative weight was pruned: inspect counts it as zero, so
+    pack must too (and restore every -0.0 bit for bit)."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((64, 32)).astype(dtype)
+    mask = magnitude_prune_2of4(w, k_axis=0) != 0
+    w = w * mask.astype(dtype)  # -0.0 wherever a negative weight was dropped
+    assert np.signbit(w[w == 0]).any()
+    tensor_type = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    data = _matmul_model(w, tensor_type)
+    packed, stats = pack_bytes(data)
+    assert stats.packed_tensors == 1
+    assert unpack_bytes(packed) == data  # bit-exact, -0.0 included
+    clean = _matmul_model(np.where(w == 0, dtype(0), w), tensor_type)
+    assert len(pack_bytes(clean)[0]) < len(packed)  # the sign bits cost a little, only when there
+
+
+def test_manifest_damage_is_a_format_error(sparse_bytes: bytes) -> None:
+    packed, _ = pack_bytes(sparse_bytes)
+    i = packed.find(b'"original_size"')
+    flipped = packed[: i + 1] + bytes([packed[i + 1] ^ 1]) + packed[i + 2 :]
+    huge = _rewrite_manifest(packed, {"body_size": 1e400})
+    for data in (flipped, huge):
+        with pytest.raises(PackedFormatError, match="corrupt|checksum"):
+            unpack_bytes(data)

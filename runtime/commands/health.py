@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="localhost:8001", help="gRPC host:port")
+    # NOTE: the default follows SPARSE_RUNTIME_GRPC_PORT, as `serve` does, so the image's
+    # HEALTHCHECK probes the port the server was moved to
+    port = os.environ.get("SPARSE_RUNTIME_GRPC_PORT", "8001")
+    parser.add_argument(
+        "--url", default=f"localhost:{port}",
+        help="gRPC host:port (default localhost:$SPARSE_RUNTIME_GRPC_PORT, else 8001)",
+    )  # fmt: skip
     parser.add_argument("--service", default="", help="service name ('' = server readiness)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds")
 

@@ -102,6 +102,8 @@ async def fetch_spec(client: InferenceServerClient, name: str) -> ModelSpec:
     try:
         meta = await client.get_model_metadata(name, as_json=True, client_timeout=CONNECT_TIMEOUT_S)
     except InferenceServerException as err:
+        if "UNAVAILABLE" in str(err.status()):  # on disk but failed to load, or unloading
+            raise CompareError(f"model {name!r} is not available: {_detail(err)}") from None
         if "NOT_FOUND" in str(err.status()) or "unknown model" in (err.message() or "").lower():
             known = await _available_models(client)
             hint = f" (models on the server: {', '.join(known)})" if known else ""

@@ -6,6 +6,7 @@ come back as None and the report says "not exported".
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.request
 from typing import Any
@@ -48,7 +49,7 @@ def scrape(url: str, timeout_s: float = 10.0) -> Samples:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             text = resp.read().decode("utf-8", errors="replace")
-    except (urllib.error.URLError, OSError, ValueError) as err:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
         reason = getattr(err, "reason", err)
         raise CompareError(f"cannot scrape metrics at {url}: {reason}") from None
     try:

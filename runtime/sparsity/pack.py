@@ -151,13 +151,23 @@ def _from_k_last(mat: np.ndarray, shape: tuple[int, ...], op: str, k_axis: int) 
     return np.moveaxis(mat.reshape(moved), -1, k_axis)
 
 
-def encode_24(mat: np.ndarray) -> tuple[bytes, bytes] | None:
-    """Encode a [N, K] unsigned-int bit matrix; None if a group has > 2 non-zeros."""
+def _sign_bit(dtype_name: str, bits_dtype: np.dtype) -> int:
+    """The sign bit of a float format (-0.0's bit pattern); 0 for integers."""
+    return 1 << (bits_dtype.itemsize * 8 - 1) if dtype_name.startswith(("float", "bfloat")) else 0
+
+
+def encode_24(mat: np.ndarray, sign_bit: int = 0) -> tuple[bytes, bytes, bytes] | None:
+    """Encode a [N, K] unsigned-int bit matrix; None if a group has > 2 non-zeros.
+
+    With a float format's `sign_bit`, -0.0 counts as zero (as `inspect` counts it: masking
+    by multiplication leaves -0.0 wherever a negative weight was pruned), and the third part
+    records which dropped slots held -0.0 (empty when none did), so decoding stays bit-exact.
+    """
     n, k = mat.shape
     if k % 4:
         return None
     groups = mat.reshape(n, k // 4, 4)
-    nz = groups != 0
+    nz = (groups & ~np.array(sign_bit, dtype=mat.dtype)) != 0 if sign_bit else groups != 0
     if (nz.sum(axis=-1) > 2).any():
         return None
     # NOTE: non-zeros first, then zeros, each by index; keep 2 slots, ascending.
@@ -168,10 +178,30 @@ def encode_24(mat: np.ndarray) -> tuple[bytes, bytes] | None:
     if nibbles.size % 2:
         nibbles = np.append(nibbles, np.uint8(0))
     meta = nibbles[0::2] | (nibbles[1::2] << 4)
-    return values.tobytes(), meta.tobytes()
+    negzero = b""
+    if sign_bit:
+        dropped = groups[_dropped_mask(idx)]  # ±0 only, two per group, ascending
+        if (dropped != 0).any():
+            negzero = np.packbits(dropped != 0).tobytes()
+    return values.tobytes(), meta.tobytes(), negzero
 
 
-def decode_24(values: bytes, meta: bytes, n: int, k: int, dtype: np.dtype) -> np.ndarray:
+def _dropped_mask(idx: np.ndarray) -> np.ndarray:
+    """[N, G, 4] True at the two slots of each group that `idx` ([N, G, 2]) does not keep."""
+    mask = np.ones((*idx.shape[:-1], 4), dtype=np.bool_)
+    np.put_along_axis(mask, idx, False, axis=-1)
+    return mask
+
+
+def decode_24(
+    values: bytes,
+    meta: bytes,
+    n: int,
+    k: int,
+    dtype: np.dtype,
+    negzero: bytes = b"",
+    sign_bit: int = 0,
+) -> np.ndarray:
     """Inverse of `encode_24`: the dense [N, K] bit matrix."""
     groups = k // 4
     vals = np.frombuffer(values, dtype=dtype).reshape(n, groups, 2)
@@ -185,6 +215,9 @@ def decode_24(values: bytes, meta: bytes, n: int, k: int, dtype: np.dtype) -> np
         raise PackedFormatError("corrupt 2:4 metadata (indices not ascending)")
     out = np.zeros((n, groups, 4), dtype=dtype)
     np.put_along_axis(out, idx, vals, axis=-1)
+    if negzero:
+        bits = np.unpackbits(np.frombuffer(negzero, dtype=np.uint8), count=n * groups * 2)
+        out[_dropped_mask(idx)] = bits.astype(dtype) * dtype.type(sign_bit)
     return out.reshape(n, k)
 
 
@@ -201,6 +234,8 @@ def pack_bytes(data: bytes, level: int = DEFAULT_LEVEL) -> tuple[bytes, PackStat
         model = onnx.load_from_string(data)
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"not a valid ONNX model ({exc})") from exc
+    if not model.graph.node:  # NOTE: empty bytes parse as an empty ModelProto
+        raise ModelLoadError("not a valid ONNX model (the graph has no nodes)")
     gemm = find_gemm_weights(model.graph)
     spans = raw_data_spans(data)
     entries: list[dict[str, object]] = []
@@ -219,13 +254,15 @@ def pack_bytes(data: bytes, level: int = DEFAULT_LEVEL) -> tuple[bytes, PackStat
             continue
         raw = data[start:end]
         mat = _k_last(np.frombuffer(raw, dtype=bits_dtype).reshape(shape), consumer.op, k_axis)
-        encoded = encode_24(mat)
+        sign_bit = _sign_bit(dtype_name, bits_dtype)
+        encoded = encode_24(mat, sign_bit)
         if encoded is None:
             continue
-        values, meta = encoded
+        values, meta, negzero = encoded
         restored = _from_k_last(
-            decode_24(values, meta, *mat.shape, bits_dtype), shape, consumer.op, k_axis
-        )
+            decode_24(values, meta, *mat.shape, bits_dtype, negzero, sign_bit),
+            shape, consumer.op, k_axis,
+        )  # fmt: skip
         if np.ascontiguousarray(restored).tobytes() != raw:  # pragma: no cover - safety net
             continue
         entries.append({
@@ -241,11 +278,12 @@ def pack_bytes(data: bytes, level: int = DEFAULT_LEVEL) -> tuple[bytes, PackStat
             "raw_length": end - start,
             "values_length": len(values),
             "meta_length": len(meta),
+            "negzero_length": len(negzero),
             "sha256": _sha(raw),
         })
-        blocks[init.name] = (values, meta)
+        blocks[init.name] = (values, meta + negzero)
         dense_bytes += end - start
-        packed_bytes += len(values) + len(meta)
+        packed_bytes += len(values) + len(meta) + len(negzero)
     entries.sort(key=lambda e: int(e["file_offset"]))  # type: ignore[arg-type]
     skeleton_parts, pos = [], 0
     for e in entries:
@@ -299,8 +337,8 @@ def read_manifest(data: bytes) -> tuple[dict[str, object], memoryview]:
         manifest = json.loads(data[HEADER.size : HEADER.size + mlen])
         body = memoryview(data)[HEADER.size + mlen :]
         body_size = int(manifest["body_size"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PackedFormatError(f"packed model manifest is corrupt ({exc})") from exc
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        raise PackedFormatError(f"packed model manifest is corrupt ({exc!r})") from exc
     if len(body) < body_size:
         raise PackedFormatError(
             f"packed model is truncated ({len(body)} of {body_size} body bytes)"
@@ -335,14 +373,17 @@ def unpack_bytes(data: bytes) -> bytes:
             take = file_offset - orig_pos
             parts.append(payload[skel_pos : skel_pos + take])
             skel_pos += take
-            _, bits_dtype = next(v for v in _DTYPES.values() if v[0] == e["dtype"])
+            dtype_name, bits_dtype = next(v for v in _DTYPES.values() if v[0] == e["dtype"])
             vo, mo = int(e["values_offset"]), int(e["meta_offset"])
+            ml, zl = int(e["meta_length"]), int(e.get("negzero_length", 0))
             mat = decode_24(
                 payload[vo : vo + int(e["values_length"])],
-                payload[mo : mo + int(e["meta_length"])],
+                payload[mo : mo + ml],
                 int(e["rows"]),
                 int(e["k"]),
                 bits_dtype,
+                payload[mo + ml : mo + ml + zl],
+                _sign_bit(dtype_name, bits_dtype),
             )
             shape = tuple(int(d) for d in e["shape"])
             raw = np.ascontiguousarray(
@@ -353,11 +394,13 @@ def unpack_bytes(data: bytes) -> bytes:
             parts.append(raw)
             orig_pos = file_offset + len(raw)
         parts.append(payload[skel_pos:skeleton_len])
-    except (KeyError, TypeError, ValueError, StopIteration) as exc:
+        original = b"".join(parts)
+        if len(original) != int(manifest["original_size"]) or (
+            _sha(original) != manifest["original_sha256"]
+        ):
+            raise PackedFormatError("packed model checksum mismatch (original model sha256)")
+    except (KeyError, TypeError, ValueError, StopIteration, OverflowError) as exc:
         raise PackedFormatError(f"packed model manifest is corrupt ({exc!r})") from exc
-    original = b"".join(parts)
-    if len(original) != manifest["original_size"] or _sha(original) != manifest["original_sha256"]:
-        raise PackedFormatError("packed model checksum mismatch (original model sha256)")
     return original
 
 

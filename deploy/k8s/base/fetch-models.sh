@@ -16,7 +16,8 @@ if [ -n "${MODEL_ARCHIVE_URL:-}" ]; then
     python3 - "$MODEL_ARCHIVE_URL" "$models" <<'PY'
 import sys, tarfile, tempfile, urllib.request
 url, dest = sys.argv[1], sys.argv[2]
-with tempfile.TemporaryFile() as tmp:
+# NOTE: spooled beside the models (the 4Gi emptyDir), not in /tmp (a 64Mi tmpfs)
+with tempfile.TemporaryFile(dir=dest) as tmp:
     with urllib.request.urlopen(url, timeout=300) as response:
         while chunk := response.read(1 << 20):
             tmp.write(chunk)
