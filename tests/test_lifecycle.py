@@ -296,21 +296,15 @@ def test_full_queue_answers_resource_exhausted(repo: Path, tmp_path: Path) -> No
         srv.stop()
 
 
-def _burst(url: str, model: str, n: int, timeout_us: int | None = None,
-           rows: list[np.ndarray] | None = None, name: str = "x") -> list[object]:  # fmt: skip
-    """n concurrent requests; results or InferenceServerExceptions, in order."""
+def _burst(url: str, model: str, n: int, timeout_us: int | None = None) -> list[object]:
+    """n concurrent one-row requests; results or InferenceServerExceptions, in order."""
 
     async def run() -> list[object]:
         async with aioclient.InferenceServerClient(url) as c:
-
-            async def one(i: int) -> object:
-                x = rows[i] if rows is not None else np.ones((1, 256), np.float32)
-                inp = aioclient.InferInput(name, list(x.shape), "FP32" if x.dtype == np.float32
-                                           else "INT64")  # fmt: skip
-                inp.set_data_from_numpy(x)
-                return await c.infer(model, [inp], timeout=timeout_us)
-
-            return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+            inp = aioclient.InferInput("x", [1, 256], "FP32")
+            inp.set_data_from_numpy(np.ones((1, 256), np.float32))
+            calls = [c.infer(model, [inp], timeout=timeout_us) for _ in range(n)]
+            return await asyncio.gather(*calls, return_exceptions=True)
 
     return asyncio.run(run())
 
@@ -320,26 +314,27 @@ def test_queue_policy_timeouts(repo: Path, tmp_path: Path) -> None:
     "Request timeout expired", counted REJECTED), unless the request's own timeout may
     override it (allow_timeout_override)."""
     policy = ("dynamic_batching { default_queue_policy { timeout_action: REJECT "
-              "default_timeout_microseconds: 30000 allow_timeout_override: true } }")  # fmt: skip
+              "default_timeout_microseconds: 10000 allow_timeout_override: true } }")  # fmt: skip
     config = SLOW_CONFIG.replace("64", "1", 1).replace(
         "dynamic_batching { default_queue_policy { max_queue_size: 2 } }", policy
     )
-    write_model(repo, "slow", slow_model(layers=120), config)
+    write_model(repo, "slow", slow_model(layers=400), config)
     srv = start_server(repo, tmp_path)
     try:
         client = grpcclient.InferenceServerClient(srv.url)
         assert wait_for(lambda: client.is_model_ready("slow"))
         infer(client, "slow")  # warm
-        results = _burst(srv.url, "slow", 8)
+        # one at a time, each a few ms even on a fast host: the later ones wait past 10 ms
+        results = _burst(srv.url, "slow", 12)
         expired = [r for r in results if isinstance(r, InferenceServerException)]
-        assert expired and len(expired) < 8, results
+        assert expired and len(expired) < 12, results
         for r in expired:
             assert r.status() == "StatusCode.UNAVAILABLE" and "Request timeout expired" in str(r)
         samples = parse_metrics(srv.scrape())
         failed = metric(samples, "nv_inference_request_failure", model="slow", reason="REJECTED")
         assert failed == len(expired)
-        # the request's own timeout (60 s) overrides the model's 30 ms: all are served
-        results = _burst(srv.url, "slow", 8, timeout_us=60_000_000)
+        # the request's own timeout (60 s) overrides the model's 10 ms: all are served
+        results = _burst(srv.url, "slow", 12, timeout_us=60_000_000)
         assert not [r for r in results if isinstance(r, Exception)], results
     finally:
         assert srv.stop() == 0
@@ -384,7 +379,25 @@ def test_a_request_the_engine_rejects_fails_alone(repo: Path, tmp_path: Path) ->
         assert wait_for(lambda: client.is_model_ready("gather"))
         rows = [np.array([[i % 16]], np.int64) for i in range(8)]
         rows[5] = np.array([[99]], np.int64)  # out of the table
-        results = _burst(srv.url, "gather", 8, rows=rows, name="idx")
+
+        async def blocked_then_burst() -> list[object]:
+            # a 16-row request holds the engine, so the next 8 queue and go out as one batch
+            async with aioclient.InferenceServerClient(srv.url) as c:
+                block = aioclient.InferInput("idx", [16, 1], "INT64")
+                block.set_data_from_numpy(np.zeros((16, 1), np.int64))
+                blocker = asyncio.ensure_future(c.infer("gather", [block]))
+                await asyncio.sleep(0.05)
+                inputs = []
+                for x in rows:
+                    inp = aioclient.InferInput("idx", [1, 1], "INT64")
+                    inp.set_data_from_numpy(x)
+                    inputs.append(inp)
+                burst = [c.infer("gather", [inp]) for inp in inputs]
+                results = await asyncio.gather(*burst, return_exceptions=True)
+                await blocker
+                return list(results)
+
+        results = asyncio.run(blocked_then_burst())
         failed = [i for i, r in enumerate(results) if isinstance(r, Exception)]
         assert failed == [5], results
         assert results[5].status() == "StatusCode.INTERNAL"  # type: ignore[union-attr]
@@ -429,7 +442,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero(repo: Path, tmp_pat
 def test_second_stop_signal_exits_at_once(repo: Path, tmp_path: Path) -> None:
     """SIGTERM drains; a second SIGTERM while draining (Ctrl-C twice) exits without waiting."""
     config = SLOW_CONFIG.replace("64", "1", 1).replace("max_queue_size: 2", "max_queue_size: 100")
-    write_model(repo, "slow", slow_model(layers=200), config)
+    write_model(repo, "slow", slow_model(layers=400), config)
     srv = start_server(repo, tmp_path)
     client = grpcclient.InferenceServerClient(srv.url)
     assert wait_for(lambda: client.is_model_ready("slow"))
@@ -441,7 +454,7 @@ def test_second_stop_signal_exits_at_once(repo: Path, tmp_path: Path) -> None:
             tasks = [asyncio.create_task(c.infer("slow", [inp])) for _ in range(60)]
             await asyncio.sleep(0.3)
             srv.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.05)  # draining 60 queued requests takes far longer
             srv.proc.send_signal(signal.SIGTERM)
             await asyncio.gather(*tasks, return_exceptions=True)
 
