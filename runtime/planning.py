@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from runtime.sparsity import analysis
 from runtime.sparsity.inputs import generate_inputs, take
 
 LOGGER = logging.getLogger(__name__)
+_CPU_TIMING_LOCK = threading.Lock()
 
 # config parameters this runtime reads (all optional)
 ENGINE_PARAM = "engine"  # auto | onnxruntime | openvino | torch_sparse | tensorrt
@@ -265,7 +267,12 @@ def _measured_cpu_engine(
     runners = {e: (lambda f, eng=eng: eng.infer(f)) for e, eng in loaded.items()}
     chosen = ""
     try:
-        measured, run_failures = cpu_dispatch.time_engines(runners, feeds_for, buckets, budget)
+        # NOTE: one model timed at a time: models loading side by side distorted the ratios
+        # (OpenVINO timed 3.6-11x slower while six models loaded at once, 1.2-3.8x alone)
+        with _CPU_TIMING_LOCK:
+            measured, run_failures = cpu_dispatch.time_engines(
+                runners, feeds_for, buckets, budget
+            )
         failures.update(run_failures)
         choice = cpu_dispatch.choose(measured, failures)
         if choice.engine not in loaded:  # nothing measured: keep whichever default loaded
