@@ -7,6 +7,7 @@ model's config parameters, so ModelConfig shows where and why it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -131,6 +132,28 @@ def build_model(
             name, source, options, cpu_engines, lambda: _timing_feeds(io_stub, config), budget
         )
         reason = f"{reason}; {cpu_reason}"
+    elif engine_name == dispatch.ENGINE_TORCH_SPARSE and forced in ("", "auto") and mode != "on":
+        try:
+            engine = create_engine(engine_name, source, options)
+            engine.load()
+        except ModelLoadError as exc:
+            # NOTE: e.g. an op the ONNX->torch interpreter lacks: the model still serves, dense
+            decision = dispatch.decide(profile, caps, engines, "off")
+            engine_name, device = decision.engine, decision.device
+            where = "onnxruntime CUDA" if device.startswith("cuda") else "onnxruntime CPU"
+            reason = (
+                f"dense fallback: {dispatch.ENGINE_TORCH_SPARSE} could not load the model "
+                f"({cpu_dispatch.shorten(str(exc))}); {where}"
+            )
+            LOGGER.warning("%s: %s", name, reason)
+            options = dataclasses.replace(
+                options,
+                device=device.split(":")[0],
+                device_id=int(device.split(":")[1]) if ":" in device else 0,
+                precision="fp32",
+            )
+            engine = create_engine(engine_name, source, options)
+            engine.load()
     else:
         engine = create_engine(engine_name, source, options)
         engine.load()

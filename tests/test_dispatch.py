@@ -88,3 +88,37 @@ def test_host_probes_do_not_crash() -> None:
     assert isinstance(caps, DeviceCaps)
     engines = installed_engines()
     assert "onnxruntime" in engines
+
+
+def test_a_model_torch_sparse_cannot_load_is_served_dense(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a capable GPU host, a 2:4 model the GPU engine cannot load (here: no CUDA at all,
+    elsewhere an op its interpreter lacks) is served dense by onnxruntime, with the reason;
+    under sparsity=on it is a load error instead."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from runtime import dispatch
+    from runtime.errors import ModelLoadError
+    from runtime.planning import build_model
+    from runtime.settings import Settings
+
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "model.onnx").write_bytes(mlp_pair()[1].SerializeToString())
+    monkeypatch.setattr(dispatch, "probe_device", lambda: H100)
+    monkeypatch.setattr(dispatch, "installed_engines", lambda: frozenset({"onnxruntime",
+                                                                         "torch_sparse"}))
+    monkeypatch.setattr("runtime.engines.torch_sparse._require_cuda",
+                        lambda torch, device_id: (_ for _ in ()).throw(
+                            EngineUnavailable("this host has no CUDA device")))  # fmt: skip
+    model = build_model("m", tmp_path / "m", 1, None, Settings())
+    try:
+        assert model.description.engine == "onnxruntime" and model.description.device == "cpu"
+        reason = model.info["dispatch_reason"]
+        assert reason.startswith("dense fallback: torch_sparse could not load the model"), reason
+    finally:
+        model.unload()
+    config = mc.ModelConfig()
+    config.parameters["sparsity"].string_value = "on"
+    with pytest.raises(ModelLoadError):
+        build_model("m", tmp_path / "m", 1, config, Settings())

@@ -6,6 +6,8 @@ Why 1e-4: both sides compute in fp32; only summation order differs, which for th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -394,3 +396,178 @@ def test_qdq_int8_sample_matches_onnxruntime_reference(which: int) -> None:
     want = sess.run(None, {"x": x})[0]
     got = _torch(model, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=0, atol=2 * out_scale)
+
+
+# ---- ops and edge cases found by review (each compared with onnxruntime in fp32)
+
+
+@pytest.mark.parametrize("axis", [-1, -2, -4, 0, 2])
+def test_flatten_counts_negative_axes_from_the_rank(axis: int) -> None:
+    node = helper.make_node("Flatten", ["x"], ["y"], axis=axis)
+    model = _single(node, [_fvi("x", [2, 3, 4, 5])], [_fvi("y", ["r", "c"])], [], 13)
+    _check(model, {"x": np.random.default_rng(5).standard_normal((2, 3, 4, 5)).astype(np.float32)})
+
+
+@pytest.mark.parametrize(
+    ("starts", "ends", "steps"),
+    [([-1], [-100], [-1]), ([4], [0], [-2]), ([2], [5], [-1]), ([10], [-10], [-3])],
+)
+def test_slice_with_negative_steps(starts: list[int], ends: list[int], steps: list[int]) -> None:
+    node = helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"])
+    inits = [_c("s", starts), _c("e", ends), _c("a", [1]), _c("st", steps)]
+    model = _single(node, [_fvi("x", [2, 7])], [_fvi("y", ["r", "c"])], inits, 13)
+    _check(model, {"x": np.arange(14, dtype=np.float32).reshape(2, 7)})
+
+
+@pytest.mark.parametrize("form", ["attr-11", "input-13", "equal-13", "num_outputs-18"])
+def test_split_in_each_opset_form(form: str) -> None:
+    outs = [_fvi(f"y{i}", ["r", f"c{i}"]) for i in range(3)]
+    names = [o.name for o in outs]
+    inits: list[onnx.TensorProto] = []
+    if form == "attr-11":
+        node, opset = helper.make_node("Split", ["x"], names, axis=1, split=[1, 2, 4]), 11
+    elif form == "input-13":
+        node, opset = helper.make_node("Split", ["x", "sp"], names, axis=1), 13
+        inits = [_c("sp", [3, 3, 1])]
+    elif form == "equal-13":
+        node, opset = helper.make_node("Split", ["x"], names, axis=1), 13
+    else:
+        node, opset = helper.make_node("Split", ["x"], names, axis=1, num_outputs=3), 18
+    width = 6 if form == "equal-13" else 7
+    model = _single(node, [_fvi("x", [2, width])], outs, inits, opset)
+    _check(model, {"x": np.arange(2 * width, dtype=np.float32).reshape(2, width)})
+
+
+def test_minilm_pooling_ops_match_onnxruntime() -> None:
+    """What a sentence-embedding export adds after the encoder: GreaterOrEqual/LessOrEqual
+    masks, Clip (bounds as inputs, one omitted), ReduceL2 normalisation; and Clip with
+    attribute bounds (opset 6)."""
+    nodes = [
+        helper.make_node("GreaterOrEqual", ["x", "zero"], ["ge"]),
+        helper.make_node("LessOrEqual", ["x", "zero"], ["le"]),
+        helper.make_node("Cast", ["ge"], ["gef"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["le"], ["lef"], to=TensorProto.FLOAT),
+        helper.make_node("Clip", ["x", "lo", ""], ["c"]),
+        helper.make_node("ReduceL2", ["c"], ["n"], axes=[1], keepdims=1),
+        helper.make_node("Clip", ["n", "eps"], ["nc"]),
+        helper.make_node("Div", ["c", "nc"], ["unit"]),
+        helper.make_node("Add", ["unit", "gef"], ["s"]),
+        helper.make_node("Sub", ["s", "lef"], ["y"]),
+    ]
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    lo = numpy_helper.from_array(np.array(-0.5, np.float32), "lo")
+    eps = numpy_helper.from_array(np.array(1e-9, np.float32), "eps")
+    graph = helper.make_graph(nodes, "pool", [_fvi("x", ["b", 6])], [_fvi("y", ["b", 6])],
+                              initializer=[zero, lo, eps])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = np.random.default_rng(6).standard_normal((4, 6)).astype(np.float32)
+    x[0] = 0.0  # an all-zero row: the eps keeps it finite
+    _check(model, {"x": x})
+    old = _single(helper.make_node("Clip", ["x"], ["y"], min=-0.25, max=0.5),
+                  [_fvi("x", ["b", 6])], [_fvi("y", ["b", 6])], [], 6)  # fmt: skip
+    old.ir_version = 7
+    _check(old, {"x": x})
+
+
+def _masked_attention(mask_value: float, opset: int = 17) -> onnx.ModelProto:
+    """scores + (1 - mask) * C, then Softmax: the HF extended attention mask."""
+    nodes = [
+        helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one", "mf"], ["inv"]),
+        helper.make_node("Mul", ["inv", "C"], ["bias"]),
+        helper.make_node("Add", ["scores", "bias"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["y"], axis=-1),
+    ]
+    inits = [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(mask_value, np.float32), "C")]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "mask",
+        [_fvi("scores", ["b", 5]), helper.make_tensor_value_info("mask", TensorProto.INT64,
+                                                                 ["b", 5])],
+        [_fvi("y", ["b", 5])], initializer=inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("mask_value", [float(np.finfo(np.float32).min), -1e9])
+def test_attention_mask_constants_stay_finite_in_half_precision(
+    dtype: str, mask_value: float
+) -> None:
+    """A plain cast makes these -inf in fp16 (and finfo.min in bf16), and 0 * -inf = NaN:
+    every output was NaN. Saturated, the result matches fp32 onnxruntime; a fully masked
+    row stays finite."""
+    model = _masked_attention(mask_value)
+    scores = np.random.default_rng(7).standard_normal((3, 5)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], np.int64)
+    want = _ort(model, {"scores": scores, "mask": mask})[0]
+    graph = convert(model).to("cpu", getattr(torch, dtype))
+    with torch.inference_mode():
+        out = graph({"scores": graph.prepare_input("scores", scores),
+                     "mask": graph.prepare_input("mask", mask)})["y"].float().numpy()  # fmt: skip
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[:2], want[:2], atol=2e-2)  # rows with a real token
+
+
+def test_dynamic_constant_of_shape_joins_the_compute_dtype() -> None:
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("ConstantOfShape", ["s"], ["c"],
+                              value=numpy_helper.from_array(np.array([0.5], np.float32))),
+             helper.make_node("Mul", ["x", "c"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(nodes, "cos", [_fvi("x", ["b", 4])], [_fvi("y", ["b", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = np.ones((2, 4), np.float32)
+    _check(model, {"x": x})
+    half = convert(model).to("cpu", torch.float16)
+    with torch.inference_mode():
+        y = half({"x": half.prepare_input("x", x)})["y"]
+    assert y.dtype == torch.float16 and torch.equal(y.float(), torch.full((2, 4), 0.5))
+
+
+def test_extra_outputs_are_rejected_at_conversion() -> None:
+    node = helper.make_node("LayerNormalization", ["x", "g"], ["y", "mean"], axis=-1)
+    rng = np.random.default_rng(8)
+    model = _single(node, [_fvi("x", ["b", 4])], [_fvi("y", ["b", 4]), _fvi("mean", ["b", 1])],
+                    [_init(rng, "g", (4,))], 17)  # fmt: skip
+    with pytest.raises(UnsupportedModel, match="only its first output"):
+        convert(model)
+
+
+def test_matmul_of_a_vector_with_a_row_bias_keeps_its_rank() -> None:
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("Add", ["h", "b"], ["y"])]  # fmt: skip
+    inits = [_init(rng, "W", (8, 6)), _init(rng, "b", (1, 6))]
+    graph = helper.make_graph(nodes, "vec", [_fvi("x", [8])], [_fvi("y", [1, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    assert len(convert(model).linears) == 1
+    _check(model, {"x": rng.standard_normal(8).astype(np.float32)})
+
+
+MINILM = Path(__file__).resolve().parents[1] / "model_repo" / "minilm_dense" / "1" / "model.onnx"
+
+
+@pytest.mark.skipif(not MINILM.exists(), reason="MiniLM is exported from a local HF cache")
+@pytest.mark.parametrize(("dtype", "atol"), [("float32", 1e-5), ("float16", 2e-3),
+                                             ("bfloat16", 2e-2)])  # fmt: skip
+def test_minilm_export_matches_onnxruntime(dtype: str, atol: float) -> None:
+    """The sentence-embedding export (GreaterOrEqual masks, Clip, ReduceL2, a float32-min
+    mask): every precision agrees with fp32 onnxruntime, and a fully padded row stays finite."""
+    rng = np.random.default_rng(0)
+    mask = np.ones((3, 16), np.int64)
+    mask[1, 10:] = 0
+    mask[2, :] = 0
+    feeds = {"input_ids": rng.integers(100, 2000, (3, 16)).astype(np.int64),
+             "attention_mask": mask, "token_type_ids": np.zeros((3, 16), np.int64)}  # fmt: skip
+    want = _ort(onnx.load(str(MINILM)), feeds)[0]
+    graph = convert(str(MINILM)).to("cpu", getattr(torch, dtype))
+    with torch.inference_mode():
+        got = graph({k: graph.prepare_input(k, v) for k, v in feeds.items()})
+    out = got[graph.outputs[0].name].float().numpy()
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[:2], want[:2], rtol=0, atol=atol)

@@ -46,6 +46,26 @@ INT_ONNX_TO_TORCH: dict[int, torch.dtype] = {
 }
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def to_compute_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """A float constant in the compute dtype, saturated rather than overflowed.
+
+    fp16/bf16 cannot hold the large negative constants exported attention masks use
+    (-1e9, float32's minimum): a plain cast makes them -inf, and 0 * -inf is NaN. They
+    become the format's largest finite value instead, and nonzero values too small for fp16
+    (a 1e-12 epsilon) its smallest normal one, so an epsilon never turns into a 0/0.
+    """
+    if dtype not in _HALF or not t.is_floating_point():
+        return t.to(dtype)
+    info = torch.finfo(dtype)
+    t = torch.where(torch.isfinite(t), t.clamp(info.min, info.max), t)
+    tiny = (t != 0) & (t.abs() < info.tiny)
+    t = torch.where(tiny, torch.sign(t) * info.tiny, t)
+    return t.to(dtype)
+
+
 class UnsupportedModel(ValueError):
     """The graph uses an op or attribute this interpreter does not implement."""
 
@@ -148,6 +168,10 @@ def _gemm(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
 
 def _softmax(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
     x = inputs[0]
+    if x.dtype in _HALF:
+        # NOTE: an additive mask at the format's minimum overflows to -inf when added to a
+        # score, and a row of -inf gives NaN; clamped, a fully masked row stays finite
+        x = x.clamp(min=torch.finfo(x.dtype).min)
     if ctx.opset >= 13:
         return torch.softmax(x, dim=int(attrs.get("axis", -1)))
     axis = int(attrs.get("axis", 1)) % max(x.dim(), 1)
@@ -254,14 +278,27 @@ def _slice(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
         steps = _ints(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else []
         steps = steps or [1] * len(starts)
     index: list[slice] = [slice(None)] * x.dim()
+    flips: list[int] = []
     for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
-        if st <= 0:
-            raise UnsupportedModel("Slice with non-positive steps is not supported")
-        dim = x.shape[a % x.dim()]
-        s = max(0, min(dim, s + dim if s < 0 else s))
-        e = max(0, min(dim, e + dim if e < 0 else e))
-        index[a % x.dim()] = slice(s, e, st)
-    return x[tuple(index)]
+        if st == 0:
+            raise UnsupportedModel("Slice with a zero step is not valid ONNX")
+        axis = a % x.dim()
+        dim = x.shape[axis]
+        s = s + dim if s < 0 else s
+        e = e + dim if e < 0 else e
+        if st > 0:
+            index[axis] = slice(max(0, min(dim, s)), max(0, min(dim, e)), st)
+            continue
+        # NOTE: torch has no negative steps: take the reversed range, then flip it
+        s, e = max(-1, min(dim - 1, s)), max(-1, min(dim - 1, e))
+        if s <= e:
+            index[axis] = slice(0, 0)
+            continue
+        picked = list(range(s, e, st))
+        index[axis] = slice(picked[-1], picked[0] + 1, -st)
+        flips.append(axis)
+    out = x[tuple(index)]
+    return out.flip(flips) if flips else out
 
 
 def _cast(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
@@ -296,13 +333,18 @@ def _expand(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
 def _constant_of_shape(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
     value = attrs.get("value")
     fill = tensor_from_proto(value) if value is not None else torch.zeros(1)
-    return fill.reshape(-1)[0].expand(_ints(inputs[0])).clone()
+    shape = _ints(inputs[0])
+    if fill.is_floating_point():  # NOTE: a float tensor joins the compute, on its device
+        v = to_compute_dtype(fill.reshape(-1)[:1], ctx.float_dtype)
+        return torch.full(shape, float(v[0]), dtype=ctx.float_dtype, device=ctx.device)
+    return fill.reshape(-1)[0].expand(shape).clone()  # shape arithmetic stays on the CPU
 
 
 def _flatten(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
     x = inputs[0]
-    axis = int(attrs.get("axis", 1)) % (x.dim() + 1)
-    return x.reshape(math.prod(x.shape[:axis]), -1)
+    axis = int(attrs.get("axis", 1))
+    axis = axis + x.dim() if axis < 0 else axis  # NOTE: ONNX counts back from the rank
+    return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
 
 def _range(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
@@ -385,6 +427,42 @@ def _dequantize_linear(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Te
     return v.to(scale.dtype if scale.is_floating_point() else ctx.float_dtype) * scale
 
 
+def _clip(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    """Clip: bounds as inputs (opset >= 11) or attributes (older); either may be absent.
+
+    A bound already on x's device stays a tensor (reading it would sync the device inside a
+    CUDA graph capture); a CPU or attribute bound is a number, saturated to x's format.
+    """
+    x = inputs[0]
+    for i, key, side in ((1, "min", "min"), (2, "max", "max")):
+        b = inputs[i] if len(inputs) > i and inputs[i] is not None else attrs.get(key)
+        if b is None:
+            continue
+        if isinstance(b, Tensor) and b.device == x.device:
+            bound: Tensor | float = b.to(x.dtype).reshape(())
+        else:
+            value = float(b.reshape(-1)[0]) if isinstance(b, Tensor) else float(b)
+            if x.dtype in _HALF:
+                value = float(to_compute_dtype(torch.tensor([value]), x.dtype)[0])
+            bound = value if x.is_floating_point() else int(value)
+        x = torch.clamp(x, **{side: bound})
+    return x
+
+
+def _split(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> tuple[Tensor, ...]:
+    """Split: sizes from the `split` input (opset >= 13), the attribute, or equal parts
+    (`num_outputs` at opset 18, else one per output, which `convert` passes in)."""
+    x = inputs[0]
+    axis = int(attrs.get("axis", 0)) % x.dim()
+    sizes = _ints(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else []
+    sizes = sizes or _ints(attrs.get("split"))
+    if not sizes:
+        parts = int(attrs.get("num_outputs") or attrs["_outputs"])
+        chunk = -(-x.shape[axis] // parts)  # ceil: the last part may be smaller, as in ONNX
+        sizes = [min(chunk, x.shape[axis] - i * chunk) for i in range(parts)]
+    return tuple(torch.split(x, sizes, dim=axis))
+
+
 def _dropout(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
     return inputs[0]
 
@@ -453,6 +531,13 @@ OPS: dict[str, OpFn] = {
     "Min": _variadic(torch.minimum),
     "ReduceSum": _reduce(lambda x, axes, keep: x.sum(dim=axes, keepdim=keep)),
     "ReduceMax": _reduce(lambda x, axes, keep: x.amax(dim=axes, keepdim=keep)),
+    "ReduceL2": _reduce(
+        lambda x, axes, keep: torch.linalg.vector_norm(x, 2, dim=axes, keepdim=keep)
+    ),
+    "GreaterOrEqual": _binary(torch.ge),
+    "LessOrEqual": _binary(torch.le),
+    "Clip": _clip,
+    "Split": _split,
 }
 """Supported ONNX ops (default domain)."""
 
@@ -468,8 +553,10 @@ class LinearOp:
     faster. Kernels receive a 2-D input [M, K] and return [M, N].
     """
 
-    def __init__(self, name: str, weight: Tensor, bias: Tensor | None) -> None:
+    def __init__(self, name: str, weight: Tensor, bias: Tensor | None, min_rank: int = 1) -> None:
         self.name = name
+        self.min_rank = min_rank
+        """2 when a fused [1, N] bias Add broadcast a 1-D input's result up to [1, N]."""
         self.weight: Tensor | None = weight
         self.bias = bias
         self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
@@ -494,8 +581,8 @@ class LinearOp:
             self.rows_seen[bucket] = int(x2.shape[0])
         name = force or self.kernel_name(bucket)
         kernel = self.kernels.get(name, self.dense) if name != "dense" else self.dense
-        y = kernel(x2)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        y = kernel(x2).reshape(*x.shape[:-1], self.out_features)
+        return y.unsqueeze(0) if y.dim() < self.min_rank else y
 
 
 # ----------------------------------------------------------------------------- the graph
@@ -556,7 +643,7 @@ class TorchGraph:
         self.ctx.device, self.ctx.float_dtype = device, float_dtype
         for name, t in self.consts.items():
             if t.is_floating_point():
-                self.consts[name] = t.to(device=device, dtype=float_dtype).contiguous()
+                self.consts[name] = to_compute_dtype(t, float_dtype).to(device).contiguous()
         for lin in self.linears.values():
             if lin.weight is not None:
                 lin.weight = lin.weight.to(device=device, dtype=float_dtype).contiguous()
@@ -677,6 +764,14 @@ def convert(model: onnx.ModelProto | bytes | str) -> TorchGraph:
         if fn is None:
             raise UnsupportedModel(f"ONNX op {node.op_type} (node {node.name!r}) is not supported")
         attrs = _attrs(node)
+        if node.op_type == "Split":
+            attrs["_outputs"] = len(node.output)
+        elif any(o and (o in consumers or o in graph_outputs) for o in node.output[1:]):
+            # NOTE: e.g. LayerNormalization's Mean/InvStdDev or Dropout's mask: only the
+            # first output is computed, so a graph reading another one cannot run
+            raise UnsupportedModel(
+                f"{node.op_type} node {node.name!r}: only its first output is supported"
+            )
         live = [n for n in node.input if n]
         foldable = node.op_type != "Shape" and all(n in consts for n in live)
         if foldable or node.op_type == "Constant":
@@ -689,6 +784,7 @@ def convert(model: onnx.ModelProto | bytes | str) -> TorchGraph:
             found = _as_linear(node, attrs, consts)
             if found is not None:
                 weight, bias = found
+                min_rank = 1
                 out = node.output[0]
                 users = consumers.get(out, [])
                 if (
@@ -705,10 +801,11 @@ def convert(model: onnx.ModelProto | bytes | str) -> TorchGraph:
                         bias = c.reshape(-1).contiguous()
                         out = add.output[0]
                         fused.add(id(add))
+                        min_rank = c.dim()
                 name = node.name or f"{node.op_type}_{index}"
                 if name in linears:
                     name = f"{name}_{index}"
-                lin = LinearOp(name, weight, bias)
+                lin = LinearOp(name, weight, bias, min_rank)
                 linears[name] = lin
                 steps.append(_Step(node.op_type, None, [node.input[0]], [out], {}, linear=lin))
                 continue
