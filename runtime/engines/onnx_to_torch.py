@@ -54,16 +54,18 @@ def to_compute_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
 
     fp16/bf16 cannot hold the large negative constants exported attention masks use
     (-1e9, float32's minimum): a plain cast makes them -inf, and 0 * -inf is NaN. They
-    become the format's largest finite value instead, and nonzero values too small for fp16
-    (a 1e-12 epsilon) its smallest normal one, so an epsilon never turns into a 0/0.
+    become the format's largest finite value instead, and nonzero values that would round
+    to zero (a 1e-12 epsilon in fp16) its smallest positive one, so an epsilon never turns
+    into a 0/0.
     """
     if dtype not in _HALF or not t.is_floating_point():
         return t.to(dtype)
     info = torch.finfo(dtype)
     t = torch.where(torch.isfinite(t), t.clamp(info.min, info.max), t)
-    tiny = (t != 0) & (t.abs() < info.tiny)
-    t = torch.where(tiny, torch.sign(t) * info.tiny, t)
-    return t.to(dtype)
+    out = t.to(dtype)
+    smallest = torch.nextafter(torch.zeros((), dtype=dtype), torch.ones((), dtype=dtype))
+    vanished = (t != 0) & (out == 0)
+    return torch.where(vanished, torch.sign(t).to(dtype) * smallest, out)
 
 
 class UnsupportedModel(ValueError):
