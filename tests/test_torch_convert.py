@@ -571,3 +571,49 @@ def test_minilm_export_matches_onnxruntime(dtype: str, atol: float) -> None:
     out = got[graph.outputs[0].name].float().numpy()
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out[:2], want[:2], rtol=0, atol=atol)
+
+
+def _decomposed_layer_norm(opset: int) -> onnx.ModelProto:
+    """LayerNorm as exports before opset 17 write it, with scale and bias after."""
+    axes_attr = {"axes": [-1]} if opset < 18 else {}
+    axes_in = [] if opset < 18 else ["axes"]
+    nodes = [
+        helper.make_node("ReduceMean", ["x", *axes_in], ["m"], **axes_attr),
+        helper.make_node("Sub", ["x", "m"], ["d"]),
+        helper.make_node("Pow", ["d", "two"], ["p"]),
+        helper.make_node("ReduceMean", ["p", *axes_in], ["v"], **axes_attr),
+        helper.make_node("Constant", [], ["eps"],
+                         value=numpy_helper.from_array(np.array(1e-12, np.float32))),
+        helper.make_node("Add", ["v", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["s"]),
+        helper.make_node("Div", ["d", "s"], ["n"]),
+        helper.make_node("Mul", ["n", "g"], ["ng"]),
+        helper.make_node("Add", ["ng", "b"], ["y"]),
+    ]  # fmt: skip
+    rng = np.random.default_rng(10)
+    inits = [numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             _init(rng, "g", (16,), 1.0), _init(rng, "b", (16,))]  # fmt: skip
+    if opset >= 18:
+        inits.append(_c("axes", [-1]))
+    graph = helper.make_graph(nodes, "ln", [_fvi("x", ["b", 3, 16])], [_fvi("y", ["b", 3, 16])],
+                              initializer=inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9 if opset >= 18 else 8
+    return model
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_decomposed_layer_norm_is_fused_and_safe_in_fp16(opset: int) -> None:
+    """(x - mean) ** 2 overflows fp16 once a hidden value is ~256 from the mean (a BERT
+    outlier dimension): fused into F.layer_norm, fp16 stays close to fp32 onnxruntime."""
+    model = _decomposed_layer_norm(opset)
+    x = np.random.default_rng(11).standard_normal((2, 3, 16)).astype(np.float32)
+    x[0, 1, 5] = 300.0
+    _check(model, {"x": x})
+    graph = convert(model)
+    assert [s.op_type for s in graph.steps][:1] == ["LayerNorm(decomposed)"]
+    want = _ort(model, {"x": x})[0]
+    half = graph.to("cpu", torch.float16)
+    with torch.inference_mode():
+        got = half({"x": half.prepare_input("x", x)})["y"].float().numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-2)

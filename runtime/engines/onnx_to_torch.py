@@ -734,6 +734,73 @@ def _as_linear(
     return weight, bias
 
 
+def _normalize_last_dim(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
+    """A decomposed LayerNorm (no scale or bias), fused: see `_match_layer_norm`."""
+    x = inputs[0]
+    return F.layer_norm(x, (x.shape[-1],), None, None, float(attrs["epsilon"]))
+
+
+def _match_layer_norm(
+    node: onnx.NodeProto,
+    consumers: Mapping[str, list[onnx.NodeProto]],
+    value_of: Callable[[str], Tensor | None],
+    graph_outputs: set[str],
+) -> tuple[str, str, float, list[onnx.NodeProto]] | None:
+    """(x, normalized output, epsilon, the nodes it replaces) when `node` starts the LayerNorm
+    that exports before opset 17 spell out:
+
+        m = ReduceMean(x); d = x - m; v = ReduceMean(d ** 2); y = d / Sqrt(v + eps)
+
+    Why fuse it: in fp16, d ** 2 overflows (65504 is fp16's largest value) as soon as one
+    hidden value is ~256 away from the mean, and every output of that row goes wrong;
+    F.layer_norm accumulates in fp32. The scale and bias Mul/Add that follow stay as they are.
+    """
+
+    def last_axis_mean(n: onnx.NodeProto) -> bool:
+        if n.op_type != "ReduceMean" or int(_attrs(n).get("keepdims", 1)) != 1:
+            return False
+        axes = _attrs(n).get("axes")
+        if axes is None and len(n.input) > 1 and n.input[1]:
+            t = value_of(n.input[1])
+            axes = None if t is None else _ints(t)
+        return axes is not None and list(axes) == [-1]
+
+    def only(name: str, op: str) -> onnx.NodeProto | None:
+        users = consumers.get(name, [])
+        if name in graph_outputs or len(users) != 1 or users[0].op_type != op:
+            return None
+        return users[0]
+
+    if not last_axis_mean(node):
+        return None
+    x, mean = node.input[0], node.output[0]
+    sub = only(mean, "Sub")
+    if sub is None or list(sub.input) != [x, mean]:
+        return None
+    d = sub.output[0]
+    users = consumers.get(d, [])
+    if d in graph_outputs or sorted(u.op_type for u in users) != ["Div", "Pow"]:
+        return None
+    pow_, div = sorted(users, key=lambda u: u.op_type == "Div")
+    two = value_of(pow_.input[1])
+    if list(pow_.input)[0] != d or two is None or two.numel() != 1 or float(two) != 2.0:
+        return None
+    var = only(pow_.output[0], "ReduceMean")
+    if var is None or not last_axis_mean(var):
+        return None
+    add = only(var.output[0], "Add")
+    if add is None:
+        return None
+    eps_name = add.input[1] if add.input[0] == var.output[0] else add.input[0]
+    eps = value_of(eps_name)
+    if eps is None or eps.numel() != 1:
+        return None
+    sqrt = only(add.output[0], "Sqrt")
+    if sqrt is None or list(div.input) != [d, sqrt.output[0]]:
+        return None
+    return x, div.output[0], float(eps), [sub, pow_, var, add, sqrt, div]
+
+
 def convert(model: onnx.ModelProto | bytes | str) -> TorchGraph:
     """Convert an ONNX model (proto, bytes or path) into a `TorchGraph` on the CPU in fp32."""
     if isinstance(model, bytes):
@@ -754,12 +821,29 @@ def convert(model: onnx.ModelProto | bytes | str) -> TorchGraph:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
+    constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+
+    def value_of(name: str) -> Tensor | None:
+        """A constant's value, also for a Constant node not folded yet."""
+        if name in consts:
+            return consts[name]
+        node = constant_nodes.get(name)
+        return _constant([], _attrs(node), ctx) if node is not None else None
+
     steps: list[_Step] = []
     linears: dict[str, LinearOp] = {}
-    fused: set[int] = set()  # id() of Add nodes folded into a linear layer
+    fused: set[int] = set()  # id() of nodes folded into a linear layer or a LayerNorm
     for index, node in enumerate(graph.node):
         if id(node) in fused:
             continue
+        if node.op_type == "ReduceMean" and node.input[0] not in consts:
+            norm = _match_layer_norm(node, consumers, value_of, graph_outputs)
+            if norm is not None:
+                x, out, eps, replaced = norm
+                fused.update(id(n) for n in replaced)
+                steps.append(_Step("LayerNorm(decomposed)", _normalize_last_dim, [x], [out],
+                                   {"epsilon": eps}))  # fmt: skip
+                continue
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedModel(f"op {node.domain}::{node.op_type} is not supported")
         fn = OPS.get(node.op_type)
