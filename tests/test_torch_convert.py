@@ -617,3 +617,40 @@ def test_decomposed_layer_norm_is_fused_and_safe_in_fp16(opset: int) -> None:
     with torch.inference_mode():
         got = half({"x": half.prepare_input("x", x)})["y"].float().numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-2)
+
+
+def test_shape_derived_masks_are_copied_to_the_device_once() -> None:
+    """A mask built from Range/Shape (CPU) meeting a device tensor is copied once per value:
+    the second pass at the same shapes copies nothing, so it can be captured in a CUDA graph
+    (meta stands in for CUDA)."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "one"], ["n"], axis=0),
+        helper.make_node("Range", ["zero", "n", "step"], ["r"]),
+        helper.make_node("Less", ["r", "four"], ["lt"]),
+        helper.make_node("And", ["m", "lt"], ["mm"]),
+        helper.make_node("Where", ["mm", "x", "fzero"], ["y"]),
+    ]
+    inits = [_c("one", 1), _c("zero", 0), _c("step", 1), _c("four", 4),
+             numpy_helper.from_array(np.array(0.0, np.float32), "fzero")]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "mask",
+        [_fvi("x", ["b", "s"]), helper.make_tensor_value_info("m", TensorProto.BOOL, ["b", "s"])],
+        [_fvi("y", ["b", "s"])], initializer=inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = np.random.default_rng(12).standard_normal((2, 6)).astype(np.float32)
+    m = np.array([[1, 1, 0, 1, 1, 1], [1, 1, 1, 1, 1, 0]], bool)
+    _check(model, {"x": x, "m": m})
+    meta = convert(model).to("meta", torch.float16)
+    feeds = {"x": torch.empty((2, 6), device="meta"), "m": torch.empty((2, 6), dtype=torch.bool,
+                                                                        device="meta")}  # fmt: skip
+    meta(feeds)
+    assert meta.ctx.host_to_device == 1
+    meta.ctx.host_to_device = 0
+    meta(feeds)
+    assert meta.ctx.host_to_device == 0
+    meta({"x": torch.empty((2, 7), device="meta"),
+          "m": torch.empty((2, 7), dtype=torch.bool, device="meta")})  # fmt: skip
+    assert meta.ctx.host_to_device == 1  # another length: another mask, copied once

@@ -81,18 +81,41 @@ class Ctx:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     host_to_device: int = 0
     """Copies of CPU tensors to the device so far; such a pass cannot be put in a CUDA graph."""
+    device_copies: dict[tuple[object, ...], Tensor] = field(default_factory=dict)
+    """Device copies of small CPU tensors by content: see `_to`."""
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
+_CACHED_COPY_MAX_NUMEL = 4096
+_CACHED_COPIES_MAX = 256
+
+
 def _to(t: Tensor, device: torch.device, ctx: Ctx) -> Tensor:
-    """Move t to device, counting host->device copies (they rule out CUDA graph capture)."""
+    """Move t to device, counting host->device copies (they rule out CUDA graph capture).
+
+    A CPU tensor here is shape arithmetic or an integer constant, so its value depends only
+    on the input shapes (an attention mask built from Range and Shape, say): a small one is
+    copied once per value and reused, so the second pass at a batch bucket copies nothing
+    and can be captured in a CUDA graph.
+    """
     if t.device == device:
         return t
-    if t.device.type == "cpu":
-        ctx.host_to_device += 1
-    return t.to(device)
+    if t.device.type != "cpu":
+        return t.to(device)
+    key: tuple[object, ...] | None = None
+    if t.numel() <= _CACHED_COPY_MAX_NUMEL:
+        raw = bytes(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+        key = (str(device), t.dtype, tuple(t.shape), raw)
+        cached = ctx.device_copies.get(key)
+        if cached is not None:
+            return cached
+    ctx.host_to_device += 1
+    moved = t.to(device)
+    if key is not None and len(ctx.device_copies) < _CACHED_COPIES_MAX:
+        ctx.device_copies[key] = moved
+    return moved
 
 
 def _align(a: Tensor, b: Tensor, ctx: Ctx) -> tuple[Tensor, Tensor]:
@@ -643,6 +666,7 @@ class TorchGraph:
         """Move float constants and linear weights to `device`/`float_dtype`; ints stay on CPU."""
         device = torch.device(device)
         self.ctx.device, self.ctx.float_dtype = device, float_dtype
+        self.ctx.device_copies.clear()
         for name, t in self.consts.items():
             if t.is_floating_point():
                 self.consts[name] = to_compute_dtype(t, float_dtype).to(device).contiguous()

@@ -749,12 +749,14 @@ class TorchSparseEngine:
         static_in = {n: t.clone() for n, t in feeds.items()}
         graph.bucket = bucket
         try:
-            graph.ctx.host_to_device = 0
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(2):
-                    graph(static_in)
+                graph(static_in)
+                # NOTE: the first pass may copy small shape-derived tensors to the device
+                # once (onnx_to_torch._to caches them); the second must copy nothing
+                graph.ctx.host_to_device = 0
+                graph(static_in)
             torch.cuda.current_stream().wait_stream(side)
             if graph.ctx.host_to_device:
                 # NOTE: a pageable host->device copy would invalidate the capture; do not try.
