@@ -50,8 +50,13 @@ step() {
         return 0
     fi
     echo "=== [$name] start at $(elapsed)s, timeout ${limit}s" | tee -a "$LOG"
-    timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1 &
+    local pid=$!
+    wait "$pid"
     local rc=$?
+    # NOTE: timeout leads its own process group; whatever the step left running (a server
+    # whose parent died before its cleanup) goes with it, and with it its GPU memory
+    kill -9 -- "-$pid" 2>/dev/null
     tail -n 40 "$OUT/$name.log"
     echo "=== [$name] rc=$rc at $(elapsed)s" | tee -a "$LOG"
     echo "$name $rc $(elapsed)s" >>"$OUT/steps.txt"
@@ -88,7 +93,6 @@ BENCH=(benchmarks/gpu_sparse_bench.py --out "$OUT" --models-dir "$SPARSE_RUNTIME
 
 step env 30 bash -c env_info
 step gemm 70 $PY "${BENCH[@]}" gemm --reps 15
-step probe 90 $PY benchmarks/gpu_probe_cslt.py "$OUT"
 step models 90 $PY "${BENCH[@]}" models
 step pytest 110 $PY -m pytest -q -m gpu -p no:cacheprovider -rfEs tests/test_gpu_sparse.py
 step engine 100 $PY "${BENCH[@]}" engine --secs 0.3
@@ -101,6 +105,7 @@ step server 120 $PY "${BENCH[@]}" server --secs 0.3 --start-timeout 60 --load-ti
 step engine_fused 80 $PY "${BENCH[@]}" engine --secs 0.2 --name engine_fused \
     --modes off,auto,auto_fused,on_fused
 step profile 60 $PY "${BENCH[@]}" profile --modes off,auto
+step probe 60 $PY benchmarks/gpu_probe_cslt.py "$OUT"
 $PY "${BENCH[@]}" summary 2>&1 | tee "$OUT/summary.md"
 echo "steps:" && cat "$OUT/steps.txt"
 # NOTE: the device tool brings back at most 8 files from OUTDIR (13 were written here and 5

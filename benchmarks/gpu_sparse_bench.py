@@ -98,6 +98,24 @@ class Recorder:
         write_atomic(self.path, json.dumps(self.data, indent=1, default=str).encode())
 
 
+ENGINE_RATIOS = {"speedup_infer": "p50_ms", "speedup_device": "device_us"}
+SERVER_RATIOS = {"speedup": "p50_ms", "speedup_compute": "compute_infer_ms"}
+
+
+def add_ratios(rows: list[dict[str, Any]], who: str, base: str, ratios: dict[str, str]) -> None:
+    """Speed-up columns in place: the baseline's time over each row's at the same batch
+    (> 1: faster than the baseline). Also run by `summary`, so a part cut short by its
+    timeout still gets them from the rows it wrote."""
+    ref = {r["batch"]: r for r in rows if r.get(who) == base}
+    for r in rows:
+        b = ref.get(r["batch"])
+        if b is None or r.get(who) == base:
+            continue
+        for out, col in ratios.items():
+            if b.get(col) and r.get(col):
+                r[out] = b[col] / r[col]
+
+
 def table(rows: Sequence[dict[str, Any]], cols: Sequence[str], title: str) -> str:
     """Markdown table of `cols` (missing values print as '-')."""
 
@@ -362,13 +380,7 @@ def part_engine(
             engine.unload()
         engines.clear()
         torch.cuda.empty_cache()
-    base_rows = {r["batch"]: r for r in rows if r["mode"] == "off"}
-    for row in rows:
-        ref = base_rows.get(row["batch"])
-        if ref and row["mode"] != "off":
-            row["speedup_infer"] = ref["p50_ms"] / row["p50_ms"]
-            if ref.get("device_us") and row.get("device_us"):
-                row["speedup_device"] = ref["device_us"] / row["device_us"]
+    add_ratios(rows, "mode", "off", ENGINE_RATIOS)
     rows.sort(key=lambda r: (list(modes).index(r["mode"]), r["batch"]))
     rec.set("rows", rows)
     print(table(rows, ENGINE_COLS, "(b) engine level, hidden-8192 MLP (3x 8192x8192), fp16"))
@@ -451,11 +463,11 @@ def part_profile(
                     torch.cuda.synchronize()
                 kernels = []
                 for ev in prof.key_averages():
-                    dev_us = float(
-                        getattr(ev, "self_device_time_total", None)
-                        or getattr(ev, "self_cuda_time_total", 0.0)
-                        or 0.0
-                    )
+                    # NOTE: only device events: a CPU op (aten::copy_) also carries the time
+                    # of the kernels it launched, which would count them twice
+                    if getattr(ev, "device_type", None) != torch.autograd.DeviceType.CUDA:
+                        continue
+                    dev_us = float(getattr(ev, "self_device_time_total", 0.0) or 0.0)
                     if dev_us > 0:
                         kernels.append({"name": ev.key[:120], "us_per_call": dev_us / calls,
                                         "count_per_call": ev.count / calls})  # fmt: skip
@@ -780,13 +792,7 @@ def part_server(
         rec.set("client", CLIENT_NOTE)
         url = f"127.0.0.1:{grpc_port}"
         rows = _server_rounds(rec, url, metrics_url, live, batches, secs, kind)
-        dense = {r["batch"]: r for r in rows if r["model"] == kind.baseline}
-        for r in rows:
-            ref = dense.get(r["batch"])
-            if r["model"] != kind.baseline and ref:
-                r["speedup"] = ref["p50_ms"] / r["p50_ms"]
-                if ref.get("compute_infer_ms") and r.get("compute_infer_ms"):
-                    r["speedup_compute"] = ref["compute_infer_ms"] / r["compute_infer_ms"]
+        add_ratios(rows, "model", kind.baseline, SERVER_RATIOS)
         rec.set("rows", rows)
         try:
             import urllib.request
@@ -831,6 +837,7 @@ def part_summary(out: Path) -> None:
         rows = engine.get("rows", [])
         if not rows:
             continue
+        add_ratios(rows, "mode", "off", ENGINE_RATIOS)
         print(table(rows, ENGINE_COLS, f"(b) {name}, hidden-8192 MLP, fp16"))
         modes = [m for m in MODE_PARAMS if m != "off" and any(r["mode"] == m for r in rows)]
         for mode in modes:
@@ -860,6 +867,10 @@ def part_summary(out: Path) -> None:
         result = load(name)
         if result.get("skipped"):
             print(f"(c) {name}: SKIPPED: {result['skipped']}")
+        rows = result.get("rows", [])
+        base = next((r["model"] for r in rows if "dense" in str(r.get("model"))), None)
+        if base:
+            add_ratios(rows, "model", base, SERVER_RATIOS)
         print(table(result.get("rows", []), SERVER_COLS, f"(c) through the server, {title}"))
     for name in ("gemm", "engine", "engine_fused", "profile", "server", "server_encoder"):
         for err in load(name).get("errors", []):

@@ -175,3 +175,19 @@ def test_bias_epilogue_is_off_by_default_and_without_bias() -> None:
     assert fake.fused_calls == 0
     with pytest.raises(ValueError, match="bias_epilogue"):
         CsltLinear(fake, torch.randn(48, 32), None, bias_epilogue="yes")
+
+
+def test_bias_epilogue_on_does_not_inherit_an_auto_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both modes loaded in one process (gpu_check's engine_fused step): "auto" timed the
+    epilogue slower and kept the separate add; "on" still uses the epilogue where it agrees."""
+    monkeypatch.setattr(
+        torch_sparse, "time_pair", lambda *a, **k: {"separate": 10.0, "fused": 11.0}
+    )
+    fake = FakeCslt()
+    w, b = torch.randn(48, 32), torch.randn(48)
+    auto = CsltLinear(fake, w, b, bias_epilogue="auto")
+    auto.search(64)
+    on = CsltLinear(fake, w, b, bias_epilogue="on")
+    on.search(64)
+    assert auto.fused == {(64, False): False, (64, True): False}
+    assert on.fused == {(64, False): True, (64, True): True}

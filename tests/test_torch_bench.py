@@ -75,3 +75,19 @@ def test_engine_modes_are_checked_before_any_work(bench) -> None:
     with pytest.raises(SystemExit) as exc:
         bench.main(["engine", "--modes", "off,fast"])
     assert exc.value.code == 2
+
+
+def test_summary_computes_ratios_a_killed_part_did_not(
+    bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows flushed before a timeout carry times only; summary derives the speed-ups."""
+    rec = bench.Recorder(tmp_path, "engine", {})
+    for mode, us in (("off", 300.0), ("auto", 200.0)):
+        rec.row({"mode": mode, "batch": 1024, "p50_ms": us / 100, "device_us": us})
+    rec = bench.Recorder(tmp_path, "server", {})
+    for model, ms in (("mlp8192_dense", 9.0), ("mlp8192_sparse24", 6.0)):
+        rec.row({"model": model, "batch": 256, "p50_ms": ms, "compute_infer_ms": ms / 3})
+    assert bench.main(["summary", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "verdict engine auto speedup_device: worst 1.500x at batch 1024" in out
+    assert "| mlp8192_sparse24 | 256 | 6 | - | - | 1.5 | 2 | 1.5 |" in out

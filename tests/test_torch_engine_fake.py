@@ -378,3 +378,15 @@ def test_sparse_outputs_reach_the_host_row_major(monkeypatch: pytest.MonkeyPatch
         assert y.flags.c_contiguous and y.shape == (batch, 256)
     assert fake.calls  # the sparse kernels ran
     _check(engine, 1, 40)
+
+
+@pytest.mark.parametrize("elem_type", [1, 10, 11, 7], ids=["float", "float16", "double", "int64"])
+def test_outputs_reach_numpy_row_major_in_every_dtype(elem_type: int) -> None:
+    """_to_numpy on a transposed view (what a 2:4 layer returns): C-order in every output
+    dtype, including fp16 -> fp16, where .to() alone would hand the view back as it is."""
+    engine = TorchSparseEngine(b"", EngineOptions())
+    engine._torch = torch
+    base = torch.arange(12, dtype=torch.float16 if elem_type != 7 else torch.int64).reshape(3, 4)
+    out = engine._to_numpy(base.t(), elem_type)
+    assert out.flags.c_contiguous and out.shape == (4, 3)
+    np.testing.assert_array_equal(out, base.t().numpy().astype(out.dtype))

@@ -241,7 +241,8 @@ class CsltLinear:
             alg = self._search_alg(x, key, shape_key)
             self.alg_ids[key] = alg
             if self.bias_epilogue != "off":
-                self.fused[key] = self._choose_epilogue(x, (*shape_key, alg))
+                # NOTE: the mode is part of the key: "on" must not inherit an "auto" timing
+                self.fused[key] = self._choose_epilogue(x, (*shape_key, alg, self.bias_epilogue))
         return self.alg_ids[(padded, False)]
 
     def _search_alg(self, x: Any, key: tuple[int, bool], shape_key: tuple[object, ...]) -> int:
@@ -861,14 +862,16 @@ class TorchSparseEngine:
         dev VM); on the GPU the transpose rides along with the cast.
         """
         torch = self._torch
-        row_major = torch.contiguous_format
         if elem_type == TensorProto.FLOAT16:
-            return t.to(torch.float16, memory_format=row_major).cpu().numpy()
-        if t.is_floating_point():
-            target = np.float64 if elem_type == TensorProto.DOUBLE else np.float32
-            out = t.to(torch.float32, memory_format=row_major).cpu().numpy()
-            return out.astype(target, copy=False)
-        return t.contiguous().cpu().numpy()
+            dtype = torch.float16
+        elif t.is_floating_point():
+            dtype = torch.float32
+        else:
+            dtype = t.dtype
+        # NOTE: .to() with a new dtype writes row-major in the same kernel; with the same
+        # dtype it returns the view as is, and .contiguous() makes the one copy
+        out = t.to(dtype, memory_format=torch.contiguous_format).contiguous().cpu().numpy()
+        return out.astype(np.float64, copy=False) if elem_type == TensorProto.DOUBLE else out
 
     # ------------------------------------------------------------------ lifecycle, reports
 
