@@ -136,6 +136,8 @@ def build_model(
         try:
             engine = create_engine(engine_name, source, options)
             engine.load()
+        except ConfigError:
+            raise  # a mistake in the config is the operator's to fix, not to hide
         except ModelLoadError as exc:
             # NOTE: e.g. an op the ONNX->torch interpreter lacks: the model still serves, dense
             decision = dispatch.decide(profile, caps, engines, "off")

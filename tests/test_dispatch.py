@@ -122,3 +122,7 @@ def test_a_model_torch_sparse_cannot_load_is_served_dense(
     config.parameters["sparsity"].string_value = "on"
     with pytest.raises(ModelLoadError):
         build_model("m", tmp_path / "m", 1, config, Settings())
+    typo = mc.ModelConfig()  # a config mistake is reported, not served around
+    typo.parameters["cslt_bias_epilogue"].string_value = "yes"
+    with pytest.raises(ConfigError, match="cslt_bias_epilogue"):
+        build_model("m", tmp_path / "m", 1, typo, Settings())

@@ -309,33 +309,44 @@ def _burst(url: str, model: str, n: int, timeout_us: int | None = None) -> list[
     return asyncio.run(run())
 
 
+def _expired(results: list[object]) -> list[InferenceServerException]:
+    expired = [r for r in results if isinstance(r, InferenceServerException)]
+    for r in expired:
+        assert r.status() == "StatusCode.UNAVAILABLE" and "Request timeout expired" in str(r)
+    return expired
+
+
 def test_queue_policy_timeouts(repo: Path, tmp_path: Path) -> None:
     """default_queue_policy as Triton: REJECT past default_timeout_microseconds (UNAVAILABLE
-    "Request timeout expired", counted REJECTED), unless the request's own timeout may
-    override it (allow_timeout_override)."""
-    policy = ("dynamic_batching { default_queue_policy { timeout_action: REJECT "
-              "default_timeout_microseconds: 10000 allow_timeout_override: true } }")  # fmt: skip
-    config = SLOW_CONFIG.replace("64", "1", 1).replace(
-        "dynamic_batching { default_queue_policy { max_queue_size: 2 } }", policy
-    )
-    write_model(repo, "slow", slow_model(layers=400), config)
+    "Request timeout expired", counted REJECTED); with allow_timeout_override a request's
+    own `timeout` may shorten the model's, never lengthen it."""
+
+    def config(name: str, timeout_us: int) -> str:
+        policy = ("dynamic_batching { default_queue_policy { timeout_action: REJECT "
+                  f"default_timeout_microseconds: {timeout_us} allow_timeout_override: true }} }}")
+        return SLOW_CONFIG.replace("64", "1", 1).replace('"slow"', f'"{name}"').replace(
+            "dynamic_batching { default_queue_policy { max_queue_size: 2 } }", policy
+        )  # fmt: skip
+
+    write_model(repo, "slow", slow_model(layers=400), config("slow", 10_000))
+    write_model(repo, "patient", slow_model(layers=400), config("patient", 60_000_000))
     srv = start_server(repo, tmp_path)
     try:
         client = grpcclient.InferenceServerClient(srv.url)
-        assert wait_for(lambda: client.is_model_ready("slow"))
-        infer(client, "slow")  # warm
+        assert wait_for(lambda: client.is_model_ready("slow") and client.is_model_ready("patient"))
+        infer(client, "slow"), infer(client, "patient")  # warm
         # one at a time, each a few ms even on a fast host: the later ones wait past 10 ms
-        results = _burst(srv.url, "slow", 12)
-        expired = [r for r in results if isinstance(r, InferenceServerException)]
-        assert expired and len(expired) < 12, results
-        for r in expired:
-            assert r.status() == "StatusCode.UNAVAILABLE" and "Request timeout expired" in str(r)
+        expired = _expired(_burst(srv.url, "slow", 12))
+        assert expired and len(expired) < 12
         samples = parse_metrics(srv.scrape())
         failed = metric(samples, "nv_inference_request_failure", model="slow", reason="REJECTED")
         assert failed == len(expired)
-        # the request's own timeout (60 s) overrides the model's 10 ms: all are served
-        results = _burst(srv.url, "slow", 12, timeout_us=60_000_000)
-        assert not [r for r in results if isinstance(r, Exception)], results
+        # a request cannot lengthen the model's 10 ms...
+        assert _expired(_burst(srv.url, "slow", 12, timeout_us=60_000_000))
+        # ...but may shorten a model's 60 s
+        served = _burst(srv.url, "patient", 12)
+        assert not [r for r in served if isinstance(r, Exception)], served
+        assert _expired(_burst(srv.url, "patient", 12, timeout_us=10_000))
     finally:
         assert srv.stop() == 0
 

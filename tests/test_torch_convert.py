@@ -410,8 +410,9 @@ def test_flatten_counts_negative_axes_from_the_rank(axis: int) -> None:
 
 @pytest.mark.parametrize(
     ("starts", "ends", "steps"),
-    [([-1], [-100], [-1]), ([4], [0], [-2]), ([2], [5], [-1]), ([10], [-10], [-3])],
-)
+    [([-1], [-100], [-1]), ([4], [0], [-2]), ([2], [5], [-1]), ([10], [-10], [-3]),
+     ([-100], [-(2**63) + 1], [-1])],
+)  # fmt: skip
 def test_slice_with_negative_steps(starts: list[int], ends: list[int], steps: list[int]) -> None:
     node = helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"])
     inits = [_c("s", starts), _c("e", ends), _c("a", [1]), _c("st", steps)]
@@ -654,3 +655,12 @@ def test_shape_derived_masks_are_copied_to_the_device_once() -> None:
     meta({"x": torch.empty((2, 7), device="meta"),
           "m": torch.empty((2, 7), dtype=torch.bool, device="meta")})  # fmt: skip
     assert meta.ctx.host_to_device == 1  # another length: another mask, copied once
+
+
+def test_decomposed_layer_norm_whose_parts_are_used_elsewhere_is_left_alone() -> None:
+    """Fusing would drop the Sqrt output that the graph also returns: no fusion then."""
+    model = _decomposed_layer_norm(13)
+    model.graph.output.append(_fvi("s", ["b", 3, 1]))
+    x = np.random.default_rng(13).standard_normal((2, 3, 16)).astype(np.float32)
+    _check(model, {"x": x})
+    assert "LayerNorm(decomposed)" not in [s.op_type for s in convert(model).steps]

@@ -52,6 +52,8 @@ class InferRequest:
     dispatch_ns: int = 0
     timeout_us: int = 0
     """The client's queue timeout (request parameter `timeout`); 0 = the model's default."""
+    enqueue_ns: int = 0
+    """When the batcher queued it: queue timeouts count from here, not from decoding."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class DynamicBatcher:
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         request.future = loop.create_future()
+        request.enqueue_ns = time.perf_counter_ns()
         self._queue.append(request)
         self._stats.pending += 1
         self._outstanding += 1
@@ -194,22 +197,27 @@ class DynamicBatcher:
         self._maybe_dispatch()
 
     def _timeout_ns_of(self, r: InferRequest) -> int:
-        if r.timeout_us and self._allow_override:
-            return r.timeout_us * 1000
+        """As Triton: a request may shorten the model's timeout, never lengthen or add one."""
+        override = r.timeout_us * 1000
+        if self._allow_override and override and override < self._timeout_ns:
+            return override
         return self._timeout_ns
 
     def _expire(self) -> None:
         """Queue policy (default_queue_policy): requests queued past their timeout are
         rejected (REJECT) or moved behind the others (DELAY)."""
         now = time.perf_counter_ns()
-        late = [r for r in self._queue if (t := self._timeout_ns_of(r)) and now - r.arrival_ns > t]
+        on_time: list[InferRequest] = []
+        late: list[InferRequest] = []
+        for r in self._queue:
+            t = self._timeout_ns_of(r)
+            (late if t and now - r.enqueue_ns > t else on_time).append(r)
         if not late:
             return
-        for r in late:
-            self._queue.remove(r)
         if self._delay_on_timeout:
-            self._queue.extend(late)
+            self._queue = collections.deque(on_time + late)
             return
+        self._queue = collections.deque(on_time)
         self._stats.pending -= len(late)
         for r in late:
             if r.future is not None and not r.future.done():
@@ -237,7 +245,7 @@ class DynamicBatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._timeout_ns or self._allow_override:
+        if self._timeout_ns:
             self._expire()
             if not self._queue:
                 return

@@ -314,8 +314,9 @@ def _slice(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> Tensor:
         if st > 0:
             index[axis] = slice(max(0, min(dim, s)), max(0, min(dim, e)), st)
             continue
-        # NOTE: torch has no negative steps: take the reversed range, then flip it
-        s, e = max(-1, min(dim - 1, s)), max(-1, min(dim - 1, e))
+        # NOTE: torch has no negative steps: take the reversed range, then flip it. ONNX
+        # clamps a backwards start to [0, dim - 1] and its end to [-1, dim - 1]
+        s, e = max(0, min(dim - 1, s)), max(-1, min(dim - 1, e))
         if s <= e:
             index[axis] = slice(0, 0)
             continue
@@ -484,7 +485,7 @@ def _split(inputs: list[Any], attrs: dict[str, Any], ctx: Ctx) -> tuple[Tensor, 
     if not sizes:
         parts = int(attrs.get("num_outputs") or attrs["_outputs"])
         chunk = -(-x.shape[axis] // parts)  # ceil: the last part may be smaller, as in ONNX
-        sizes = [min(chunk, x.shape[axis] - i * chunk) for i in range(parts)]
+        sizes = [max(0, min(chunk, x.shape[axis] - i * chunk)) for i in range(parts)]
     return tuple(torch.split(x, sizes, dim=axis))
 
 
@@ -820,7 +821,9 @@ def _match_layer_norm(
     if eps is None or eps.numel() != 1:
         return None
     sqrt = only(add.output[0], "Sqrt")
-    if sqrt is None or list(div.input) != [d, sqrt.output[0]]:
+    if sqrt is None or only(sqrt.output[0], "Div") is not div:
+        return None
+    if list(div.input) != [d, sqrt.output[0]]:
         return None
     return x, div.output[0], float(eps), [sub, pow_, var, add, sqrt, div]
 
