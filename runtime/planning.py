@@ -56,6 +56,12 @@ def batch_buckets(config: mc.ModelConfig | None) -> tuple[int, ...]:
     return tuple(sorted(set(powers + preferred + (top,))))
 
 
+def _device_parts(device: str) -> tuple[str, int]:
+    """Split "cuda:1" into ("cuda", 1); "cpu" gives ("cpu", 0)."""
+    kind, _, index = device.partition(":")
+    return kind, int(index) if index else 0
+
+
 def _int_parameter(params: dict[str, str], key: str, default: int) -> int:
     """A non-negative integer config parameter, or a ConfigError that names it."""
     raw = params.get(key)
@@ -111,9 +117,10 @@ def build_model(
                     raise ConfigError(f"engine '{forced}' needs a CUDA GPU; none found")
                 device = f"cuda:{caps.gpus[0].index}"
     params = {k: v.string_value for k, v in (config.parameters.items() if config else [])}
+    kind, device_id = _device_parts(device)
     options = EngineOptions(
-        device=device.split(":")[0],
-        device_id=int(device.split(":")[1]) if ":" in device else 0,
+        device=kind,
+        device_id=device_id,
         intra_op_threads=_int_parameter(params, "intra_op_thread_count", settings.intra_op_threads),
         inter_op_threads=_int_parameter(params, "inter_op_thread_count", 0),
         precision=params.get("precision", "fp16" if engine_name in GPU_ENGINES else "fp32"),
@@ -148,11 +155,9 @@ def build_model(
                 f"({cpu_dispatch.shorten(str(exc))}); {where}"
             )
             LOGGER.warning("%s: %s", name, reason)
+            kind, device_id = _device_parts(device)
             options = dataclasses.replace(
-                options,
-                device=device.split(":")[0],
-                device_id=int(device.split(":")[1]) if ":" in device else 0,
-                precision="fp32",
+                options, device=kind, device_id=device_id, precision="fp32"
             )
             engine = create_engine(engine_name, source, options)
             engine.load()
@@ -295,9 +300,7 @@ def _measured_cpu_engine(
         # NOTE: one model timed at a time: models loading side by side distorted the ratios
         # (OpenVINO timed 3.6-11x slower while six models loaded at once, 1.2-3.8x alone)
         with _CPU_TIMING_LOCK:
-            measured, run_failures = cpu_dispatch.time_engines(
-                runners, feeds_for, buckets, budget
-            )
+            measured, run_failures = cpu_dispatch.time_engines(runners, feeds_for, buckets, budget)
         failures.update(run_failures)
         choice = cpu_dispatch.choose(measured, failures)
         if choice.engine not in loaded:  # nothing measured: keep whichever default loaded
