@@ -111,3 +111,43 @@ def test_compressed_size_math() -> None:
     assert compressed_24_bytes(1024, 2) / (1024 * 2) == 0.5625
     assert compressed_24_bytes(1024, 4) / (1024 * 4) == 0.53125
     assert compressed_24_bytes(1024, 1) / 1024 == 0.625
+
+
+def test_weight_shared_along_two_k_axes_is_not_eligible_nor_pruned() -> None:
+    """A MatMul's B also fed to a Gemm with transB=1 is reduced along both of its axes.
+
+    It cannot be 2:4 along both, so inspect says why and 2:4 prune leaves it whole
+    (it used to be pruned along the first consumer's K, breaking the other).
+    """
+    from runtime.sparsity.prune import PruneConfig, prune_model
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    v = rng.standard_normal((64, 32)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Gemm", ["h", "w"], ["g"], transB=1),
+        helper.make_node("MatMul", ["g", "v"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(v, "v")]
+    model = _model(nodes, inits, [1, 64], [1, 32])
+    layers = {layer.weight_name: layer for layer in analyze_model(model).layers}
+    assert not layers["w"].eligible
+    assert layers["w"].ineligible_reason == "shared by GEMMs with different K axes"
+    assert layers["v"].eligible
+
+    pruned, report = prune_model(model, PruneConfig(progress=False))
+    assert [r.weight_name for r in report.layers] == ["v"]
+    out = {i.name: numpy_helper.to_array(i) for i in pruned.graph.initializer}
+    np.testing.assert_array_equal(out["w"], w)
+    assert np.count_nonzero(out["v"]) == v.size // 2
+
+    # the same weight used twice along the same K stays eligible
+    same = _model(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("MatMul", ["h", "w"], ["g"]),
+         helper.make_node("MatMul", ["g", "v"], ["y"])],
+        inits, [1, 64], [1, 32],
+    )
+    assert {la.weight_name: la.eligible for la in analyze_model(same).layers} == {
+        "w": True, "v": True}

@@ -8,8 +8,8 @@ much of the model's math sits in such layers. `runtime.dispatch.decide` reads it
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -196,18 +196,17 @@ def _attrs(node: onnx.NodeProto) -> dict[str, object]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def find_gemm_weights(graph: onnx.GraphProto) -> dict[str, _Consumer]:
-    """Map initializer name -> the GEMM-like node using it as its weight operand.
+def gemm_weight_consumers(graph: onnx.GraphProto) -> dict[str, list[_Consumer]]:
+    """Map initializer name -> every GEMM-like node using it as its weight operand, in order.
 
     A weight reached through DequantizeLinear/Cast counts as the GEMM's weight.
-    The first consumer wins when a weight is shared.
     """
     init_names = {init.name for init in graph.initializer}
     producers: dict[str, onnx.NodeProto] = {}
     for node in graph.node:
         for out in node.output:
             producers[out] = node
-    found: dict[str, _Consumer] = {}
+    found: dict[str, list[_Consumer]] = {}
     for node in graph.node:
         idx = GEMM_WEIGHT_INPUT.get(node.op_type)
         if idx is None or len(node.input) <= idx:
@@ -219,9 +218,25 @@ def find_gemm_weights(graph: onnx.GraphProto) -> dict[str, _Consumer]:
             if prev.op_type not in PASS_THROUGH_OPS or not prev.input:
                 break
             name, hops = prev.input[0], hops + 1
-        if name in init_names and name not in found:
-            found[name] = _Consumer(node.op_type, node.name or node.output[0], _attrs(node))
+        if name in init_names:
+            found.setdefault(name, []).append(
+                _Consumer(node.op_type, node.name or node.output[0], _attrs(node))
+            )
     return found
+
+
+def find_gemm_weights(graph: onnx.GraphProto) -> dict[str, _Consumer]:
+    """Map initializer name -> the first GEMM-like node using it as its weight operand."""
+    return {name: uses[0] for name, uses in gemm_weight_consumers(graph).items()}
+
+
+def k_axes_disagree(uses: Sequence[_Consumer], shape: tuple[int, ...]) -> bool:
+    """True when a shared weight's consumers reduce along different axes of it.
+
+    Such a weight (a MatMul's B also fed to a Gemm with transB=1, say) cannot be
+    2:4 along both K axes, so it is not eligible and `prune` leaves it alone.
+    """
+    return len({k_axis_for(u.op, shape, u.attrs) for u in uses}) > 1
 
 
 def k_axis_for(op: str, shape: tuple[int, ...], attrs: Mapping[str, object]) -> int | None:
@@ -342,7 +357,7 @@ def analyze_model(model: onnx.ModelProto) -> ModelProfile:
         ValueError: an initializer's data lives in an external file that is not loaded.
     """
     graph = model.graph
-    gemm = find_gemm_weights(graph)
+    gemm = gemm_weight_consumers(graph)
     consumers = _consumers(graph)
     layers: list[LayerProfile] = []
     zeros = elements = 0
@@ -354,8 +369,12 @@ def analyze_model(model: onnx.ModelProto) -> ModelProfile:
         weight = numpy_helper.to_array(init)
         stored = len(init.raw_data) if init.HasField("raw_data") else weight.nbytes
         if init.name in gemm:
-            c = gemm[init.name]
+            uses = gemm[init.name]
+            c = uses[0]
             layer = profile_weight(weight, init.name, c.op, c.node_name, c.attrs, stored)
+            if k_axes_disagree(uses, layer.shape):
+                layer = replace(layer, eligible=False,
+                                ineligible_reason="shared by GEMMs with different K axes")
         else:
             op = consumers.get(init.name, "")
             layer = profile_weight(weight, init.name, op, init.name, None, stored)
