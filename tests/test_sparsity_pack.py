@@ -125,6 +125,11 @@ def test_layout_nibbles() -> None:
     assert encode_24(np.array([[1, 1, 1, 0]], dtype=np.uint16)) is None
 
 
+def _manifest(packed: bytes) -> bytes:
+    _, _, mlen = HEADER.unpack_from(packed)
+    return packed[HEADER.size:HEADER.size + mlen]
+
+
 def _rewrite_manifest(packed: bytes, edit: dict[str, object]) -> bytes:
     _, version, mlen = HEADER.unpack_from(packed)
     manifest = json.loads(packed[HEADER.size:HEADER.size + mlen])
@@ -140,7 +145,7 @@ def test_bad_files_give_clear_errors(sparse_bytes: bytes, tmp_path: Path) -> Non
         "header": (packed[:10], "truncated"),
         "flipped": (packed[:-50] + bytes([packed[-50] ^ 1]) + packed[-49:], "checksum"),
         "not_packed": (sparse_bytes, "not a .sparse"),
-        "version": (packed[:8] + struct.pack("<I", 99) + packed[12:], "version 99"),
+        "version": (packed[:8] + struct.pack("<I", 99) + packed[12:], "version 99 .*newer"),
         "manifest": (packed[:HEADER.size] + b"!" + packed[HEADER.size + 1:], "manifest"),
         "sha": (_rewrite_manifest(packed, {"original_sha256": "0" * 64}), "original model sha256"),
         "trailing": (packed + b"x", "trailing"),
@@ -184,7 +189,14 @@ def test_pruned_by_multiplication_keeps_negative_zeros_and_packs(dtype: type) ->
     assert stats.packed_tensors == 1
     assert unpack_bytes(packed) == data  # bit-exact, -0.0 included
     clean = _matmul_model(np.where(w == 0, dtype(0), w), tensor_type)
-    assert len(pack_bytes(clean)[0]) < len(packed)  # the sign bits cost a little, only when there
+    clean_packed = pack_bytes(clean)[0]
+    assert len(clean_packed) < len(packed)  # the sign bits cost a little, only when there
+    # the sign-bit block is format version 2; a file without it stays version 1, so a reader
+    # from before the block refuses only files it cannot read, and by version, not checksum
+    assert HEADER.unpack_from(packed)[1] == 2
+    assert json.loads(_manifest(packed))["format_version"] == 2
+    assert HEADER.unpack_from(clean_packed)[1] == 1
+    assert unpack_bytes(clean_packed) == clean
 
 
 def test_manifest_damage_is_a_format_error(sparse_bytes: bytes) -> None:

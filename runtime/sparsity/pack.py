@@ -9,7 +9,7 @@ File layout (all integers little-endian)::
 
     offset  size  field
     0       8     magic b"\\x89SPR\\r\\n\\x1a\\n" (PNG-style: catches 7-bit and newline mangling)
-    8       4     uint32 format version (FORMAT_VERSION)
+    8       4     uint32 format version: 1, or 2 when a tensor carries -0.0 sign bits
     12      4     uint32 manifest length M
     16      M     manifest, UTF-8 JSON (see below)
     16+M    ...   body: one zstd frame holding the payload
@@ -62,7 +62,12 @@ from runtime.protowire import fields
 from runtime.sparsity.analysis import find_gemm_weights, k_axis_for
 
 MAGIC = b"\x89SPR\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this reader knows
+# Version 2 added the per-tensor "negzero" block (the -0.0 sign bits of pruned slots).
+# A file is written as version 1 when no tensor needs that block, so older readers
+# still read it; one that does is version 2, which they refuse by version number
+# instead of failing a checksum.
+SUPPORTED_VERSIONS = (1, 2)
 HEADER = struct.Struct("<8sII")
 DEFAULT_LEVEL = 10
 
@@ -299,8 +304,9 @@ def pack_bytes(data: bytes, level: int = DEFAULT_LEVEL) -> tuple[bytes, PackStat
         offset += len(values) + len(meta)
     payload = b"".join(payload_parts)
     body = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(payload)
+    version = 2 if any(int(e["negzero_length"]) for e in entries) else 1  # type: ignore[call-overload]
     manifest = {
-        "format_version": FORMAT_VERSION,
+        "format_version": version,
         "original_size": len(data),
         "original_sha256": _sha(data),
         "skeleton_length": len(skeleton),
@@ -311,7 +317,7 @@ def pack_bytes(data: bytes, level: int = DEFAULT_LEVEL) -> tuple[bytes, PackStat
         "tensors": entries,
     }
     manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-    out = HEADER.pack(MAGIC, FORMAT_VERSION, len(manifest_bytes)) + manifest_bytes + body
+    out = HEADER.pack(MAGIC, version, len(manifest_bytes)) + manifest_bytes + body
     stats = PackStats(len(data), len(entries), dense_bytes, packed_bytes, len(payload), len(out))
     return out, stats
 
@@ -327,9 +333,10 @@ def read_manifest(data: bytes) -> tuple[dict[str, object], memoryview]:
     if len(data) < HEADER.size:
         raise PackedFormatError("packed model is truncated (header incomplete)")
     _, version, mlen = HEADER.unpack_from(data)
-    if version != FORMAT_VERSION:
+    if version not in SUPPORTED_VERSIONS:
         raise PackedFormatError(
-            f"packed model format version {version} is not supported (expected {FORMAT_VERSION})"
+            f"packed model format version {version} is not supported (this reader knows "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))}; a newer sparse-runtime wrote it)"
         )
     if len(data) < HEADER.size + mlen:
         raise PackedFormatError("packed model is truncated (manifest incomplete)")
