@@ -221,12 +221,12 @@ def make_encoder(models_dir: Path) -> Path:
 def part_gemm(out: Path, reps: int, ms: Sequence[int], kns: Sequence[tuple[int, int]]) -> None:
     import torch
 
-    from runtime.engines.torch_sparse import (
+    from runtime.engines.cuda_graphs import time_pair
+    from runtime.engines.sparse_linear import (
         ROW_MULTIPLE,
         CsltLinear,
-        _round_up,
         cusparselt_available,
-        time_pair,
+        round_up,
     )
 
     rec = Recorder(out, "gemm", env_meta())
@@ -288,7 +288,7 @@ def part_gemm(out: Path, reps: int, ms: Sequence[int], kns: Sequence[tuple[int, 
                     "speedup_chained": ratio(t["dense"], t["sparse_chained"]),
                     "dense_tflops": flops / t["dense"] / 1e6 if t["dense"] else None,
                     "alg_id": alg,
-                    "alg_id_chained": kernel.alg_ids.get((_round_up(m, ROW_MULTIPLE), True)),
+                    "alg_id_chained": kernel.alg_ids.get((round_up(m, ROW_MULTIPLE), True)),
                     "rel_err_chained": err_chained,
                     "search_s": round(search_s, 3),
                     "rel_err": err,

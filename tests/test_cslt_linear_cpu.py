@@ -15,14 +15,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from runtime.engines import torch_sparse  # noqa: E402
-from runtime.engines.torch_sparse import CsltLinear  # noqa: E402
+from runtime.engines import sparse_linear  # noqa: E402
+from runtime.engines.sparse_linear import CsltLinear  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _fresh_search_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch_sparse, "_SEARCHED", {})
-    monkeypatch.setattr(torch_sparse, "_EPILOGUE", {})
+    monkeypatch.setattr(sparse_linear, "_SEARCHED", {})
+    monkeypatch.setattr(sparse_linear, "_EPILOGUE", {})
 
 
 class FakeCslt(types.SimpleNamespace):
@@ -125,7 +125,7 @@ def test_bias_epilogue_fused_where_it_agrees(mode: str, monkeypatch: pytest.Monk
         timed.append(mode)
         return {"separate": 10.0, "fused": 9.0}
 
-    monkeypatch.setattr(torch_sparse, "time_pair", fake_time_pair)
+    monkeypatch.setattr(sparse_linear, "time_pair", fake_time_pair)
     fake = FakeCslt()
     gen = torch.Generator().manual_seed(2)
     w, b = torch.randn(48, 32, generator=gen), torch.randn(48, generator=gen)
@@ -145,7 +145,7 @@ def test_bias_epilogue_auto_keeps_the_separate_add_when_slower(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(
-        torch_sparse, "time_pair", lambda *a, **k: {"separate": 10.0, "fused": 11.0}
+        sparse_linear, "time_pair", lambda *a, **k: {"separate": 10.0, "fused": 11.0}
     )
     fake = FakeCslt()
     kernel = CsltLinear(fake, torch.randn(48, 32), torch.randn(48), bias_epilogue="auto")
@@ -181,7 +181,7 @@ def test_bias_epilogue_on_does_not_inherit_an_auto_timing(monkeypatch: pytest.Mo
     """Both modes loaded in one process (gpu_check's engine_fused step): "auto" timed the
     epilogue slower and kept the separate add; "on" still uses the epilogue where it agrees."""
     monkeypatch.setattr(
-        torch_sparse, "time_pair", lambda *a, **k: {"separate": 10.0, "fused": 11.0}
+        sparse_linear, "time_pair", lambda *a, **k: {"separate": 10.0, "fused": 11.0}
     )
     fake = FakeCslt()
     w, b = torch.randn(48, 32), torch.randn(48)

@@ -64,7 +64,7 @@ def test_mlp_linears_are_extracted_with_fused_bias() -> None:
 def test_encoder_sample_matches_onnxruntime(prune: bool) -> None:
     """The benchmark's BERT-shaped encoder (tiny here): 6 linears per layer, all 2:4 when
     pruned, and the same numbers as onnxruntime."""
-    from runtime.engines.torch_sparse import sparse_eligibility
+    from runtime.engines.sparse_linear import sparse_eligibility
 
     model = encoder_model(layers=2, hidden=64, heads=4, ffn=128, vocab=100, seq=16,
                           prune_24=prune)  # fmt: skip
@@ -384,7 +384,7 @@ def test_qdq_int8_sample_matches_onnxruntime_reference(which: int) -> None:
     graph = convert(model)
     assert len(graph.linears) == 4
     if which == 1:
-        from runtime.engines.torch_sparse import is_2to4
+        from runtime.engines.sparse_linear import is_2to4
 
         assert all(is_2to4(lin.weight) for lin in graph.linears.values())
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}

@@ -73,7 +73,7 @@ def test_eligibility_on_cpu_tensors() -> None:
     import numpy as np
 
     from runtime.engines.onnx_to_torch import convert
-    from runtime.engines.torch_sparse import is_2to4, sparse_eligibility
+    from runtime.engines.sparse_linear import is_2to4, sparse_eligibility
 
     dense, sparse = (convert(m) for m in mlp_pair())
     assert all(sparse_eligibility(lin.weight) == "" for lin in sparse.linears.values())

@@ -20,7 +20,7 @@ from runtime.samples import mlp_pair
 
 torch = pytest.importorskip("torch")
 
-from runtime.engines import torch_sparse  # noqa: E402
+from runtime.engines import cuda_graphs, sparse_linear, torch_sparse  # noqa: E402
 from runtime.engines.torch_sparse import TorchSparseEngine  # noqa: E402
 
 BUCKETS = (1, 8, 64, 256)
@@ -237,7 +237,7 @@ def test_time_pair_logic_with_fake_cuda(
         captured.append("x")
         return _FakeGraph(body), body()
 
-    monkeypatch.setattr(torch_sparse, "capture_graph", fake_capture)
+    monkeypatch.setattr(cuda_graphs, "capture_graph", fake_capture)
     calls = {"slow": 0, "fast": 0}
 
     def slow(x: Any) -> None:
@@ -252,7 +252,7 @@ def test_time_pair_logic_with_fake_cuda(
 
     info: dict[str, str] = {}
     fns = {"slow": slow, "fast": fast, "broken": broken}
-    r = torch_sparse.time_pair(torch, fns, None, inner=2, reps=3, warmup=1, info=info)
+    r = cuda_graphs.time_pair(torch, fns, None, inner=2, reps=3, warmup=1, info=info)
     assert r["broken"] is None
     assert r["slow"] > 1500 > r["fast"]  # microseconds per call
     assert info["mode"] == ("graph" if capture_works else "eager")
@@ -356,7 +356,7 @@ def test_sparse_outputs_reach_the_host_row_major(monkeypatch: pytest.MonkeyPatch
 
     fake = FakeCslt()
 
-    class FakeCsltLinear(torch_sparse.CsltLinear):
+    class FakeCsltLinear(sparse_linear.CsltLinear):
         def __init__(self, torch_mod: Any, weight: Any, bias: Any) -> None:
             super().__init__(fake, weight, bias)
 
@@ -364,7 +364,7 @@ def test_sparse_outputs_reach_the_host_row_major(monkeypatch: pytest.MonkeyPatch
         def _sparse_factory(self, major: int) -> Any:
             return FakeCsltLinear
 
-    monkeypatch.setattr(torch_sparse, "_SEARCHED", {})
+    monkeypatch.setattr(sparse_linear, "_SEARCHED", {})
     engine = CsltCpuEngine(
         mlp_pair()[1].SerializeToString(),
         EngineOptions(device="cuda", batch_buckets=BUCKETS,

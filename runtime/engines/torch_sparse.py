@@ -16,11 +16,10 @@ torch is imported only inside methods, so a CPU-only install never touches it.
 from __future__ import annotations
 
 import logging
-import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +35,15 @@ from runtime.engines.base import (
     TensorSpec,
     bool_parameter,
 )
+from runtime.engines.cuda_graphs import capture_graph, time_pair
+from runtime.engines.sparse_linear import (
+    BIAS_EPILOGUE_MODES,
+    CsltLinear,
+    SemiStructuredLinear,
+    cusparselt_available,
+    disagreement,
+    sparse_eligibility,
+)
 from runtime.engines.sparse_policy import (
     DEFAULT_MIN_GAIN,
     MODES,
@@ -50,17 +58,8 @@ from runtime.errors import ConfigError, EngineUnavailable, InferenceFailed, Mode
 
 LOGGER = logging.getLogger(__name__)
 _GPU_LOCK = threading.RLock()
-_SEARCHED: dict[tuple[object, ...], int] = {}
-"""cuSPARSELt's searched algorithm per (N, K, padded M, operand order, dtype, device)."""
-_EPILOGUE: dict[tuple[object, ...], bool] = {}
-"""Whether the bias epilogue is used, per the same shape key: one check and timing per shape."""
-BIAS_EPILOGUE_MODES = ("off", "on", "auto")
 
 DEFAULT_BUCKETS: tuple[int, ...] = (1, 8, 64, 256)
-SPARSE_TILE = 16
-"""cuSPARSELt fp16/bf16: the compressed weight's rows and columns must be multiples of 16."""
-ROW_MULTIPLE = 8
-"""Dense-operand rows are padded to this multiple before the sparse kernel (torch does the same)."""
 MAX_LAZY_GRAPHS = 32
 """Cap on CUDA graphs captured on demand for inputs with dynamic non-batch dims."""
 
@@ -95,339 +94,6 @@ def _require_cuda(torch: Any, device_id: int) -> tuple[int, int]:
             f"2:4 sparse tensor cores; device {device_id} is {major}.{minor}"
         )
     return major, minor
-
-
-def cusparselt_available(torch: Any) -> bool:
-    """True when this torch build can run cuSPARSELt kernels."""
-    backend = getattr(torch.backends, "cusparselt", None)
-    try:
-        ok = bool(backend is not None and backend.is_available())
-    except Exception:  # older builds raise instead of returning False
-        ok = False
-    return ok and hasattr(torch, "_cslt_compress") and hasattr(torch, "_cslt_sparse_mm")
-
-
-def is_2to4(weight: Any) -> bool:
-    """2:4 along K for a torch-layout weight [N, K]: at most 2 non-zeros per 4 along each row."""
-    n, k = weight.shape
-    if k % 4:
-        return False
-    return bool(((weight.reshape(n, k // 4, 4) != 0).sum(-1) <= 2).all())
-
-
-def sparse_eligibility(weight: Any) -> str:
-    """'' when the layer can run on sparse tensor cores, else why not."""
-    n, k = int(weight.shape[0]), int(weight.shape[1])
-    if n % SPARSE_TILE or k % SPARSE_TILE:
-        return f"shape {n}x{k} not a multiple of {SPARSE_TILE}"
-    if not is_2to4(weight):
-        return "weight is not 2:4 along K"
-    return ""
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
-def _disagreement(ref: Any, kernel: Callable[[Any], Any], x: Any) -> str:
-    """'' when kernel(x) matches the dense reference within fp16 GEMM rounding, else why not.
-
-    Why 1e-2 of the output scale: both kernels accumulate in fp32 and round the output to
-    fp16/bf16 (relative 2^-11 / 2^-8); a layout or metadata mistake gives O(1) errors instead.
-    """
-    try:
-        got = kernel(x).float()
-    except Exception as exc:
-        return f"raised {exc}"
-    if tuple(got.shape) != tuple(ref.shape):
-        return f"shape {tuple(got.shape)} != {tuple(ref.shape)}"
-    err = float((ref - got).abs().max())
-    scale = float(ref.abs().max())
-    if not err <= 1e-2 * scale + 1e-3:
-        return f"disagrees with dense (max err {err:.3g}, scale {scale:.3g})"
-    return ""
-
-
-class CsltLinear:
-    """y = x @ W^T + b on cuSPARSELt; the compressed W (values + metadata) never leaves here.
-
-    Works in the transposed space: W_c [N,K] @ x^T [K,M] -> y^T [N,M], and returns the view
-    y = (y^T).t(). Elementwise ops keep that layout, so the next sparse layer's x^T is a
-    contiguous (row-major) operand and a chain of sparse layers runs with no transposing copy;
-    a contiguous x is taken as a column-major operand, also without a copy. cuSPARSELt plans
-    per operand order, so the searched algorithm is kept per (padded M, order).
-    """
-
-    backend = "cusparselt"
-
-    def __init__(
-        self, torch: Any, weight: Any, bias: Any | None, bias_epilogue: str = "off"
-    ) -> None:
-        self._torch = torch
-        self.packed = torch._cslt_compress(weight.contiguous())
-        self.bias = bias
-        self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
-        self.alg_ids: dict[tuple[int, bool], int] = {}
-        # NOTE: measured on an H200 (torch 2.11, cuSPARSELt 0.8.0, CUDA-graph replays): the
-        # plain form W_c @ x^T with a searched algorithm beat cuBLAS up to 1.54x on 8192^2,
-        # while the fused bias + transpose_result form only had alg 0 (its search failed
-        # and broke the CUDA context) and ran at 0.16-0.55x. So: plain form, bias added after.
-        # The bias epilogue on the plain form (searched without bias, run with it) saves one
-        # pass over the output; not yet measured on a GPU, so it is opt-in ("on" once checked
-        # against the separate add, "auto" only where also timed faster) per (padded M, order).
-        if bias_epilogue not in BIAS_EPILOGUE_MODES:
-            raise ValueError(f"bias_epilogue must be one of {BIAS_EPILOGUE_MODES}")
-        self.bias_epilogue = bias_epilogue if bias is not None else "off"
-        self.fused: dict[tuple[int, bool], bool] = {}
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.packed.numel() * self.packed.element_size())
-
-    @staticmethod
-    def operand(x2: Any) -> tuple[Any, bool]:
-        """(x^T as cuSPARSELt's dense operand, row-major?) without a copy where possible."""
-        xt = x2.t()
-        if xt.is_contiguous():
-            return xt, True
-        if x2.is_contiguous():
-            return xt, False
-        return x2.contiguous().t(), False
-
-    def __call__(self, x2: Any) -> Any:
-        return self.forward(x2)
-
-    def forward(self, x2: Any, fused: bool | None = None) -> Any:
-        """y for x2 [M, K]; `fused` overrides the per-(M, order) bias-epilogue choice."""
-        m = int(x2.shape[0])
-        padded = _round_up(max(m, 1), ROW_MULTIPLE)
-        if padded != m:
-            x2 = self._torch.nn.functional.pad(x2, (0, 0, 0, padded - m))
-        xt, row_major = self.operand(x2)
-        key = (padded, row_major)
-        alg = self.alg_ids.get(key, 0)
-        if fused is None:
-            fused = self.fused.get(key, False)
-        if self.bias is not None and fused:
-            yt = self._torch._cslt_sparse_mm(self.packed, xt, bias=self.bias, alg_id=alg)
-        else:
-            yt = self._torch._cslt_sparse_mm(self.packed, xt, alg_id=alg)
-            if self.bias is not None:
-                yt.add_(self.bias[:, None])  # NOTE: in place on the fresh [N, M] output
-        y = yt.t()
-        return y[:m] if padded != m else y
-
-    def search(self, rows: int) -> int:
-        """Pick cuSPARSELt's tuned algorithm for this M, for both operand orders, once (and
-        whether to fuse the bias, when asked to).
-
-        Returns the column-major (contiguous input) choice; 0 wherever the search fails.
-        """
-        torch = self._torch
-        padded = _round_up(max(rows, 1), ROW_MULTIPLE)
-        for row_major in (False, True):
-            key = (padded, row_major)
-            if key in self.alg_ids:
-                continue
-            x = torch.randn(
-                padded, self.in_features, device=self.packed.device, dtype=self.packed.dtype
-            )
-            if row_major:
-                x = x.t().contiguous().t()
-            # NOTE: the choice depends on the problem's shape, not its values, so layers of
-            # one shape share a search (a 6-layer BERT has 36 linears but 3 shapes)
-            shape_key = (self.out_features, self.in_features, *key, str(self.packed.dtype),
-                         str(self.packed.device))  # fmt: skip
-            alg = self._search_alg(x, key, shape_key)
-            self.alg_ids[key] = alg
-            if self.bias_epilogue != "off":
-                # NOTE: the mode is part of the key: "on" must not inherit an "auto" timing
-                self.fused[key] = self._choose_epilogue(x, (*shape_key, alg, self.bias_epilogue))
-        return self.alg_ids[(padded, False)]
-
-    def _search_alg(self, x: Any, key: tuple[int, bool], shape_key: tuple[object, ...]) -> int:
-        """cuSPARSELt's searched algorithm for x's problem, checked against alg 0; else 0."""
-        torch = self._torch
-        if not hasattr(torch, "_cslt_sparse_mm_search") or (
-            os.environ.get("SPARSE_RUNTIME_CSLT_SEARCH", "1") != "1"
-        ):
-            return 0
-        try:
-            if shape_key in _SEARCHED:
-                alg = _SEARCHED[shape_key]
-            else:
-                found = torch._cslt_sparse_mm_search(self.packed, self.operand(x)[0])
-                alg = int(found[0] if isinstance(found, (tuple, list)) else found)
-                _SEARCHED[shape_key] = alg
-            self.alg_ids[key] = 0
-            ref = self.forward(x, fused=False)
-            self.alg_ids[key] = alg
-            got = self.forward(x, fused=False)
-            if not torch.allclose(ref.float(), got.float(), rtol=1e-2, atol=1e-2):
-                raise RuntimeError("searched algorithm disagrees with alg 0")
-            return alg
-        except Exception as exc:  # a bad alg id must never break serving
-            LOGGER.warning(
-                "cuSPARSELt alg search failed for M=%d (%s operand): %s",
-                key[0],
-                "row-major" if key[1] else "column-major",
-                exc,
-            )
-            return 0
-
-    def _choose_epilogue(self, x: Any, shape_key: tuple[object, ...]) -> bool:
-        """Fuse the bias into the GEMM for x's (M, order)? Only if it matches the separate add
-        (and, under "auto", times faster in CUDA graphs); any failure keeps the separate add."""
-        if shape_key in _EPILOGUE:
-            return _EPILOGUE[shape_key]
-        torch = self._torch
-        try:
-            ref = self.forward(x, fused=False)
-            got = self.forward(x, fused=True)
-            if not torch.allclose(ref.float(), got.float(), rtol=1e-2, atol=1e-2):
-                raise RuntimeError("bias epilogue disagrees with the separate add")
-            use = True
-            if self.bias_epilogue == "auto":
-                r = time_pair(
-                    torch,
-                    {
-                        "separate": lambda v: self.forward(v, fused=False),
-                        "fused": lambda v: self.forward(v, fused=True),
-                    },
-                    x,
-                )
-                fused_us, separate_us = r.get("fused"), r.get("separate")
-                use = fused_us is not None and separate_us is not None and fused_us < separate_us
-                LOGGER.info(
-                    "bias epilogue at M=%d: fused %s us, separate %s us -> %s",
-                    int(x.shape[0]), fused_us, separate_us, "fused" if use else "separate",
-                )  # fmt: skip
-        except Exception as exc:  # an unsupported epilogue must never break serving
-            LOGGER.warning("cuSPARSELt bias epilogue unusable at M=%d: %s", int(x.shape[0]), exc)
-            use = False
-        _EPILOGUE[shape_key] = use
-        return use
-
-
-class SemiStructuredLinear:
-    """Fallback via torch.sparse.to_sparse_semi_structured (CUTLASS on sm_8x)."""
-
-    backend = "semi_structured"
-
-    def __init__(self, torch: Any, weight: Any, bias: Any | None) -> None:
-        self._torch = torch
-        self.weight = torch.sparse.to_sparse_semi_structured(weight.contiguous())
-        self.bias = bias
-
-    @property
-    def nbytes(self) -> int:
-        names, _ = self.weight.__tensor_flatten__()
-        total = 0
-        for name in names:
-            t = getattr(self.weight, name, None)
-            if t is not None:
-                total += int(t.numel() * t.element_size())
-        return total
-
-    def __call__(self, x2: Any) -> Any:
-        m = int(x2.shape[0])
-        padded = _round_up(max(m, 1), 32)
-        if padded != m:
-            x2 = self._torch.nn.functional.pad(x2, (0, 0, 0, padded - m))
-        y = self._torch.nn.functional.linear(x2, self.weight, self.bias)
-        return y[:m] if padded != m else y
-
-    def search(self, rows: int) -> int:
-        return 0
-
-
-def capture_graph(torch: Any, body: Callable[[], Any], pool: Any = None) -> tuple[Any, Any]:
-    """Capture body() in a CUDA graph; returns (graph, body's output).
-
-    Tries the default (global) capture mode first, then "relaxed": should a library call an
-    API that is unsafe during capture (for instance an allocation inside a plan), relaxed mode
-    lets it through instead of failing the capture. Raises when both fail.
-    """
-    error: Exception | None = None
-    for mode in ("global", "relaxed"):
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode=mode):
-                out = body()
-            return graph, out
-        except Exception as exc:
-            error = exc
-            LOGGER.debug("CUDA graph capture (%s mode) failed: %s", mode, exc)
-            torch.cuda.synchronize()
-    raise RuntimeError(f"CUDA graph capture failed: {error}") from error
-
-
-def time_pair(
-    torch: Any,
-    fns: Mapping[str, Callable[[Any], Any]],
-    x: Any,
-    inner: int = 10,
-    reps: int = 7,
-    warmup: int = 3,
-    use_graph: bool = True,
-    info: dict[str, str] | None = None,
-) -> dict[str, float | None]:
-    """Median microseconds per call of each fn on x, interleaved so drift hits all alike.
-
-    Each rep times `inner` back-to-back calls with CUDA events; inside CUDA graphs (what the
-    engine serves with) when every fn can be captured, else all eagerly, so the comparison
-    stays like for like. A fn that raises gets `None`. `info["mode"]` says which was used.
-    """
-    ok: dict[str, Callable[[Any], Any]] = {}
-    for name, fn in fns.items():
-        try:
-            for _ in range(warmup):
-                fn(x)
-            torch.cuda.synchronize()
-            ok[name] = fn
-        except Exception as exc:
-            LOGGER.warning("timing: %s failed: %s", name, exc)
-
-    def eager(fn: Callable[[Any], Any]) -> Callable[[], None]:
-        def run() -> None:
-            for _ in range(inner):
-                fn(x)
-
-        return run
-
-    runners: dict[str, Callable[[], Any]] = {name: eager(fn) for name, fn in ok.items()}
-    graphs: list[Any] = []
-    mode = "eager"
-    if use_graph and ok:
-        try:
-            replays = {}
-            for name, fn in ok.items():
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    fn(x)
-                torch.cuda.current_stream().wait_stream(side)
-                graph, _ = capture_graph(torch, runners[name])
-                graphs.append(graph)
-                replays[name] = graph.replay
-            runners, mode = replays, "graph"
-        except Exception as exc:
-            LOGGER.info("timing: CUDA graph capture failed (%s); timing all eagerly", exc)
-            torch.cuda.synchronize()
-    if info is not None:
-        info["mode"] = mode
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(reps):
-        for name, runner in runners.items():
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            runner()
-            end.record()
-            end.synchronize()
-            samples[name].append(start.elapsed_time(end) * 1000.0 / inner)
-    del graphs
-    return {n: (statistics.median(samples[n]) if samples.get(n) else None) for n in fns}
 
 
 @dataclass
@@ -598,7 +264,7 @@ class TorchSparseEngine:
                 x = torch.randn(64, lin.in_features, device=self._device, dtype=graph.float_dtype)
                 ref = lin.dense(x).float()
                 # NOTE: a chained sparse layer gets x as a transposed view; check that order too.
-                problem = _disagreement(ref, kernel, x) or _disagreement(
+                problem = disagreement(ref, kernel, x) or disagreement(
                     ref, kernel, x.t().contiguous().t()
                 )
                 if problem:
