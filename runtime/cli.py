@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
@@ -35,8 +37,16 @@ def _available() -> dict[str, tuple[str, str]]:
     }
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sparse-runtime")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
+
+
 def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, object | None]:
     parser = argparse.ArgumentParser(prog="sparse-runtime", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     available = _available()
     chosen = next((a for a in argv if not a.startswith("-")), None)
@@ -57,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown command {args.command}")
     try:
         return int(module.run(args) or 0)
+    except BrokenPipeError:  # `inspect --json | head`: the reader left; not an error to print
+        # NOTE: as the Python docs advise: point stdout at devnull so the exit flush is quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as exc:  # a path that cannot be read or written: say which, no traceback
         print(f"sparse-runtime {args.command}: error: {exc}", file=sys.stderr)
         return 1

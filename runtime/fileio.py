@@ -46,6 +46,8 @@ def read_model(path: Path) -> tuple[bytes, onnx.ModelProto, str]:
     from runtime.sparsity.pack import is_packed, load_packed  # NOTE: pack imports this module
 
     path = Path(path)
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a directory; give the model file")
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     packed = is_packed(path)

@@ -31,11 +31,14 @@ class InputSpec:
     dims: tuple[int, ...]
     optional: bool = False
 
-    def check(self, array_shape: Sequence[int], datatype: str, batched: bool, max_rows: int) -> int:
+    def check(
+        self, array_shape: Sequence[int], datatype: str, batched: bool, max_rows: int, model: str
+    ) -> int:
         """Validate one input; returns its batch rows (1 when not batched)."""
         if datatype != self.datatype:
             raise InvalidArgument(
-                f"unexpected datatype {datatype} for input '{self.name}', expecting {self.datatype}"
+                f"unexpected datatype {datatype} for input '{self.name}' for model '{model}', "
+                f"expecting {self.datatype}"
             )
         shape = tuple(array_shape)
         dims = shape[1:] if batched else shape
@@ -46,7 +49,7 @@ class InputSpec:
         ):
             want = ("[-1," if batched else "[") + ",".join(map(str, self.dims)) + "]"
             raise InvalidArgument(
-                f"unexpected shape for input '{self.name}' for model: expected {want}, "
+                f"unexpected shape for input '{self.name}' for model '{model}'. Expected {want}, "
                 f"got [{','.join(map(str, shape))}]"
             )
         if not batched:
@@ -145,7 +148,7 @@ class ServedModel:
                     f"unexpected inference input '{name}' for model '{self.name}'; "
                     f"expected {sorted(self.inputs)}"
                 )
-            r = spec.check(array.shape, datatype, self.batched, self.max_rows)
+            r = spec.check(array.shape, datatype, self.batched, self.max_rows, self.name)
             if rows is not None and r != rows:
                 raise InvalidArgument(
                     f"input '{name}' has batch size {r}, other inputs have {rows}"

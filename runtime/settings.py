@@ -41,9 +41,15 @@ class Settings:
     load_model: tuple[str, ...] = field(
         default=(), metadata={"help": "models to load at start in explicit mode ('*' = all)"}
     )
-    log_verbose: int = field(default=0, metadata={"help": "0 = info, >=1 debug"})
+    log_verbose: int = field(
+        default=0, metadata={"help": "0 = info, >=1 debug", "range": (0, 2**31 - 1)}
+    )
     intra_op_threads: int = field(
-        default=1, metadata={"help": "onnxruntime intra-op threads per model (0 = all cores)"}
+        default=1,
+        metadata={
+            "help": "onnxruntime intra-op threads per model (0 = all cores)",
+            "range": (0, 4096),
+        },
     )
     max_queue_size: int = field(
         default=1024,
@@ -74,7 +80,16 @@ class Settings:
         default=64 * 2**20,
         metadata={
             "help": "glibc: tensors under this size reuse heap pages instead of fresh mmaps "
-            "(0 = malloc defaults; see runtime/hostmem.py)"
+            "(0 = malloc defaults; see runtime/hostmem.py)",
+            "range": (0, 2**40),
+        },
+    )
+    strict_readiness: bool = field(
+        default=True,
+        metadata={
+            "help": "true: ServerReady (and the health service's overall status) needs every "
+            "model ready, as tritonserver's default; false: ready once the server serves, "
+            "whatever failed to load"
         },
     )
     port_file: Path | None = field(
@@ -86,13 +101,28 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True,
+          "false": False, "0": False, "no": False, "off": False}  # fmt: skip
+
+
 def _parse(raw: str, annotation: str) -> object:
+    """raw text -> the field's type; ValueError says what was expected."""
     if annotation.startswith("tuple"):
         return tuple(p for p in raw.replace(";", ",").split(",") if p)
     if annotation == "int":
-        return int(raw)
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"expected an integer; got {raw!r}") from None
     if annotation == "float":
-        return float(raw)
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number; got {raw!r}") from None
+    if annotation == "bool":
+        if raw.strip().lower() not in _BOOLS:
+            raise ValueError(f"expected true or false; got {raw!r}")
+        return _BOOLS[raw.strip().lower()]
     if annotation.startswith("Path"):
         return Path(raw)
     return raw
@@ -101,7 +131,11 @@ def _parse(raw: str, annotation: str) -> object:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per Settings field; defaults come from env at parse time."""
     for f in fields(Settings):
-        kwargs: dict[str, object] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
+        env = ENV_PREFIX + f.name.upper()
+        shown = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+        shown = "none" if shown in ("", None) else shown
+        help_text = f"{f.metadata['help']} [default: {shown}; env {env}]"
+        kwargs: dict[str, object] = {"dest": f.name, "default": None, "help": help_text}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if str(f.type).startswith("tuple"):
@@ -116,17 +150,22 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
     for f in fields(Settings):
         flag_value = getattr(args, f.name, None)
         annotation = str(f.type)
-        if flag_value is not None:
-            if annotation.startswith("tuple"):
-                values[f.name] = tuple(
-                    p
-                    for item in flag_value
-                    for p in _parse(item, annotation)  # type: ignore[union-attr]
-                )
-            else:
-                values[f.name] = _parse(str(flag_value), annotation)
-        elif ENV_PREFIX + f.name.upper() in env:
-            values[f.name] = _parse(env[ENV_PREFIX + f.name.upper()], annotation)
+        env_name = ENV_PREFIX + f.name.upper()
+        try:
+            if flag_value is not None:
+                if annotation.startswith("tuple"):
+                    values[f.name] = tuple(
+                        p
+                        for item in flag_value
+                        for p in _parse(item, annotation)  # type: ignore[union-attr]
+                    )
+                else:
+                    values[f.name] = _parse(str(flag_value), annotation)
+            elif env_name in env:
+                values[f.name] = _parse(env[env_name], annotation)
+        except ValueError as exc:
+            source = _flag(f.name) if flag_value is not None else env_name
+            raise ValueError(f"{source}: {exc}") from None
     settings = Settings(**values)  # type: ignore[arg-type]
     for f in fields(Settings):
         value = getattr(settings, f.name)

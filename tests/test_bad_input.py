@@ -63,7 +63,7 @@ def test_wrong_shape_names_input_and_expected(
     stub: service_pb2_grpc.GRPCInferenceServiceStub,
 ) -> None:
     expect(stub, raw_request("mlp_dense", [1, 255]), grpc.StatusCode.INVALID_ARGUMENT,
-           "'x'", "expected [-1,256]", "got [1,255]")  # fmt: skip
+           "input 'x' for model 'mlp_dense'. Expected [-1,256], got [1,255]")  # fmt: skip
 
 
 def test_wrong_rank(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
@@ -72,7 +72,8 @@ def test_wrong_rank(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
 
 def test_wrong_dtype(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
     expect(stub, raw_request("mlp_dense", [1, 256], "FP64", b"\0" * 8 * 256),
-           grpc.StatusCode.INVALID_ARGUMENT, "datatype FP64", "'x'", "FP32")  # fmt: skip
+           grpc.StatusCode.INVALID_ARGUMENT, "datatype FP64", "'x' for model 'mlp_dense'",
+           "FP32")  # fmt: skip
 
 
 def test_unknown_datatype(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:

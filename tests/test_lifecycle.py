@@ -83,7 +83,9 @@ def test_explicit_mode_load_and_unload(repo: Path, tmp_path: Path) -> None:
         assert not client.is_model_ready("mlp_dense")
         with pytest.raises(InferenceServerException) as err:
             infer(client, "mlp_dense")
-        assert "mlp_dense" in str(err.value)
+        # as Triton: an unloaded model is known, just without versions (not NOT_FOUND)
+        assert err.value.status() == "StatusCode.UNAVAILABLE"
+        assert "'mlp_dense' has no available versions" in str(err.value)
         assert infer(client, "mlp_sparse24").shape == (1, 256)
         for name in ("does_not_exist", "", ".", "..", "../repo", "/", str(repo)):
             with pytest.raises(InferenceServerException) as err:
@@ -218,6 +220,25 @@ def test_broken_models_are_unavailable_and_others_serve(repo: Path, tmp_path: Pa
         assert err.value.status() == "StatusCode.UNAVAILABLE"
         assert "not a valid ONNX" in str(err.value)
         assert "garbage" in srv.log_text()
+    finally:
+        assert srv.stop() == 0
+
+
+def test_strict_readiness_off_is_ready_beside_a_broken_model(repo: Path, tmp_path: Path) -> None:
+    """tritonserver's --strict-readiness false: ServerReady and the overall health status say
+    the server serves, whatever failed to load; the broken model still reports itself."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    (repo / "garbage" / "1").mkdir(parents=True)
+    (repo / "garbage" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
+    srv = start_server(repo, tmp_path, env={"SPARSE_RUNTIME_STRICT_READINESS": "false"})
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert wait_for(lambda: client.is_model_ready("mlp_dense"))
+        assert client.is_server_ready() and not client.is_model_ready("garbage")
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(srv.url))
+        status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
     finally:
         assert srv.stop() == 0
 

@@ -41,8 +41,15 @@ def test_bad_values_are_rejected() -> None:
         parse(["--model-control-mode", "sometimes"], {})
     with pytest.raises(ValueError):
         parse([], {"SPARSE_RUNTIME_MODEL_CONTROL_MODE": "sometimes"})
-    with pytest.raises(ValueError):
+    # a value that does not parse names where it came from (it used to be int()'s bare message)
+    with pytest.raises(ValueError, match="SPARSE_RUNTIME_GRPC_PORT: expected an integer"):
         parse([], {"SPARSE_RUNTIME_GRPC_PORT": "eighty"})
+    with pytest.raises(ValueError, match="--log-verbose: expected an integer; got 'yes'"):
+        parse(["--log-verbose", "yes"], {})
+    with pytest.raises(ValueError, match="--shutdown-grace-secs: expected a number"):
+        parse(["--shutdown-grace-secs", "soon"], {})
+    with pytest.raises(ValueError, match="--strict-readiness: expected true or false"):
+        parse(["--strict-readiness", "maybe"], {})
     with pytest.raises(ValueError, match="--grpc-frontend"):
         parse([], {"SPARSE_RUNTIME_GRPC_FRONTEND": "rust"})
     with pytest.raises(
@@ -53,7 +60,22 @@ def test_bad_values_are_rejected() -> None:
         parse(["--metrics-port", "70000"], {})
     assert parse(["--metrics-port", "-1"], {}).metrics_port == -1
     for flag, value in (("--repository-poll-secs", "0"), ("--shutdown-grace-secs", "-5"),
-                        ("--max-queue-size", "-1")):  # fmt: skip
+                        ("--max-queue-size", "-1"), ("--host-buffer-reuse-bytes", "-1"),
+                        ("--intra-op-threads", "-2"), ("--log-verbose", "-1")):  # fmt: skip
         with pytest.raises(ValueError, match=flag):
             parse([flag, value], {})
     assert parse(["--max-queue-size", "0"], {}).max_queue_size == 0  # no limit, as in Triton
+
+
+def test_strict_readiness_is_tritons_default_and_can_be_turned_off() -> None:
+    assert parse([], {}).strict_readiness is True
+    assert parse(["--strict-readiness", "false"], {}).strict_readiness is False
+    assert parse([], {"SPARSE_RUNTIME_STRICT_READINESS": "0"}).strict_readiness is False
+
+
+def test_help_shows_each_default_and_environment_variable() -> None:
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "[default: 8001; env SPARSE_RUNTIME_GRPC_PORT]" in text
+    assert "env SPARSE_RUNTIME_STRICT_READINESS" in text

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cal.add_argument("--calibration", type=Path, help=".npz of calibration inputs")
     cal.add_argument("--calibration-text", type=Path, help="text file, one sentence per line")
     parser.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json")
-    parser.add_argument("--samples", type=int, help="use at most N calibration samples")
+    parser.add_argument("--samples", type=positive_int, help="use at most N calibration samples")
     parser.add_argument("--max-length", type=int, default=128, help="token limit per sentence")
     parser.add_argument("--batch-size", type=positive_int, default=16)
     stop = parser.add_mutually_exclusive_group()

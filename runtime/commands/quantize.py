@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from runtime.commands import positive_int
 from runtime.commands.inspect import load_model
 from runtime.errors import ConfigError, ModelLoadError
 from runtime.fileio import output_problem, write_atomic
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cal.add_argument("--calibration-text", type=Path,
                      help="text file, one sentence per line (static; needs --tokenizer)")
     parser.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json")
-    parser.add_argument("--samples", type=int, help="use at most N calibration samples")
+    parser.add_argument("--samples", type=positive_int, help="use at most N calibration samples")
     parser.add_argument("--max-length", type=int, default=128, help="token limit per sentence")
     parser.add_argument("--inputs", type=Path, help=".npz of inputs for the deviation report")
     parser.add_argument("--calibrate-method", choices=CALIBRATION_METHODS, default="minmax")

@@ -46,6 +46,7 @@ class ModelSlot:
     versions: dict[int, VersionState] = field(default_factory=dict)
     fingerprint: tuple[object, ...] = ()
     reason: str = ""  # model-level failure (e.g. bad config) when no version exists
+    unloaded: bool = False  # unloaded on request: Triton answers UNAVAILABLE, not NOT_FOUND
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -106,7 +107,7 @@ class ModelManager:
         ready = [v for v in slot.versions.values() if v.model is not None]
         if not ready:
             reason = slot.reason or next((v.reason for v in slot.versions.values()), "")
-            if not slot.versions and not slot.reason:
+            if not slot.versions and not slot.reason and not slot.unloaded:
                 raise ModelNotFound(unknown_model_message(name))
             raise ModelNotReady(
                 f"Request for unknown model: '{name}' has no available versions"
@@ -149,7 +150,10 @@ class ModelManager:
         return rows
 
     def all_started_ready(self) -> bool:
-        """Server readiness: every model we tried to load is READY (Triton's strict mode)."""
+        """Server readiness: every model we tried to load is READY (Triton's strict mode);
+        always true under `--strict-readiness false`, where only serving matters."""
+        if not self._settings.strict_readiness:
+            return True
         return all(
             vs.state == READY for s in self._slots.values() for vs in s.versions.values()
         ) and not any(s.reason for s in self._slots.values())
@@ -205,6 +209,7 @@ class ModelManager:
     ) -> None:
         model_dir = self._root / name
         slot.reason = ""
+        slot.unloaded = False
         # NOTE: taken first, so poll mode retries a broken model only once its files change
         slot.fingerprint = await asyncio.to_thread(fingerprint, model_dir)
         try:
@@ -307,6 +312,7 @@ class ModelManager:
             await self._retire(slot, set(slot.versions))
             slot.reason = ""
             slot.fingerprint = ()
+            slot.unloaded = True
         if self._on_change:
             self._on_change()
 

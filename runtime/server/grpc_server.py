@@ -101,7 +101,7 @@ class Server:
         self._native: NativeFrontend | None = None
         self._stopping = asyncio.Event()
         self.grpc_port = 0
-        self.metrics_port = 0
+        self.metrics_port = -1  # -1: metrics disabled (as the flag says)
 
     def _observer(self, name: str, version: int):  # noqa: ANN202 - BatchObserver
         return self.metrics.batch_observer(name, version)
@@ -152,9 +152,10 @@ class Server:
             assert server is not None
             await server.start()
             self._server = server
+        metrics_at = f"on {s.host}:{self.metrics_port}" if self.metrics_port >= 0 else "disabled"
         LOGGER.info(
-            "gRPC on %s:%d (%s frontend), metrics on %s:%d, repository %s (control mode %s)",
-            s.host, self.grpc_port, s.grpc_frontend, s.host, self.metrics_port,
+            "gRPC on %s:%d (%s frontend), metrics %s, repository %s (control mode %s)",
+            s.host, self.grpc_port, s.grpc_frontend, metrics_at,
             s.model_repository, s.model_control_mode,
         )  # fmt: skip
         await self.manager.start_safely()
