@@ -252,8 +252,12 @@ class Metrics:
         registry.register(TritonCollector(models))
         ProcessCollector(registry=registry)
 
-    def histograms(self, name: str, version: int) -> ModelHistograms:
+    def histograms(self, name: str, version: int, fresh: bool = False) -> ModelHistograms:
+        """The model version's histogram series; `fresh` restarts them (a (re)load, when
+        its nv_* counters restart from zero too)."""
         key = (name, version)
+        if fresh:
+            self._forget(key)
         h = self._children.get(key)
         if h is None:
             lv = (name, str(version))
@@ -264,14 +268,29 @@ class Metrics:
             self._children[key] = h
         return h
 
+    def _forget(self, key: tuple[str, int]) -> None:
+        if self._children.pop(key, None) is None:
+            return
+        labels = (key[0], str(key[1]))
+        for histogram in (self._request, self._queue, self._compute, self._batch):
+            try:
+                histogram.remove(*labels)
+            except KeyError:
+                pass
+
+    def forget_unloaded(self, loaded: Iterable[tuple[str, int]]) -> None:
+        """Drop the series of model versions no longer loaded, as their nv_* series go."""
+        keep = set(loaded)
+        for key in [k for k in self._children if k not in keep]:
+            self._forget(key)
+
     def batch_observer(self, name: str, version: int) -> BatchObserver:
-        h = self.histograms(name, version)
+        """Called as a version loads: its series start afresh."""
+        h = self.histograms(name, version, fresh=True)
 
         def observe(timing: BatchTiming, batch: Sequence[InferRequest]) -> None:
             h.compute.observe((timing.input_ns + timing.infer_ns + timing.output_ns) / 1e9)
             h.batch.observe(timing.rows)
-            for r in batch:
-                h.queue.observe((r.dispatch_ns - r.arrival_ns) / 1e9)
 
         return observe
 

@@ -36,9 +36,10 @@ class BatchStats:
 class ModelStats:
     """Counters for one loaded model version.
 
-    success/fail/queue count requests; compute_* count requests too (each request
-    of a batch gets the batch's compute time, as Triton does). inference_count is
-    the number of batch rows inferred, execution_count the number of engine calls.
+    As Triton: success, queue and compute_* count successful requests (each request of a
+    batch gets its batch's compute time); fail counts failed ones by reason. inference_count
+    is the number of batch rows the engine ran, execution_count the number of engine calls,
+    and `batches` their compute time per batch size.
     """
 
     success: Duration = field(default_factory=Duration)
@@ -58,15 +59,18 @@ class ModelStats:
         self.fail.add(ns)
         self.fail_by_reason[reason] = self.fail_by_reason.get(reason, 0) + 1
 
-    def record_execution(
-        self, rows: int, requests: int, input_ns: int, infer_ns: int, output_ns: int
-    ) -> None:
-        """One engine call that served `requests` requests holding `rows` batch rows."""
+    def record_success(self, ns: int, queue_ns: int, compute_ns: tuple[int, int, int]) -> None:
+        """One request answered: end to end `ns`, of which `queue_ns` waiting for its batch."""
+        self.success.add(ns)
+        self.queue.add(queue_ns)
+        self.compute_input.add(compute_ns[0])
+        self.compute_infer.add(compute_ns[1])
+        self.compute_output.add(compute_ns[2])
+
+    def record_execution(self, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One engine call over `rows` batch rows."""
         self.execution_count += 1
         self.inference_count += rows
-        self.compute_input.add(input_ns * requests, requests)
-        self.compute_infer.add(infer_ns * requests, requests)
-        self.compute_output.add(output_ns * requests, requests)
         batch = self.batches.setdefault(rows, BatchStats())
         batch.compute_input.add(input_ns)
         batch.compute_infer.add(infer_ns)

@@ -86,6 +86,9 @@ def test_explicit_mode_load_and_unload(repo: Path, tmp_path: Path) -> None:
         # as Triton: an unloaded model is known, just without versions (not NOT_FOUND)
         assert err.value.status() == "StatusCode.UNAVAILABLE"
         assert "'mlp_dense' has no available versions" in str(err.value)
+        # its histogram series go with its nv_* series, and restart with them on a reload
+        assert 'sparse_runtime_request_duration_seconds_count{model="mlp_dense"' not in (
+            srv.scrape())
         assert infer(client, "mlp_sparse24").shape == (1, 256)
         for name in ("does_not_exist", "", ".", "..", "../repo", "/", str(repo)):
             with pytest.raises(InferenceServerException) as err:
@@ -95,6 +98,11 @@ def test_explicit_mode_load_and_unload(repo: Path, tmp_path: Path) -> None:
         assert {m["name"] for m in index} <= set(os.listdir(repo))  # no rows for the paths
         client.load_model("mlp_dense")
         assert client.is_model_ready("mlp_dense")
+        infer(client, "mlp_dense")
+        samples = parse_metrics(srv.scrape())
+        assert metric(samples, "nv_inference_request_success", model="mlp_dense") == 1
+        assert metric(samples, "sparse_runtime_request_duration_seconds_count",
+                      model="mlp_dense") == 1  # fmt: skip
         # a failed reload keeps the version that is serving (as Triton does)
         good = infer(client, "mlp_sparse24")
         model_file = repo / "mlp_sparse24" / "1" / "model.onnx"
@@ -239,6 +247,47 @@ def test_strict_readiness_off_is_ready_beside_a_broken_model(repo: Path, tmp_pat
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(srv.url))
         status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        assert srv.stop() == 0
+
+
+def test_an_unload_whose_caller_gave_up_still_completes(repo: Path, tmp_path: Path) -> None:
+    """RepositoryModelUnload past the client's deadline, while a batch computes: the unload
+    goes on (shielded), so the model does not stay UNLOADING with its engine loaded and the
+    server unready."""
+    write_model(repo, "slow", slow_model(layers=400), SLOW_CONFIG)
+    srv = start_server(repo, tmp_path, ["--model-control-mode", "explicit",
+                                        "--load-model", "slow"])  # fmt: skip
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert wait_for(client.is_server_ready)
+
+        async def busy_then_unload() -> object:
+            async with aioclient.InferenceServerClient(srv.url) as c:
+                inp = aioclient.InferInput("x", [64, 256], "FP32")
+                inp.set_data_from_numpy(np.ones((64, 256), np.float32))
+                running = asyncio.ensure_future(c.infer("slow", [inp]))
+                await asyncio.sleep(0.2)
+                try:
+                    await c.unload_model("slow", client_timeout=0.05)
+                except InferenceServerException as exc:
+                    return exc
+                finally:
+                    await asyncio.gather(running, return_exceptions=True)
+                return None
+
+        result = asyncio.run(busy_then_unload())
+        assert result is None or "Deadline" in str(result), result
+
+        def unloaded() -> bool:
+            rows = client.get_model_repository_index(as_json=True)["models"]
+            return all(m.get("state") != "UNLOADING" for m in rows) and not any(
+                m["name"] == "slow" and m.get("state") == "READY" for m in rows
+            )
+
+        assert wait_for(unloaded)
+        assert wait_for(client.is_server_ready)
+        assert wait_for(lambda: "unloaded slow version 1" in srv.log_text())
     finally:
         assert srv.stop() == 0
 

@@ -54,6 +54,8 @@ class InferRequest:
     """The client's queue timeout (request parameter `timeout`); 0 = the model's default."""
     enqueue_ns: int = 0
     """When the batcher queued it: queue timeouts count from here, not from decoding."""
+    compute_ns: tuple[int, int, int] = (0, 0, 0)
+    """Input, infer and output time of the engine call that answered it (set on success)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ class DynamicBatcher:
         self._outstanding = 0  # accepted and not yet answered, queued or not
         self._returning = 0  # requests just answered whose clients may come right back
         self._timer: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_ns = 0  # when the armed expiry timer fires (perf_counter_ns)
         self._executor = ThreadPoolExecutor(
             max_workers=self._instances, thread_name_prefix=f"engine-{name}"
         )
@@ -147,6 +151,8 @@ class DynamicBatcher:
         """Queue a request and wait for its slice of a batch."""
         if self._closed:
             raise ServerShuttingDown("model is unloading; request not accepted")
+        if self._timeout_ns and len(self._queue) >= self._max_queue:
+            self._expire()  # NOTE: requests past their timeout must not hold queue places
         if len(self._queue) >= self._max_queue:
             raise QueueFull(f"queue of {self._max_queue} pending requests is full; retry later")
         loop = self._loop or asyncio.get_running_loop()
@@ -161,6 +167,8 @@ class DynamicBatcher:
             self._returning -= 1
         if self._running < self._instances:
             self._maybe_dispatch()
+        if self._timeout_ns and request.dispatch_ns == 0:
+            self._arm_expiry(request.enqueue_ns + self._timeout_ns_of(request))
         try:
             return await request.future
         except asyncio.CancelledError:
@@ -223,7 +231,35 @@ class DynamicBatcher:
             if r.future is not None and not r.future.done():
                 r.future.set_exception(QueueTimeout("Request timeout expired"))
 
+    def _arm_expiry(self, deadline_ns: int) -> None:
+        """Reject a queued request when its timeout passes, even while every engine
+        instance is busy (as Triton's scheduler wakes at the closest timeout). DELAY
+        needs no timer: a late request only changes place, at the next dispatch."""
+        if self._delay_on_timeout or self._loop is None:
+            return
+        if self._expiry is not None:
+            if self._expiry_ns <= deadline_ns:
+                return
+            self._expiry.cancel()
+        self._expiry_ns = deadline_ns
+        delay = max(deadline_ns - time.perf_counter_ns(), 0) / 1e9
+        self._expiry = self._loop.call_later(delay, self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        self._expiry = None
+        self._expire()
+        if self._queue:
+            self._arm_expiry(min(r.enqueue_ns + self._timeout_ns_of(r) for r in self._queue))
+
     def _take_batch(self) -> list[InferRequest]:
+        # NOTE: a request cancelled while queued leaves the queue when its handler resumes;
+        # one cancelled in between must not take engine time
+        if any(r.future is not None and r.future.done() for r in self._queue):
+            live = [r for r in self._queue if r.future is None or not r.future.done()]
+            self._stats.pending -= len(self._queue) - len(live)
+            self._queue = collections.deque(live)
+            if not live:
+                return []
         first = self._queue.popleft()
         batch, rows = [first], first.rows
         if self._max_rows > 1 and self._queue:
@@ -250,6 +286,8 @@ class DynamicBatcher:
             if not self._queue:
                 return
         batch = self._take_batch()
+        if not batch:
+            return
         self._running += 1
         now = time.perf_counter_ns()
         for r in batch:
@@ -314,9 +352,12 @@ class DynamicBatcher:
             parts, timing = fut.result()
         except Exception as exc:  # a one-request batch failed
             parts, timing = [exc] * len(batch), None
+        except asyncio.CancelledError:  # close() cancelled it before an engine thread took it
+            gone = ServerShuttingDown("model unloaded before running")
+            parts, timing = [gone] * len(batch), None
         if timing is not None:
             self._stats.record_execution(
-                timing.rows, timing.requests, timing.input_ns, timing.infer_ns, timing.output_ns
+                timing.rows, timing.input_ns, timing.infer_ns, timing.output_ns
             )
             if self._observer is not None:
                 self._observer(timing, [r for r, p in zip(batch, parts, strict=True)
@@ -330,7 +371,8 @@ class DynamicBatcher:
                 if r.future is not None and not r.future.done():
                     r.future.set_exception(err)
                 continue
-            self._stats.queue.add(r.dispatch_ns - r.arrival_ns)
+            if timing is not None:
+                r.compute_ns = (timing.input_ns, timing.infer_ns, timing.output_ns)
             if r.future is not None and not r.future.done():
                 r.future.set_result(part)
         # clients just answered tend to send again at once (closed-loop load)
@@ -347,8 +389,17 @@ class DynamicBatcher:
         for r in self._queue:
             if r.future is not None and not r.future.done():
                 r.future.set_exception(ServerShuttingDown("model unloaded before running"))
+        self._stats.pending -= len(self._queue)
         self._queue.clear()
+        self._cancel_timers()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._expiry):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._expiry = None
 
     def close(self) -> None:
         self._closed = True
+        self._cancel_timers()
         self._executor.shutdown(wait=False, cancel_futures=True)

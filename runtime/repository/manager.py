@@ -301,20 +301,30 @@ class ModelManager:
         LOGGER.info("unloaded %s version %d", model.name, model.version)
 
     async def unload(self, name: str) -> None:
+        """Unload every version of a model, after its in-flight requests.
+
+        Shielded like `load`: a caller that goes away mid-drain must not leave versions
+        popped but their engines loaded, or the model stuck in UNLOADING.
+        """
         slot = self._slots.get(name)
         if slot is None:
-            if name in repository.scan(self._root):
+            if name in await asyncio.to_thread(repository.scan, self._root):
                 return
             raise ModelNotFound(unknown_model_message(name))
-        async with slot.lock:
-            for vs in slot.versions.values():
-                vs.state = UNLOADING
-            await self._retire(slot, set(slot.versions))
-            slot.reason = ""
-            slot.fingerprint = ()
-            slot.unloaded = True
-        if self._on_change:
-            self._on_change()
+        await asyncio.shield(self._unload_serialized(slot))
+
+    async def _unload_serialized(self, slot: ModelSlot) -> None:
+        try:
+            async with slot.lock:
+                for vs in slot.versions.values():
+                    vs.state = UNLOADING
+                await self._retire(slot, set(slot.versions))
+                slot.reason = ""
+                slot.fingerprint = ()
+                slot.unloaded = True
+        finally:
+            if self._on_change:
+                self._on_change()
 
     async def _poll_loop(self) -> None:
         while True:

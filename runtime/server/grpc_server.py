@@ -107,6 +107,7 @@ class Server:
         return self.metrics.batch_observer(name, version)
 
     def _changed(self) -> None:
+        self.metrics.forget_unloaded((m.name, m.version) for m in self.manager.ready_models())
         task = asyncio.get_running_loop().create_task(self._refresh_health())
         self._tasks.add(task)  # NOTE: the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)

@@ -222,9 +222,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             model.stats.record_failure("BACKEND", time.perf_counter_ns() - start)
             raise
         elapsed = time.perf_counter_ns() - start
-        model.stats.success.add(elapsed)
+        queued = infer_request.dispatch_ns - infer_request.arrival_ns
+        model.stats.record_success(elapsed, queued, infer_request.compute_ns)
         if self._metrics is not None:
-            self._metrics.histograms(model.name, model.version).request.observe(elapsed / 1e9)
+            h = self._metrics.histograms(model.name, model.version)
+            h.request.observe(elapsed / 1e9)
+            h.queue.observe(queued / 1e9)
         return response
 
     @_rpc
