@@ -520,6 +520,66 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero(repo: Path, tmp_pat
         grpc.channel_ready_future(grpc.insecure_channel(srv.url)).result(timeout=1)
 
 
+def test_stream_answers_in_request_order_and_ends_when_the_server_stops(
+    repo: Path, tmp_path: Path
+) -> None:
+    """As Triton for non-decoupled models: a stream answers in request order, though a later
+    request to a faster model finishes first. On SIGTERM an idle stream the client keeps open
+    ends at once, so the server exits well within its 60 s grace period."""
+    import queue
+
+    write_model(repo, "slow", slow_model(layers=400), SLOW_CONFIG)
+    srv = start_server(repo, tmp_path, ["--shutdown-grace-secs", "60"])
+    client = grpcclient.InferenceServerClient(srv.url)
+    assert wait_for(lambda: client.is_model_ready("slow"))
+    answers: queue.Queue[object] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    try:
+        big = grpcclient.InferInput("x", [64, 256], "FP32")
+        big.set_data_from_numpy(np.ones((64, 256), np.float32))
+        small = grpcclient.InferInput("x", [1, 256], "FP32")
+        small.set_data_from_numpy(np.ones((1, 256), np.float32))
+        client.async_stream_infer("slow", [big], request_id="0-slow")
+        client.async_stream_infer("mlp_dense", [small], request_id="1-fast")
+        client.async_stream_infer("no_such_model", [small], request_id="2-error")
+        client.async_stream_infer("mlp_dense", [small], request_id="3-fast")
+        ids = []
+        for _ in range(4):
+            got = answers.get(timeout=60)
+            ids.append("2-error" if isinstance(got, InferenceServerException)
+                       else got.get_response().id)  # fmt: skip
+        assert ids == ["0-slow", "1-fast", "2-error", "3-fast"]
+        assert srv.stop(timeout=20) == 0  # the open, idle stream does not hold the exit
+    finally:
+        client.stop_stream()
+        srv.stop()
+
+
+def test_exit_does_not_wait_for_an_engine_call_past_the_grace_period(
+    repo: Path, tmp_path: Path
+) -> None:
+    """--shutdown-grace-secs 0 while a batch computes: the server exits (status 0) without
+    waiting for it, saying so, instead of the interpreter joining the engine thread."""
+    config = SLOW_CONFIG.replace("max_queue_size: 2", "max_queue_size: 100")
+    write_model(repo, "slow", slow_model(layers=400), config)
+    srv = start_server(repo, tmp_path, ["--shutdown-grace-secs", "0"])
+    client = grpcclient.InferenceServerClient(srv.url)
+    assert wait_for(lambda: client.is_model_ready("slow"))
+
+    async def busy() -> None:
+        async with aioclient.InferenceServerClient(srv.url) as c:
+            inp = aioclient.InferInput("x", [64, 256], "FP32")
+            inp.set_data_from_numpy(np.ones((64, 256), np.float32))
+            tasks = [asyncio.create_task(c.infer("slow", [inp])) for _ in range(6)]
+            await asyncio.sleep(0.3)  # one batch computes, the others queue
+            srv.proc.send_signal(signal.SIGTERM)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(busy())
+    assert srv.proc.wait(30) == 0
+    assert "engine call(s) still running" in srv.log_text()
+
+
 def test_second_stop_signal_exits_at_once(repo: Path, tmp_path: Path) -> None:
     """SIGTERM drains; a second SIGTERM while draining (Ctrl-C twice) exits without waiting."""
     config = SLOW_CONFIG.replace("64", "1", 1).replace("max_queue_size: 2", "max_queue_size: 100")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import threading
+import time
 
 from runtime import settings as settings_mod
 
@@ -45,4 +48,24 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ImportError) as exc:  # NOTE: ImportError: native frontend not built
         LOGGER.error("%s", exc)
         return 1
+    _exit_now_if_engines_still_run()
     return 0
+
+
+def _exit_now_if_engines_still_run() -> None:
+    """The grace period is over but an engine call still computes: exit now, not when it
+    ends (the interpreter would join its thread first, past the grace period)."""
+    me = threading.current_thread()
+    deadline = time.monotonic() + 0.5  # NOTE: idle engine threads are just winding down
+    for t in threading.enumerate():
+        if t is not me and not t.daemon:
+            t.join(max(deadline - time.monotonic(), 0.0))
+    lingering = [t.name for t in threading.enumerate() if t is not me and not t.daemon]
+    if not lingering:
+        return
+    LOGGER.warning("exiting with %d engine call(s) still running: %s", len(lingering),
+                   ", ".join(lingering))  # fmt: skip
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

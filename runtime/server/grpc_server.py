@@ -185,6 +185,7 @@ class Server:
             return max(deadline - loop.time(), 0.0)
 
         self.servicer.accepting = False
+        self.servicer.stopping.set()
         await self._health.update(False)
         await self.manager.stop(left())
         await self._health.shutdown()

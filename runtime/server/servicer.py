@@ -60,6 +60,9 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
+_StreamAnswer = pb.ModelStreamInferResponse | codec.Serialized
+
+
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The Triton / KServe v2 gRPC API over a ModelManager."""
 
@@ -71,6 +74,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._max_response_bytes = max_response_bytes
         self.accepting = True
         self.started = False
+        self.stopping = asyncio.Event()
+        """Set when the server stops: streams end once nothing on them is in flight."""
 
     # ---- health -------------------------------------------------------------------
     @_rpc
@@ -237,43 +242,52 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[codec.IncomingRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse | codec.Serialized]:
-        """Each request is answered on the stream (errors as error_message, as Triton does);
-        requests run concurrently, so they can share batches."""
-        out: asyncio.Queue[pb.ModelStreamInferResponse | codec.Serialized | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
+        """Each request is answered on the stream (errors as error_message, as Triton does),
+        in request order as Triton answers a non-decoupled model; requests still run
+        concurrently, so they can share batches. Once the server stops, the stream ends
+        (status OK) as soon as nothing on it is in flight, instead of holding shutdown for
+        its whole grace period while an idle client keeps it open."""
+        order: asyncio.Queue[asyncio.Task[_StreamAnswer] | None] = asyncio.Queue()
 
-        async def one(req: codec.IncomingRequest) -> None:
+        async def one(req: codec.IncomingRequest) -> _StreamAnswer:
             try:
-                resp = await self._infer(req)
-                await out.put(codec.stream_response(resp))
+                return codec.stream_response(await self._infer(req))
             except RuntimeServerError as err:
-                await out.put(self._stream_error(req, str(err)))
+                return self._stream_error(req, str(err))
             except Exception:
                 LOGGER.exception("unhandled error in ModelStreamInfer")
-                await out.put(self._stream_error(req, "internal error; see server log"))
+                return self._stream_error(req, "internal error; see server log")
 
         async def reader() -> None:
             try:
                 async for req in request_iterator:
-                    task = asyncio.create_task(one(req))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if tasks:
-                    await asyncio.gather(*list(tasks))
+                    order.put_nowait(asyncio.create_task(one(req)))
             finally:
-                await out.put(None)
+                order.put_nowait(None)
 
         read_task = asyncio.create_task(reader())
         try:
             while True:
-                item = await out.get()
-                if item is None:
+                if order.empty() and self.stopping.is_set():
                     break
-                yield item
+                nxt = asyncio.ensure_future(order.get())
+                if not nxt.done():
+                    stop = asyncio.ensure_future(self.stopping.wait())
+                    await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    stop.cancel()
+                if not nxt.done():
+                    nxt.cancel()  # NOTE: a cancelled Queue.get takes no item
+                    continue
+                task = nxt.result()
+                if task is None:
+                    break
+                yield await task
         finally:
             read_task.cancel()
-            for t in list(tasks):
-                t.cancel()
+            while not order.empty():
+                task = order.get_nowait()
+                if task is not None:
+                    task.cancel()
 
     @staticmethod
     def _stream_error(req: codec.IncomingRequest, message: str) -> pb.ModelStreamInferResponse:
