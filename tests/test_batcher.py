@@ -131,3 +131,4 @@ def test_a_request_cancelled_before_dispatch_takes_no_engine_time() -> None:
         b.close()
 
     asyncio.run(run())
+

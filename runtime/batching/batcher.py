@@ -186,18 +186,23 @@ class DynamicBatcher:
         return sum(r.rows for r in self._queue)
 
     def _maybe_dispatch(self) -> None:
-        """Run the next batch now, or arm a timer when a fuller batch is on its way."""
-        if self._running >= self._instances or not self._queue:
-            return
-        if self._delay_ns and self._returning > 0 and self._queued_rows() < self._target_rows:
-            oldest = self._queue[0].arrival_ns
-            remaining = self._delay_ns - (time.perf_counter_ns() - oldest)
-            if remaining > 0:
-                if self._timer is None:
-                    assert self._loop is not None
-                    self._timer = self._loop.call_later(remaining / 1e9, self._on_timer)
+        """Run the next batches now, one per free instance (requests of other shapes may be
+        left after a batch), or arm a timer when a fuller batch is on its way."""
+        while self._running < self._instances and self._queue:
+            if self._delay_ns and self._returning > 0 and (
+                self._queued_rows() < self._target_rows
+            ):
+                oldest = self._queue[0].arrival_ns
+                remaining = self._delay_ns - (time.perf_counter_ns() - oldest)
+                if remaining > 0:
+                    if self._timer is None:
+                        assert self._loop is not None
+                        self._timer = self._loop.call_later(remaining / 1e9, self._on_timer)
+                    return
+            running = self._running
+            self._dispatch()
+            if self._running == running:  # every queued request had expired
                 return
-        self._dispatch()
 
     def _on_timer(self) -> None:
         self._timer = None

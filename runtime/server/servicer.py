@@ -184,6 +184,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     def _require_explicit(self) -> None:
+        if not self.accepting:  # NOTE: a model loaded now would miss the shutdown drain
+            raise ServerShuttingDown("server is shutting down; model load/unload not accepted")
         if self._manager.control_mode != "explicit":
             raise Unsupported(
                 "explicit model load / unload is not allowed if polling is enabled"
