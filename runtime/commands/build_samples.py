@@ -21,5 +21,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {args.model_repository} is not a directory", file=sys.stderr)
         return 2
     written = build_samples(args.model_repository, force=args.force)
-    print(f"sample models: {len(written)} written, others already present")
+    if written:
+        print(f"sample models written: {', '.join(p.parent.parent.name for p in written)}")
+    else:
+        print("sample models: all already present (--force rebuilds them)")
     return 0

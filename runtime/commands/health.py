@@ -16,7 +16,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="gRPC host:port (default localhost:$SPARSE_RUNTIME_GRPC_PORT, else 8001)",
     )  # fmt: skip
     parser.add_argument("--service", default="", help="service name ('' = server readiness)")
-    parser.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    parser.add_argument("--timeout", type=_seconds, default=3.0, help="seconds (> 0)")
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
     except grpc.RpcError as err:
-        print(f"unhealthy: {err.code().name}: {err.details()}", file=sys.stderr)
+        detail = err.details() or (
+            f"no such service {args.service!r}" if err.code() == grpc.StatusCode.NOT_FOUND
+            else "no detail from the server"
+        )  # fmt: skip
+        print(f"unhealthy: {err.code().name}: {detail}", file=sys.stderr)
         return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)

@@ -43,4 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {out}")
     print(format_sizes(stats))
+    if out.name != "model.sparse":
+        print("note: the server serves a version folder's model.sparse (or the config's "
+              "default_model_filename)", file=sys.stderr)  # fmt: skip
     return 0

@@ -11,7 +11,7 @@ import onnx
 
 from runtime.commands import positive_int
 from runtime.errors import ConfigError, ModelLoadError
-from runtime.fileio import output_problem, write_atomic
+from runtime.fileio import output_problem, read_model, write_atomic
 from runtime.sparsity.inputs import (
     Feeds,
     generate_inputs,
@@ -19,6 +19,7 @@ from runtime.sparsity.inputs import (
     split_holdout,
     tokenize_text,
 )
+from runtime.sparsity.pack import is_packed
 from runtime.sparsity.prune import METHODS, PruneConfig, PruneReport, prune_model
 
 
@@ -126,10 +127,13 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     try:
-        try:
-            model = onnx.load(str(args.model))
-        except Exception as exc:  # noqa: BLE001 - protobuf raises several types
-            raise ModelLoadError(f"{args.model}: not a valid ONNX model ({exc})") from exc
+        if is_packed(args.model):
+            model = read_model(args.model)[1]
+        else:
+            try:  # NOTE: onnx.load, not read_model: it also loads external data files
+                model = onnx.load(str(args.model))
+            except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+                raise ModelLoadError(f"{args.model}: not a valid ONNX model ({exc})") from exc
         calibration = _calibration(args, model)
         holdout = None
         if calibration is not None and (args.max_deviation or args.min_cosine):

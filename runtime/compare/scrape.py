@@ -50,12 +50,14 @@ def scrape(url: str, timeout_s: float = 10.0) -> Samples:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             text = resp.read().decode("utf-8", errors="replace")
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
-        reason = getattr(err, "reason", err)
+        reason = repr(getattr(err, "reason", err))[:200]  # NOTE: a gRPC port answers binary
         raise CompareError(f"cannot scrape metrics at {url}: {reason}") from None
     try:
         return parse(text)
     except ValueError as err:
-        raise CompareError(f"{url} did not return Prometheus text: {err}") from None
+        raise CompareError(
+            f"{url} did not return Prometheus text: {repr(str(err))[:200]}"
+        ) from None
 
 
 def total(samples: Samples, name: str, **labels: str) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from runtime.errors import ConfigError
 
+LOGGER = logging.getLogger(__name__)
 MODEL_FILENAMES = ("model.onnx", "model.sparse")
 
 
@@ -65,10 +67,12 @@ def model_file(version_dir: Path, default_filename: str = "") -> Path:
     """The model file in a version folder: config's default_model_filename, model.onnx or
     model.sparse (a packed 2:4 model)."""
     candidates = (default_filename,) if default_filename else MODEL_FILENAMES
-    for name in candidates:
-        path = version_dir / name
-        if path.is_file():
-            return path
+    found = [version_dir / name for name in candidates if (version_dir / name).is_file()]
+    if len(found) > 1:
+        LOGGER.warning("%s holds both %s; serving %s", version_dir,
+                       " and ".join(p.name for p in found), found[0].name)  # fmt: skip
+    if found:
+        return found[0]
     raise ConfigError(f"no model file ({' or '.join(candidates)}) in {version_dir}")
 
 

@@ -437,7 +437,16 @@ def load_packed(path: Path) -> bytes:
 
 
 def pack_file(src: Path, dst: Path, level: int = DEFAULT_LEVEL) -> PackStats:
-    """Pack the ONNX file `src` into `dst` (written atomically)."""
-    packed, stats = pack_bytes(Path(src).read_bytes(), level)
+    """Pack the ONNX file `src` into `dst` (written atomically).
+
+    Raises:
+        ModelLoadError: `src` is already packed, or not an ONNX model (the message names it).
+    """
+    if is_packed(Path(src)):
+        raise PackedFormatError(f"{src} is already a packed .sparse model")
+    try:
+        packed, stats = pack_bytes(Path(src).read_bytes(), level)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{src}: {exc}") from exc
     write_atomic(Path(dst), packed)
     return stats

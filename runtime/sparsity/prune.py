@@ -69,6 +69,10 @@ class PruneConfig:
             raise ConfigError("--global applies to unstructured magnitude pruning only")
         if self.mask_selection not in ("obs", "diag"):
             raise ConfigError("mask selection must be obs or diag")
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise ConfigError(f"--min-cosine must be in [-1, 1], got {self.min_cosine}")
+        if self.max_deviation is not None and not self.max_deviation >= 0.0:
+            raise ConfigError(f"--max-deviation must be >= 0, got {self.max_deviation}")
 
 
 @dataclass(frozen=True)
