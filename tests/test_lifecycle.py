@@ -560,8 +560,12 @@ def test_exit_does_not_wait_for_an_engine_call_past_the_grace_period(
 ) -> None:
     """--shutdown-grace-secs 0 while a batch computes: the server exits (status 0) without
     waiting for it, saying so, instead of the interpreter joining the engine thread."""
-    config = SLOW_CONFIG.replace("max_queue_size: 2", "max_queue_size: 100")
-    write_model(repo, "slow", slow_model(layers=400), config)
+    # NOTE: a batch of seconds even on a fast host (0.7 s per 400 layers on the 2-core CI
+    # VM); engine forced, so no load-time engine timing runs it
+    config = SLOW_CONFIG.replace("max_queue_size: 2", "max_queue_size: 100") + (
+        'parameters { key: "engine" value { string_value: "onnxruntime" } }\n'
+    )
+    write_model(repo, "slow", slow_model(layers=4000), config)
     srv = start_server(repo, tmp_path, ["--shutdown-grace-secs", "0"])
     client = grpcclient.InferenceServerClient(srv.url)
     assert wait_for(lambda: client.is_model_ready("slow"))

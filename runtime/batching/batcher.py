@@ -387,10 +387,11 @@ class DynamicBatcher:
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let queued and running requests finish (bounded by timeout)."""
         self._closed = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
-            LOGGER.warning("drain timed out with %d requests pending", self._outstanding)
+        if not self._idle.is_set():  # NOTE: wait_for(..., 0) times out even on a set event
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except asyncio.TimeoutError:
+                LOGGER.warning("drain timed out with %d requests pending", self._outstanding)
         for r in self._queue:
             if r.future is not None and not r.future.done():
                 r.future.set_exception(ServerShuttingDown("model unloaded before running"))
