@@ -37,6 +37,14 @@ def _available() -> dict[str, tuple[str, str]]:
     }
 
 
+def _stdout_closed() -> bool:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    return False
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("sparse-runtime")
@@ -67,8 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown command {args.command}")
     try:
         return int(module.run(args) or 0)
-    except BrokenPipeError:  # `inspect --json | head`: the reader left; not an error to print
-        # NOTE: as the Python docs advise: point stdout at devnull so the exit flush is quiet
+    except BrokenPipeError as exc:
+        if not _stdout_closed():  # a socket or another pipe: a real error
+            print(f"sparse-runtime {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+        # `inspect --json | head`: the reader left, nothing to report; as the Python docs
+        # advise, stdout goes to devnull so the exit flush is quiet too
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:  # a path that cannot be read or written: say which, no traceback

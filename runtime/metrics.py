@@ -286,9 +286,12 @@ class Metrics:
 
     def batch_observer(self, name: str, version: int) -> BatchObserver:
         """Called as a version loads: its series start afresh."""
-        h = self.histograms(name, version, fresh=True)
+        self.histograms(name, version, fresh=True)
 
         def observe(timing: BatchTiming, batch: Sequence[InferRequest]) -> None:
+            # NOTE: looked up per batch, not bound once: a version's series may be dropped
+            # while it is still loading (another model's load ends first), then come back here
+            h = self.histograms(name, version)
             h.compute.observe((timing.input_ns + timing.infer_ns + timing.output_ns) / 1e9)
             h.batch.observe(timing.rows)
 

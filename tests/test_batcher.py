@@ -115,20 +115,31 @@ def test_stats_count_only_answered_requests_in_queue_and_compute() -> None:
 
 
 def test_a_request_cancelled_before_dispatch_takes_no_engine_time() -> None:
+    """The cancellation lands as the engine's completion forms the next batch, before the
+    cancelled handler can take its request out of the queue."""
+
     async def run() -> None:
         engine, stats = GatedEngine(), ModelStats()
         b = batcher(engine, stats)
         busy = asyncio.ensure_future(b.infer(request()))
         await until(engine.entered.is_set)
-        gone = asyncio.ensure_future(b.infer(request(rows=5)))
+        gone_request = request(rows=5)
+        gone = asyncio.ensure_future(b.infer(gone_request))
         kept = asyncio.ensure_future(b.infer(request(rows=2)))
-        await asyncio.sleep(0)
-        gone.cancel()
+        await until(lambda: stats.pending == 2)
+        dispatch = b._maybe_dispatch
+
+        def cancel_then_dispatch() -> None:  # as the engine's completion forms the next batch
+            assert gone_request.future is not None
+            gone_request.future.cancel()
+            dispatch()
+
+        b._maybe_dispatch = cancel_then_dispatch  # type: ignore[method-assign]
         engine.gate.set()
         await asyncio.wait_for(asyncio.gather(busy, kept), 10)
-        assert gone.cancelled()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
         assert stats.inference_count == 1 + 2 and stats.pending == 0
         b.close()
 
     asyncio.run(run())
-

@@ -83,8 +83,8 @@ def test_explicit_mode_load_and_unload(repo: Path, tmp_path: Path) -> None:
         assert not client.is_model_ready("mlp_dense")
         with pytest.raises(InferenceServerException) as err:
             infer(client, "mlp_dense")
-        # as Triton: an unloaded model is known, just without versions (not NOT_FOUND)
-        assert err.value.status() == "StatusCode.UNAVAILABLE"
+        # as Triton: an unloaded model is known, just without versions
+        assert err.value.status() == "StatusCode.NOT_FOUND"
         assert "'mlp_dense' has no available versions" in str(err.value)
         # its histogram series go with its nv_* series, and restart with them on a reload
         assert 'sparse_runtime_request_duration_seconds_count{model="mlp_dense"' not in (
@@ -225,7 +225,8 @@ def test_broken_models_are_unavailable_and_others_serve(repo: Path, tmp_path: Pa
             assert not client.is_model_ready(name)
         with pytest.raises(InferenceServerException) as err:
             infer(client, "garbage")
-        assert err.value.status() == "StatusCode.UNAVAILABLE"
+        assert err.value.status() == "StatusCode.NOT_FOUND"  # as Triton; with the reason added
+        assert "'garbage' has no available versions" in str(err.value)
         assert "not a valid ONNX" in str(err.value)
         assert "garbage" in srv.log_text()
     finally:
@@ -549,7 +550,13 @@ def test_stream_answers_in_request_order_and_ends_when_the_server_stops(
             ids.append("2-error" if isinstance(got, InferenceServerException)
                        else got.get_response().id)  # fmt: skip
         assert ids == ["0-slow", "1-fast", "2-error", "3-fast"]
-        assert srv.stop(timeout=20) == 0  # the open, idle stream does not hold the exit
+        srv.proc.send_signal(signal.SIGTERM)
+        # the idle stream ends with an error the client hears (a request sent on it from now
+        # on would otherwise go unanswered), and does not hold the exit
+        ended = answers.get(timeout=20)
+        assert isinstance(ended, InferenceServerException), ended
+        assert "shutting down" in str(ended)
+        assert srv.proc.wait(20) == 0
     finally:
         client.stop_stream()
         srv.stop()
@@ -582,6 +589,37 @@ def test_exit_does_not_wait_for_an_engine_call_past_the_grace_period(
     asyncio.run(busy())
     assert srv.proc.wait(30) == 0
     assert "engine call(s) still running" in srv.log_text()
+
+
+def test_model_load_is_refused_while_the_server_drains(repo: Path, tmp_path: Path) -> None:
+    """A model loaded after SIGTERM would miss the drain (and hold the exit): refused."""
+    config = SLOW_CONFIG + 'parameters { key: "engine" value { string_value: "onnxruntime" } }\n'
+    write_model(repo, "slow", slow_model(layers=4000), config)
+    srv = start_server(repo, tmp_path, ["--model-control-mode", "explicit",
+                                        "--load-model", "slow"])  # fmt: skip
+    client = grpcclient.InferenceServerClient(srv.url)
+    assert wait_for(client.is_server_ready)
+
+    async def drain_then_load() -> object:
+        async with aioclient.InferenceServerClient(srv.url) as c:
+            inp = aioclient.InferInput("x", [64, 256], "FP32")
+            inp.set_data_from_numpy(np.ones((64, 256), np.float32))
+            running = asyncio.ensure_future(c.infer("slow", [inp]))
+            await asyncio.sleep(0.3)  # computing for seconds
+            srv.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            try:
+                await c.load_model("mlp_dense")
+            except InferenceServerException as exc:
+                return exc
+            finally:
+                await asyncio.gather(running, return_exceptions=True)
+            return None
+
+    refused = asyncio.run(drain_then_load())
+    assert isinstance(refused, InferenceServerException), refused
+    assert refused.status() == "StatusCode.UNAVAILABLE" and "shutting down" in str(refused)
+    assert srv.proc.wait(60) == 0
 
 
 def test_second_stop_signal_exits_at_once(repo: Path, tmp_path: Path) -> None:

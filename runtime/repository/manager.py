@@ -46,7 +46,7 @@ class ModelSlot:
     versions: dict[int, VersionState] = field(default_factory=dict)
     fingerprint: tuple[object, ...] = ()
     reason: str = ""  # model-level failure (e.g. bad config) when no version exists
-    unloaded: bool = False  # unloaded on request: Triton answers UNAVAILABLE, not NOT_FOUND
+    unloaded: bool = False  # unloaded on request: "has no available versions", as Triton
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -109,7 +109,9 @@ class ModelManager:
             reason = slot.reason or next((v.reason for v in slot.versions.values()), "")
             if not slot.versions and not slot.reason and not slot.unloaded:
                 raise ModelNotFound(unknown_model_message(name))
-            raise ModelNotReady(
+            # NOTE: NOT_FOUND, as Triton's ModelLifeCycle::GetModel answers a model it knows
+            # (failed to load, or unloaded) with no READY version; we add why
+            raise ModelNotFound(
                 f"Request for unknown model: '{name}' has no available versions"
                 f"{': ' + reason if reason else ''}"
             )

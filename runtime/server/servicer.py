@@ -61,6 +61,8 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
 
 _StreamAnswer = pb.ModelStreamInferResponse | codec.Serialized
+_STREAM_END = "end"  # the client half-closed its side
+_STREAM_STOP = "stop"  # the server is stopping
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -249,7 +251,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         concurrently, so they can share batches. Once the server stops, the stream ends
         (status OK) as soon as nothing on it is in flight, instead of holding shutdown for
         its whole grace period while an idle client keeps it open."""
-        order: asyncio.Queue[asyncio.Task[_StreamAnswer] | None] = asyncio.Queue()
+        order: asyncio.Queue[asyncio.Task[_StreamAnswer] | str] = asyncio.Queue()
 
         async def one(req: codec.IncomingRequest) -> _StreamAnswer:
             try:
@@ -265,31 +267,34 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 async for req in request_iterator:
                     order.put_nowait(asyncio.create_task(one(req)))
             finally:
-                order.put_nowait(None)
+                order.put_nowait(_STREAM_END)
 
-        read_task = asyncio.create_task(reader())
+        async def watch_stop() -> None:
+            await self.stopping.wait()
+            order.put_nowait(_STREAM_STOP)
+
+        helpers = [asyncio.create_task(reader()), asyncio.create_task(watch_stop())]
+        stopping = False
         try:
             while True:
-                if order.empty() and self.stopping.is_set():
+                if stopping and order.empty():
+                    # NOTE: an error, not OK: a request the client sends from now on would
+                    # otherwise vanish without a callback
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+                item = await order.get()
+                if item is _STREAM_END:
                     break
-                nxt = asyncio.ensure_future(order.get())
-                if not nxt.done():
-                    stop = asyncio.ensure_future(self.stopping.wait())
-                    await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
-                    stop.cancel()
-                if not nxt.done():
-                    nxt.cancel()  # NOTE: a cancelled Queue.get takes no item
+                if item is _STREAM_STOP:
+                    stopping = True
                     continue
-                task = nxt.result()
-                if task is None:
-                    break
-                yield await task
+                yield await item  # type: ignore[misc]
         finally:
-            read_task.cancel()
+            for helper in helpers:
+                helper.cancel()
             while not order.empty():
-                task = order.get_nowait()
-                if task is not None:
-                    task.cancel()
+                item = order.get_nowait()
+                if isinstance(item, asyncio.Task):
+                    item.cancel()
 
     @staticmethod
     def _stream_error(req: codec.IncomingRequest, message: str) -> pb.ModelStreamInferResponse:
