@@ -49,6 +49,12 @@ class ServerShuttingDown(RuntimeServerError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ControlModeRefused(RuntimeServerError):
+    """Model load/unload outside explicit mode: UNAVAILABLE, as tritonserver answers it."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class Unsupported(RuntimeServerError):
     code = grpc.StatusCode.UNIMPLEMENTED
 

@@ -201,6 +201,8 @@ class GpuProbe:
         used = GaugeMetricFamily("nv_gpu_memory_used_bytes", "GPU memory used", labels=["gpu_uuid"])
         total = GaugeMetricFamily("nv_gpu_memory_total_bytes", "GPU memory", labels=["gpu_uuid"])
         util = GaugeMetricFamily("nv_gpu_utilization", "GPU utilization 0..1", labels=["gpu_uuid"])
+        power = GaugeMetricFamily("nv_gpu_power_usage", "GPU power usage in watts",
+                                  labels=["gpu_uuid"])  # fmt: skip
         try:
             for i in range(nvml.nvmlDeviceGetCount()):
                 handle = nvml.nvmlDeviceGetHandleByIndex(i)
@@ -210,9 +212,13 @@ class GpuProbe:
                 used.add_metric([uuid], float(mem.used))
                 total.add_metric([uuid], float(mem.total))
                 util.add_metric([uuid], nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
+                try:  # NOTE: milliwatts; some boards (and MIG slices) do not report it
+                    power.add_metric([uuid], nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)
+                except Exception:
+                    LOGGER.debug("NVML power read failed", exc_info=True)
         except Exception:
             LOGGER.debug("NVML read failed", exc_info=True)
-        yield from (used, total, util)
+        yield from (used, total, util, power)
 
 
 @dataclass(frozen=True)

@@ -36,14 +36,17 @@ class InputSpec:
     ) -> int:
         """Validate one input; returns its batch rows (1 when not batched)."""
         if datatype != self.datatype:
-            raise InvalidArgument(
-                f"unexpected datatype {datatype} for input '{self.name}' for model '{model}', "
-                f"expecting {self.datatype}"
+            raise InvalidArgument(  # NOTE: Triton's wording
+                f"inference input '{self.name}' data-type is '{datatype}', but model "
+                f"'{model}' expects '{self.datatype}'"
             )
         shape = tuple(array_shape)
         dims = shape[1:] if batched else shape
         if batched and not shape:
-            raise InvalidArgument(f"input '{self.name}' needs a batch dim; got shape []")
+            raise InvalidArgument(  # NOTE: Triton's wording
+                f"input '{self.name}' has no shape but model requires batch dimension for "
+                f"'{model}'"
+            )
         if len(dims) != len(self.dims) or any(
             want != -1 and want != got for want, got in zip(self.dims, dims, strict=True)
         ):
@@ -60,9 +63,9 @@ class InputSpec:
                 f"input '{self.name}' has batch size 0; a request needs at least one row"
             )
         if rows > max_rows:
-            raise InvalidArgument(
-                f"inference request batch-size must be <= {max_rows} for input "
-                f"'{self.name}', got {rows}"
+            raise InvalidArgument(  # NOTE: Triton's wording, then the rows sent
+                f"inference request batch-size must be <= {max_rows} for '{model}' "
+                f"(input '{self.name}' has {rows} rows)"
             )
         return rows
 
@@ -159,9 +162,10 @@ class ServedModel:
             inputs[name] = array
         missing = [n for n, s in self.inputs.items() if n not in inputs and not s.optional]
         if missing:
-            raise InvalidArgument(
+            raise InvalidArgument(  # NOTE: Triton's wording
                 f"expected {len(self.inputs)} inputs but got {len(inputs)} inputs for model "
-                f"'{self.name}'; missing {missing}"
+                f"'{self.name}'. Got input(s) {sorted(inputs)}, but missing required input(s) "
+                f"{missing}. Please provide all required input(s)."
             )
         for i, out in enumerate(requested):
             if out not in self.output_datatypes:

@@ -72,8 +72,8 @@ def test_wrong_rank(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
 
 def test_wrong_dtype(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
     expect(stub, raw_request("mlp_dense", [1, 256], "FP64", b"\0" * 8 * 256),
-           grpc.StatusCode.INVALID_ARGUMENT, "datatype FP64", "'x' for model 'mlp_dense'",
-           "FP32")  # fmt: skip
+           grpc.StatusCode.INVALID_ARGUMENT,
+           "inference input 'x' data-type is 'FP64', but model 'mlp_dense' expects 'FP32'")
 
 
 def test_unknown_datatype(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
@@ -83,7 +83,9 @@ def test_unknown_datatype(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> No
 
 def test_byte_size_mismatch(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
     expect(stub, raw_request("mlp_dense", [1, 256], raw=b"\0" * 1000),
-           grpc.StatusCode.INVALID_ARGUMENT, "byte size 1000", "'x'", "1024")  # fmt: skip
+           grpc.StatusCode.INVALID_ARGUMENT,
+           "input byte size mismatch for input 'x' for model 'mlp_dense'. Expected 1024, "
+           "got 1000")  # fmt: skip
 
 
 def test_typed_element_count_mismatch(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
@@ -102,7 +104,18 @@ def test_typed_value_out_of_range(stub: service_pb2_grpc.GRPCInferenceServiceStu
 
 def test_missing_input(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
     request = pb.ModelInferRequest(model_name="mlp_dense")
-    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "missing ['x']")
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT,
+           "for model 'mlp_dense'. Got input(s) [], but missing required input(s) ['x']")
+    # typed contents with nothing in them, and typed + raw at once: Triton's wording too
+    request = pb.ModelInferRequest(model_name="mlp_dense")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 256])
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT,
+           "unable to find data for input tensor 'x' for model 'mlp_dense' in request.")
+    both = raw_request("mlp_dense", [1, 256])
+    both.inputs[0].contents.fp32_contents.extend([0.0] * 256)
+    expect(stub, both, grpc.StatusCode.INVALID_ARGUMENT,
+           "contents field must not be specified when using raw_input_contents for 'x' "
+           "for model 'mlp_dense'")
 
 
 def test_unexpected_input_name(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
@@ -113,7 +126,7 @@ def test_unexpected_input_name(stub: service_pb2_grpc.GRPCInferenceServiceStub) 
 
 def test_batch_too_large(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
     expect(stub, raw_request("mlp_dense", [65, 256]), grpc.StatusCode.INVALID_ARGUMENT,
-           "batch-size must be <= 64")  # fmt: skip
+           "inference request batch-size must be <= 64 for 'mlp_dense'")  # fmt: skip
 
 
 def test_unknown_requested_output(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:

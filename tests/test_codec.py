@@ -58,7 +58,9 @@ def test_stream_response_wraps_the_serialized_response() -> None:
     inner = codec.encode_response("m", "3", "s1", outputs, list(outputs))
     parsed = pb.ModelStreamInferResponse.FromString(codec.stream_response(inner).data)
     assert parsed.error_message == ""
-    assert parsed.infer_response == _by_protobuf(outputs, "s1")
+    expected = _by_protobuf(outputs, "s1")
+    expected.parameters["triton_final_response"].bool_param = True  # as Triton marks them
+    assert parsed.infer_response == expected
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**21, 2**31 - 1, 2**40])

@@ -33,7 +33,8 @@ EXPORTED = {
     "nv_inference_compute_infer_duration_us", "nv_inference_compute_output_duration_us",
     "nv_inference_pending_request_count", "nv_model_load_duration_secs",
     "nv_cpu_memory_used_bytes", "nv_cpu_memory_total_bytes", "nv_gpu_memory_used_bytes",
-    "nv_gpu_memory_total_bytes", "nv_gpu_utilization", "sparse_runtime_model_info",
+    "nv_gpu_memory_total_bytes", "nv_gpu_utilization", "nv_gpu_power_usage",
+    "sparse_runtime_model_info",
     "sparse_runtime_model_weight_bytes", "sparse_runtime_model_sparsity_ratio",
     "sparse_runtime_layer_kernel", "process_resident_memory_bytes",
     *(f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")),
@@ -41,7 +42,7 @@ EXPORTED = {
 # Exported only where an NVIDIA GPU is present.
 GPU_ONLY = {
     "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes", "nv_gpu_utilization",
-    "sparse_runtime_layer_kernel",
+    "nv_gpu_power_usage", "sparse_runtime_layer_kernel",
 }  # fmt: skip
 
 PROMQL_KEYWORDS = {

@@ -204,6 +204,12 @@ def test_broken_models_are_unavailable_and_others_serve(repo: Path, tmp_path: Pa
     (repo / "badparam" / "config.pbtxt").write_text(
         'parameters { key: "intra_op_thread_count" value { string_value: "abc" } }'
     )
+    bf16 = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "bf16",
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["batch", 4])],
+    )  # fmt: skip
+    write_model(repo, "bf16io", helper.make_model(bf16, opset_imports=opset))
     shutil.copytree(repo / "badparam" / "1", repo / "nanbudget" / "1")
     (repo / "nanbudget" / "config.pbtxt").write_text(
         'parameters { key: "cpu_dispatch_budget_s" value { string_value: "nan" } }'
@@ -219,7 +225,8 @@ def test_broken_models_are_unavailable_and_others_serve(repo: Path, tmp_path: Pa
                                ("wrongio", "input0"), ("noversion", "no version"),
                                ("partialio", "inputs ['b'] are not declared"),
                                ("badparam", "'intra_op_thread_count' must be"),
-                               ("nanbudget", "finite number of seconds")):  # fmt: skip
+                               ("nanbudget", "finite number of seconds"),
+                               ("bf16io", "tensor(bfloat16)")):  # fmt: skip
             assert index[name]["state"] == "UNAVAILABLE", name
             assert fragment in index[name]["reason"], index[name]
             assert not client.is_model_ready(name)

@@ -61,6 +61,9 @@ def test_model_metadata_and_config(client: grpcclient.InferenceServerClient, mod
     config = client.get_model_config(model).config
     assert config.max_batch_size == 64
     assert config.HasField("dynamic_batching")
+    # what tritonserver fills in: the version policy, named instance groups
+    assert config.version_policy.latest.num_versions == 1
+    assert [(g.name, g.count) for g in config.instance_group] == [(f"{model}_0", 1)]
     params = config.parameters
     # NOTE: with OpenVINO installed, auto may measure it faster on some CPUs
     assert params["sparse_runtime.engine"].string_value in ("onnxruntime", "openvino")
@@ -190,6 +193,8 @@ def test_streaming_infer(server: ServerProcess) -> None:
                 errors.append(error)
             else:
                 got[result.get_response().id] = result.as_numpy("y")
+                # as Triton: each response of a non-decoupled model is marked final
+                assert result.get_response().parameters["triton_final_response"].bool_param
     finally:
         client.stop_stream()
     assert len(errors) == 1 and "unexpected shape" in str(errors[0])
@@ -211,8 +216,18 @@ def test_model_statistics_report_real_counters(client: grpcclient.InferenceServe
     assert count(after, "compute_infer") - count(before, "compute_infer") == 3
     assert int(after["inference_stats"]["compute_infer"]["ns"]) > 0
     assert any(int(b["batch_size"]) == 2 for b in after["batch_stats"])
+    assert count(after, "queue") - count(before, "queue") == 3  # answered requests only
     everything = client.get_inference_statistics(as_json=True)["model_stats"]
     assert {s["name"] for s in everything} >= {"mlp_dense", "mlp_sparse24", "zoo"}
+    # as Triton: INVALID_ARGUMENT, in its wording
+    for name, version, message in (
+        ("nope", "", "requested model 'nope' is not available"),
+        ("mlp_dense", "9", "requested model version is not available for model 'mlp_dense'"),
+    ):
+        with pytest.raises(InferenceServerException) as err:
+            client.get_inference_statistics(name, version)
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert message in str(err.value)
 
 
 def test_repository_index(client: grpcclient.InferenceServerClient) -> None:
@@ -227,7 +242,9 @@ def test_load_unload_refused_outside_explicit_mode(
 ) -> None:
     with pytest.raises(InferenceServerException) as err:
         client.unload_model("mlp_dense")
-    assert "explicit" in str(err.value)
+    assert err.value.status() == "StatusCode.UNAVAILABLE"  # as tritonserver, in its words
+    assert "explicit model load / unload is not allowed" in str(err.value)
+    assert "--model-control-mode explicit" in str(err.value)
     assert client.is_model_ready("mlp_dense")
 
 

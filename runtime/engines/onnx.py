@@ -111,6 +111,17 @@ def tensorrt_providers(trt_options: Mapping[str, str]) -> list[Provider]:
     return [(TRT_PROVIDER, dict(trt_options)), (CUDA_PROVIDER, device), CPU_PROVIDER]
 
 
+def _numpy_type(name: str, ort_type: str) -> np.dtype:
+    """The numpy dtype of an ORT tensor type; a type the wire cannot carry here (bfloat16,
+    float8, a sequence...) refuses the model at load, as Triton's onnxruntime backend does,
+    instead of advertising it as FP32 and failing every request."""
+    dtype = ORT_TO_NUMPY.get(ort_type)
+    if dtype is None:
+        raise ModelLoadError(f"model input/output '{name}' has type {ort_type}, which the "
+                             "onnxruntime engine cannot serve")  # fmt: skip
+    return dtype
+
+
 def _dims(shape: Sequence[object]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
 
@@ -182,11 +193,11 @@ class OnnxRuntimeEngine:
         self._check_session(providers)  # NOTE: before keeping it: a rejected session is dropped
         self._session = sess
         inputs = tuple(
-            TensorSpec(i.name, ORT_TO_NUMPY.get(i.type, np.dtype(np.float32)), _dims(i.shape))
+            TensorSpec(i.name, _numpy_type(i.name, i.type), _dims(i.shape))
             for i in sess.get_inputs()
         )
         outputs = tuple(
-            TensorSpec(o.name, ORT_TO_NUMPY.get(o.type, np.dtype(np.float32)), _dims(o.shape))
+            TensorSpec(o.name, _numpy_type(o.name, o.type), _dims(o.shape))
             for o in sess.get_outputs()
         )
         self._output_names = [o.name for o in outputs]

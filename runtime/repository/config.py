@@ -143,7 +143,25 @@ def complete_config(
             f"model inputs {undeclared} are not declared in the config's input list "
             f"(declared: {sorted(t.name for t in config.input)})"
         )
+    _normalize_as_triton(config, description)
     return config
+
+
+def _normalize_as_triton(config: mc.ModelConfig, description: EngineDescription) -> None:
+    """The defaults tritonserver writes into a config it serves, so a client reading
+    ModelConfig sees the same fields: the version policy, and named instance groups of the
+    kind the engine runs on (one instance unless the config says more)."""
+    if not config.HasField("version_policy"):
+        config.version_policy.latest.num_versions = 1
+    on_gpu = description.device.startswith("cuda")
+    kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
+    if not config.instance_group:
+        config.instance_group.add(count=1, kind=kind)
+    for i, group in enumerate(config.instance_group):
+        group.name = group.name or f"{config.name}_{i}"
+        group.count = group.count or 1
+        if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
+            group.kind = kind
 
 
 def wire_datatype(data_type: int) -> str:

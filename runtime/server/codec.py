@@ -77,7 +77,7 @@ def serialize_bytes(array: np.ndarray) -> bytes:
 
 
 def _from_raw(
-    name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview
+    name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview, model: str = ""
 ) -> np.ndarray:
     count = _element_count(name, shape)
     if datatype == "BYTES":
@@ -86,14 +86,16 @@ def _from_raw(
     if itemsize is None:
         raise InvalidArgument(f"input '{name}': unsupported datatype '{datatype}'")
     if len(raw) != count * itemsize:
-        raise InvalidArgument(
-            f"unexpected total byte size {len(raw)} for input '{name}', expecting "
-            f"{count * itemsize}"
+        raise InvalidArgument(  # NOTE: Triton's wording
+            f"input byte size mismatch for input '{name}' for model '{model}'. "
+            f"Expected {count * itemsize}, got {len(raw)}"
         )
     return np.frombuffer(raw, dtype=_LE[datatype]).reshape(shape)
 
 
-def _from_typed(name: str, datatype: str, shape: Sequence[int], contents: object) -> np.ndarray:
+def _from_typed(
+    name: str, datatype: str, shape: Sequence[int], contents: object, model: str = ""
+) -> np.ndarray:
     field = TYPED_FIELD.get(datatype)
     if field is None:
         raise InvalidArgument(
@@ -101,6 +103,10 @@ def _from_typed(name: str, datatype: str, shape: Sequence[int], contents: object
         )
     values = getattr(contents, field)
     count = _element_count(name, shape)
+    if count and not len(values):  # NOTE: Triton's wording
+        raise InvalidArgument(
+            f"unable to find data for input tensor '{name}' for model '{model}' in request."
+        )
     if len(values) != count:
         raise InvalidArgument(
             f"unexpected number of elements {len(values)} for input '{name}', expecting {count}"
@@ -170,6 +176,7 @@ class UndecodableRequest:
     INVALID_ARGUMENT with the reason (grpc.aio answers a deserializer's exception UNKNOWN)."""
 
     model_name = ""
+    model_version = ""
     id = ""
 
     def __init__(self, error: str) -> None:
@@ -234,12 +241,15 @@ def decode_inputs(request: InferRequest) -> dict[str, tuple[np.ndarray, str]]:
             raise Unsupported("shared-memory inputs are not supported by this server")
         if raw:
             if tensor.HasField("contents"):
-                raise InvalidArgument(
-                    f"input '{name}' has both typed contents and raw_input_contents"
+                raise InvalidArgument(  # NOTE: Triton's wording
+                    "contents field must not be specified when using raw_input_contents for "
+                    f"'{name}' for model '{request.model_name}'"
                 )
-            array = _from_raw(name, tensor.datatype, tensor.shape, raw[i])
+            array = _from_raw(name, tensor.datatype, tensor.shape, raw[i], request.model_name)
         else:
-            array = _from_typed(name, tensor.datatype, tensor.shape, tensor.contents)
+            array = _from_typed(
+                name, tensor.datatype, tensor.shape, tensor.contents, request.model_name
+            )
         arrays[name] = (array, tensor.datatype)
     return arrays
 
@@ -322,7 +332,16 @@ def encode_response(
     return Serialized(b"".join(parts))
 
 
+FINAL_RESPONSE_FLAG = pb.ModelInferResponse(
+    parameters={"triton_final_response": pb.InferParameter(bool_param=True)}
+).SerializeToString()
+"""Triton marks every stream response of a non-decoupled model final; clients that read
+streams to the end (PyTriton, decoupled-aware loops) wait for this parameter. As serialized
+bytes, appended to a response: protobuf merges the map entry in."""
+
+
 def stream_response(response: Serialized) -> Serialized:
-    """ModelStreamInferResponse{infer_response}, around an already serialized response."""
-    header = length_delimited_header(_STREAM_RESPONSE_FIELD, len(response.data))
-    return Serialized(header + response.data)
+    """ModelStreamInferResponse{infer_response}, around an already serialized response,
+    marked final."""
+    body = response.data + FINAL_RESPONSE_FLAG
+    return Serialized(length_delimited_header(_STREAM_RESPONSE_FIELD, len(body)) + body)

@@ -22,8 +22,10 @@ from tritonclient.grpc import service_pb2_grpc
 
 from runtime import SERVER_NAME, __version__
 from runtime.errors import (
+    ControlModeRefused,
     InvalidArgument,
     ModelNotFound,
+    ModelNotReady,
     ResponseTooLarge,
     RuntimeServerError,
     ServerShuttingDown,
@@ -133,7 +135,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> Any:
         models = self._manager.ready_models()
         if request.name:
-            self._manager.get(request.name, request.version)  # NOT_FOUND wording
+            try:
+                self._manager.get(request.name, request.version)
+            except (ModelNotFound, ModelNotReady):  # NOTE: Triton's code and wording here
+                raise InvalidArgument(
+                    f"requested model version is not available for model '{request.name}'"
+                    if request.version
+                    else f"requested model '{request.name}' is not available"
+                ) from None
             models = [
                 m
                 for m in models
@@ -189,12 +198,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if not self.accepting:  # NOTE: a model loaded now would miss the shutdown drain
             raise ServerShuttingDown("server is shutting down; model load/unload not accepted")
         if self._manager.control_mode != "explicit":
-            raise Unsupported(
+            # NOTE: tritonserver's status and words (for `none` mode too), then how to enable it
+            raise ControlModeRefused(
                 "explicit model load / unload is not allowed if polling is enabled"
-                if self._manager.control_mode == "poll"
-                else "explicit model load / unload is not allowed: start the server with "
-                "--model-control-mode explicit"
-            )
+                + ("" if self._manager.control_mode == "poll"
+                   else " (start the server with --model-control-mode explicit)")
+            )  # fmt: skip
 
     # ---- inference ------------------------------------------------------------------
     async def _infer(self, request: codec.IncomingRequest) -> codec.Serialized:
@@ -300,7 +309,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def _stream_error(req: codec.IncomingRequest, message: str) -> pb.ModelStreamInferResponse:
         resp = pb.ModelStreamInferResponse(error_message=message)
         resp.infer_response.model_name = req.model_name
+        resp.infer_response.model_version = req.model_version
         resp.infer_response.id = req.id
+        resp.infer_response.parameters["triton_final_response"].bool_param = True
         return resp
 
     # ---- unsupported (not advertised) -------------------------------------------------
@@ -338,6 +349,8 @@ def model_statistics(m: ServedModel) -> pb.ModelStatistics:
     for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
         d = getattr(s, field)
         _duration(getattr(st, field), d.ns, d.count)
+    st.cache_hit.SetInParent()  # NOTE: present and zero, as Triton sends them (no cache here)
+    st.cache_miss.SetInParent()
     for size, b in sorted(s.batches.items()):
         bs = out.batch_stats.add(batch_size=size)
         _duration(bs.compute_input, b.compute_input.ns, b.compute_input.count)
