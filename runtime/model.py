@@ -97,6 +97,8 @@ class ServedModel:
     batcher: DynamicBatcher | None = None
     load_seconds: float = 0.0
     info: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Class labels per output (config `label_filename`), for classification requests."""
 
     def __post_init__(self) -> None:
         self.inputs: dict[str, InputSpec] = {

@@ -223,7 +223,24 @@ def _served(
         engine=engine,
         description=description,
         info=info,
+        labels=_labels(config, path.parent.parent),
     )
+
+
+def _labels(config: mc.ModelConfig, model_dir: Path) -> dict[str, list[str]]:
+    """Each output's class labels, one per line of its `label_filename` (in the model's
+    folder, as Triton reads it), for classification requests."""
+    labels = {}
+    for output in config.output:
+        if not output.label_filename:
+            continue
+        path = model_dir / output.label_filename
+        try:
+            labels[output.name] = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"output '{output.name}': cannot read label_filename {path}: "
+                              f"{exc}") from exc  # fmt: skip
+    return labels
 
 
 def _io_stub(graph: onnx.ModelProto) -> onnx.ModelProto:

@@ -271,10 +271,25 @@ def requested_outputs(request: InferRequest) -> list[str]:
     for out in request.outputs:
         if out.parameters and any(k in out.parameters for k in SHM_KEYS):
             raise Unsupported("shared-memory outputs are not supported by this server")
-        if "classification" in out.parameters:
-            raise Unsupported("the classification extension is not supported")
         names.append(out.name)
     return names
+
+
+def requested_classes(request: InferRequest) -> dict[str, int]:
+    """Output name -> k, for outputs asked for as top-k classes (`classification`)."""
+    classes = {}
+    for out in request.outputs:
+        if "classification" not in out.parameters:
+            continue
+        param = out.parameters["classification"]
+        which = param.WhichOneof("parameter_choice")
+        k = int(getattr(param, which)) if which in ("int64_param", "uint64_param") else 0
+        if k < 1:
+            raise InvalidArgument(
+                f"output '{out.name}': classification needs a class count >= 1"
+            )
+        classes[out.name] = k
+    return classes
 
 
 class Serialized:

@@ -36,11 +36,14 @@ from runtime.model import ServedModel
 from runtime.repository.config import wire_datatype
 from runtime.repository.manager import ModelManager
 from runtime.server import codec
+from runtime.server.classification import classify
 
 LOGGER = logging.getLogger(__name__)
 
 # Only what we really implement: clients and perf_analyzer key behaviour on these.
-EXTENSIONS = ("model_repository", "model_repository(unload_dependents)", "statistics")
+EXTENSIONS = (
+    "classification", "model_repository", "model_repository(unload_dependents)", "statistics",
+)
 
 T = TypeVar("T")
 
@@ -219,8 +222,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             requested = codec.requested_outputs(request)
             infer_request = model.make_request(arrays, requested, codec.timeout_us(request))
             infer_request.arrival_ns = start
+            classes = codec.requested_classes(request)
             outputs = await model.infer(infer_request)
             names = requested or [n for n in model.output_names if n in outputs] or list(outputs)
+            if classes:
+                outputs = dict(outputs)
+                for name, k in classes.items():
+                    outputs[name] = classify(
+                        outputs[name], k, model.batched, model.labels.get(name, ()), name
+                    )
             response = codec.encode_response(
                 model.name, str(model.version), request.id, outputs, names
             )
