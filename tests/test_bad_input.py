@@ -48,6 +48,9 @@ def test_unknown_version(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> Non
     request = raw_request("mlp_dense", [1, 256])
     request.model_version = "7"
     expect(stub, request, grpc.StatusCode.NOT_FOUND, "'mlp_dense' version 7 is not found")
+    request.model_version = "abc"  # not a version at all: INVALID_ARGUMENT, as Triton
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT,
+           "failed to get model version from specified version string 'abc'")
 
 
 def test_unknown_model_metadata_and_config(server: ServerProcess) -> None:

@@ -18,7 +18,13 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from runtime.batching.batcher import BatchObserver
-from runtime.errors import ModelLoadError, ModelNotFound, ModelNotReady, unknown_model_message
+from runtime.errors import (
+    InvalidArgument,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    unknown_model_message,
+)
 from runtime.model import ServedModel
 from runtime.planning import build_model
 from runtime.repository import repository
@@ -93,8 +99,11 @@ class ModelManager:
         if slot is None:
             raise ModelNotFound(unknown_model_message(name, version))
         if version:
-            if not version.isdigit():
-                raise ModelNotFound(unknown_model_message(name, version))
+            if not (version.isascii() and version.isdigit()):  # NOTE: Triton's code and words
+                raise InvalidArgument(
+                    f"failed to get model version from specified version string '{version}', "
+                    "version should be an integral value > 0"
+                )
             vs = slot.versions.get(int(version))
             if vs is None:
                 raise ModelNotFound(unknown_model_message(name, version))
@@ -123,7 +132,7 @@ class ModelManager:
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
             self.get(name, version)
-        except (ModelNotFound, ModelNotReady):
+        except (ModelNotFound, ModelNotReady, InvalidArgument):
             return False
         return True
 
