@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -17,7 +18,14 @@ import tritonclient.grpc.aio as aioclient
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import copy_repo, metric, parse_metrics, start_server, wait_for
+from tests.conftest import (
+    ServerProcess,
+    copy_repo,
+    metric,
+    parse_metrics,
+    start_server,
+    wait_for,
+)
 
 
 def infer(client: grpcclient.InferenceServerClient, model: str, rows: int = 1) -> np.ndarray:
@@ -46,6 +54,50 @@ def slow_model(layers: int = 40, width: int = 1024) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def while_computing(
+    url: str, model: str, action: Callable[[aioclient.InferenceServerClient], Awaitable[object]],
+    wait: float = 0.2,
+) -> object:
+    """action(client) while a 64-row request to `model` computes: what it returns, or the
+    InferenceServerException it raises; the request is awaited either way."""
+
+    async def run() -> object:
+        async with aioclient.InferenceServerClient(url) as c:
+            inp = aioclient.InferInput("x", [64, 256], "FP32")
+            inp.set_data_from_numpy(np.ones((64, 256), np.float32))
+            running = asyncio.ensure_future(c.infer(model, [inp]))
+            await asyncio.sleep(wait)
+            try:
+                return await action(c)
+            except InferenceServerException as exc:
+                return exc
+            finally:
+                await asyncio.gather(running, return_exceptions=True)
+
+    return asyncio.run(run())
+
+
+def sigterm_under_load(
+    srv: ServerProcess, model: str, rows: int, requests: int, again_after: float | None = None
+) -> None:
+    """SIGTERM 0.3 s into `requests` concurrent calls (a second one `again_after` s later),
+    then wait for every call to end, however it ends."""
+
+    async def run() -> None:
+        async with aioclient.InferenceServerClient(srv.url) as c:
+            inp = aioclient.InferInput("x", [rows, 256], "FP32")
+            inp.set_data_from_numpy(np.ones((rows, 256), np.float32))
+            tasks = [asyncio.create_task(c.infer(model, [inp])) for _ in range(requests)]
+            await asyncio.sleep(0.3)
+            srv.proc.send_signal(signal.SIGTERM)
+            if again_after is not None:
+                await asyncio.sleep(again_after)
+                srv.proc.send_signal(signal.SIGTERM)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run())
 
 
 def write_model(repo: Path, name: str, model: onnx.ModelProto, config: str | None = None,
@@ -270,21 +322,9 @@ def test_an_unload_whose_caller_gave_up_still_completes(repo: Path, tmp_path: Pa
         client = grpcclient.InferenceServerClient(srv.url)
         assert wait_for(client.is_server_ready)
 
-        async def busy_then_unload() -> object:
-            async with aioclient.InferenceServerClient(srv.url) as c:
-                inp = aioclient.InferInput("x", [64, 256], "FP32")
-                inp.set_data_from_numpy(np.ones((64, 256), np.float32))
-                running = asyncio.ensure_future(c.infer("slow", [inp]))
-                await asyncio.sleep(0.2)
-                try:
-                    await c.unload_model("slow", client_timeout=0.05)
-                except InferenceServerException as exc:
-                    return exc
-                finally:
-                    await asyncio.gather(running, return_exceptions=True)
-                return None
-
-        result = asyncio.run(busy_then_unload())
+        result = while_computing(
+            srv.url, "slow", lambda c: c.unload_model("slow", client_timeout=0.05)
+        )
         assert result is None or "Deadline" in str(result), result
 
         def unloaded() -> bool:
@@ -584,16 +624,7 @@ def test_exit_does_not_wait_for_an_engine_call_past_the_grace_period(
     client = grpcclient.InferenceServerClient(srv.url)
     assert wait_for(lambda: client.is_model_ready("slow"))
 
-    async def busy() -> None:
-        async with aioclient.InferenceServerClient(srv.url) as c:
-            inp = aioclient.InferInput("x", [64, 256], "FP32")
-            inp.set_data_from_numpy(np.ones((64, 256), np.float32))
-            tasks = [asyncio.create_task(c.infer("slow", [inp])) for _ in range(6)]
-            await asyncio.sleep(0.3)  # one batch computes, the others queue
-            srv.proc.send_signal(signal.SIGTERM)
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    asyncio.run(busy())
+    sigterm_under_load(srv, "slow", rows=64, requests=6)  # one batch computes, 5 queue
     assert srv.proc.wait(30) == 0
     assert "engine call(s) still running" in srv.log_text()
 
@@ -607,23 +638,12 @@ def test_model_load_is_refused_while_the_server_drains(repo: Path, tmp_path: Pat
     client = grpcclient.InferenceServerClient(srv.url)
     assert wait_for(client.is_server_ready)
 
-    async def drain_then_load() -> object:
-        async with aioclient.InferenceServerClient(srv.url) as c:
-            inp = aioclient.InferInput("x", [64, 256], "FP32")
-            inp.set_data_from_numpy(np.ones((64, 256), np.float32))
-            running = asyncio.ensure_future(c.infer("slow", [inp]))
-            await asyncio.sleep(0.3)  # computing for seconds
-            srv.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.2)
-            try:
-                await c.load_model("mlp_dense")
-            except InferenceServerException as exc:
-                return exc
-            finally:
-                await asyncio.gather(running, return_exceptions=True)
-            return None
+    async def stop_then_load(c: aioclient.InferenceServerClient) -> object:
+        srv.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        return await c.load_model("mlp_dense")
 
-    refused = asyncio.run(drain_then_load())
+    refused = while_computing(srv.url, "slow", stop_then_load, wait=0.3)  # computing for seconds
     assert isinstance(refused, InferenceServerException), refused
     assert refused.status() == "StatusCode.UNAVAILABLE" and "shutting down" in str(refused)
     assert srv.proc.wait(60) == 0
@@ -637,18 +657,8 @@ def test_second_stop_signal_exits_at_once(repo: Path, tmp_path: Path) -> None:
     client = grpcclient.InferenceServerClient(srv.url)
     assert wait_for(lambda: client.is_model_ready("slow"))
 
-    async def queued() -> None:
-        async with aioclient.InferenceServerClient(srv.url) as c:
-            inp = aioclient.InferInput("x", [1, 256], "FP32")
-            inp.set_data_from_numpy(np.ones((1, 256), np.float32))
-            tasks = [asyncio.create_task(c.infer("slow", [inp])) for _ in range(60)]
-            await asyncio.sleep(0.3)
-            srv.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.05)  # draining 60 queued requests takes far longer
-            srv.proc.send_signal(signal.SIGTERM)
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    asyncio.run(queued())
+    sigterm_under_load(srv, "slow", rows=1, requests=60, again_after=0.05)  # draining 60
+    # queued requests takes far longer than 0.05 s
     assert srv.proc.wait(10) == 1
     assert "second stop signal" in srv.log_text()
 
