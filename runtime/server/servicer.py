@@ -268,7 +268,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """Each request is answered on the stream (errors as error_message, as Triton does),
         in request order as Triton answers a non-decoupled model; requests still run
         concurrently, so they can share batches. Once the server stops, the stream ends
-        (status OK) as soon as nothing on it is in flight, instead of holding shutdown for
+        (UNAVAILABLE) as soon as nothing on it is in flight, instead of holding shutdown for
         its whole grace period while an idle client keeps it open."""
         order: asyncio.Queue[asyncio.Task[_StreamAnswer] | str] = asyncio.Queue()
 
@@ -294,6 +294,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         helpers = [asyncio.create_task(reader()), asyncio.create_task(watch_stop())]
         stopping = False
+        current: asyncio.Task[_StreamAnswer] | None = None
         try:
             while True:
                 if stopping and order.empty():
@@ -306,10 +307,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 if item is _STREAM_STOP:
                     stopping = True
                     continue
-                yield await item  # type: ignore[misc]
+                current = item  # type: ignore[assignment]
+                yield await current
         finally:
-            for helper in helpers:
-                helper.cancel()
+            for task in (*helpers, current):
+                if task is not None:
+                    task.cancel()
             while not order.empty():
                 item = order.get_nowait()
                 if isinstance(item, asyncio.Task):
