@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -37,12 +38,12 @@ def _available() -> dict[str, tuple[str, str]]:
     }
 
 
-def _stdout_closed() -> bool:
+def _stdout_is_a_pipe() -> bool:
+    """A broken pipe there is the reader leaving (`| head`), not an error of ours."""
     try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        return True
-    return False
+        return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _version() -> str:
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except BrokenPipeError as exc:
-        if not _stdout_closed():  # a socket or another pipe: a real error
+        if not _stdout_is_a_pipe():  # a socket, say: a real error
             print(f"sparse-runtime {args.command}: error: {exc}", file=sys.stderr)
             return 1
         # `inspect --json | head`: the reader left, nothing to report; as the Python docs

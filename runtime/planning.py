@@ -227,14 +227,27 @@ def _served(
     )
 
 
+MAX_LABEL_FILE_BYTES = 64 * 2**20
+
+
 def _labels(config: mc.ModelConfig, model_dir: Path) -> dict[str, list[str]]:
     """Each output's class labels, one per line of its `label_filename` (in the model's
     folder, as Triton reads it), for classification requests."""
     labels = {}
+    folder = model_dir.resolve()
     for output in config.output:
         if not output.label_filename:
             continue
-        path = model_dir / output.label_filename
+        path = (model_dir / output.label_filename).resolve()
+        # NOTE: a config (even one sent with RepositoryModelLoad) must not read other files
+        if not path.is_relative_to(folder) or not path.is_file():
+            raise ConfigError(
+                f"output '{output.name}': label_filename '{output.label_filename}' is not a "
+                "file in the model's folder"
+            )
+        if path.stat().st_size > MAX_LABEL_FILE_BYTES:
+            raise ConfigError(f"output '{output.name}': label file {path} is over "
+                              f"{MAX_LABEL_FILE_BYTES} bytes")  # fmt: skip
         try:
             labels[output.name] = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:

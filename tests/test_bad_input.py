@@ -51,6 +51,9 @@ def test_unknown_version(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> Non
     request.model_version = "abc"  # not a version at all: INVALID_ARGUMENT, as Triton
     expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT,
            "failed to get model version from specified version string 'abc'")
+    with pytest.raises(grpc.RpcError) as err:  # ModelReady too, not a plain "not ready"
+        stub.ModelReady(pb.ModelReadyRequest(name="mlp_dense", version="abc"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_unknown_model_metadata_and_config(server: ServerProcess) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,12 @@ def test_top_k_per_row_in_tritons_format() -> None:
                             [b"3.000000:0:cat", b"0.500000:2"]]  # fmt: skip
     ints = classify(np.array([5, 9, 1], np.int64), 5, batched=False)
     assert ints.tolist() == [b"9:1", b"5:0", b"1:2"]  # k above the class count: all of them
+    # integers beyond float64's 2^53 keep their exact order; bools and unsigned too
+    big = classify(np.array([[2**53, 2**53 + 1, 5]], np.int64), 2, batched=True)
+    assert big.tolist() == [[b"9007199254740993:1", b"9007199254740992:0"]]
+    top_u64 = classify(np.array([2**64 - 1, 0, 2**63], np.uint64), 1, batched=False)
+    assert top_u64.tolist() == [b"18446744073709551615:0"]
+    assert classify(np.array([False, True, True]), 2, batched=False).tolist() == [b"1:1", b"1:2"]
     with pytest.raises(InvalidArgument, match="numeric"):
         classify(np.array([b"a"], dtype=object), 1, batched=False, name="s")
 
@@ -57,6 +64,12 @@ def test_labels_come_from_the_configs_label_filename(sample_repo: Path, tmp_path
         'max_batch_size: 8\noutput [ { name: "y" data_type: TYPE_FP32 dims: [ 256 ] '
         'label_filename: "labels.txt" } ]\n'
     )
+    # a label file outside the model's folder is refused: a config must not read other files
+    shutil.copytree(repo / "labelled", repo / "escape")
+    config = (repo / "escape" / "config.pbtxt").read_text()
+    (repo / "escape" / "config.pbtxt").write_text(
+        config.replace("labels.txt", "../../../../../../../etc/passwd")
+    )
     srv = start_server(repo, tmp_path)
     try:
         client = grpcclient.InferenceServerClient(srv.url)
@@ -68,5 +81,8 @@ def test_labels_come_from_the_configs_label_filename(sample_repo: Path, tmp_path
         for entry in top[0]:
             _, index, label = entry.decode().split(":")
             assert label == f"class{index}"
+        index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
+        assert index["escape"]["state"] == "UNAVAILABLE"
+        assert "is not a file in the model's folder" in index["escape"]["reason"]
     finally:
         assert srv.stop() == 0

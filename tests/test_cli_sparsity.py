@@ -181,3 +181,30 @@ def test_prune_bounds_out_of_range_are_errors(
                  "--no-progress"]) == 2  # fmt: skip
     assert "--max-deviation must be >= 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(tmp_path: Path) -> None:
+    """`inspect --json | head`: the closed pipe ends the command quietly (no traceback, no
+    'Broken pipe' error line), as command-line tools do."""
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    layers = 1500  # one weight each: a report far larger than a pipe's buffer
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"h{i + 1}"]) for i in range(layers)],
+        "long", [helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info(f"h{layers}", TensorProto.FLOAT, [1, 8])],
+        initializer=[numpy_helper.from_array(np.eye(8, dtype=np.float32), f"w{i}")
+                     for i in range(layers)],
+    )  # fmt: skip
+    path = tmp_path / "long.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", "inspect", str(path), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(20)
+    proc.stdout.close()  # the reader leaves with most of the report unread
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) != 0 and "Broken pipe" not in err and "Traceback" not in err, err

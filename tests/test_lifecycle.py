@@ -564,6 +564,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero(repo: Path, tmp_pat
     srv.proc.wait(60)
     assert srv.proc.returncode == 0
     assert "stopped" in srv.log_text()
+    assert "still running" not in srv.log_text()  # every call ended: a plain exit
     with pytest.raises(grpc.FutureTimeoutError):
         grpc.channel_ready_future(grpc.insecure_channel(srv.url)).result(timeout=1)
 
@@ -663,17 +664,59 @@ def test_second_stop_signal_exits_at_once(repo: Path, tmp_path: Path) -> None:
     assert "second stop signal" in srv.log_text()
 
 
-def test_a_response_over_the_message_limit_is_a_counted_failure(
-    repo: Path, tmp_path: Path
-) -> None:
-    """Output 4x the input: with --grpc-max-message-bytes between the two, the request gets
-    RESOURCE_EXHAUSTED naming the limit, and counts as a failure, not a success."""
+def wide_model() -> onnx.ModelProto:
+    """x [batch, 256] -> y [batch, 1024]: the output 4x the input."""
     graph = helper.make_graph(
         [helper.make_node("Concat", ["x", "x", "x", "x"], ["y"], axis=1)], "wide",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1024])],
     )  # fmt: skip
-    write_model(repo, "wide", helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_stream_answer_at_the_message_limit_is_refused_alone(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A response that fits the limit as a unary answer but not with the stream's wrapper
+    (the triton_final_response flag, a tag, a length): that request gets an in-band error,
+    and the stream goes on (gRPC used to end the whole stream, losing the answers after)."""
+    import queue
+
+    from runtime.server import codec
+
+    write_model(repo, "wide", wide_model())
+    rows = 8
+    unary = codec.encode_response("wide", "1", "", {"y": np.ones((rows, 1024), np.float32)},
+                                  ["y"])  # fmt: skip
+    limit = len(unary.data) + 8  # fits alone, not wrapped
+    srv = start_server(repo, tmp_path, ["--grpc-max-message-bytes", str(limit)])
+    client = grpcclient.InferenceServerClient(srv.url)
+    try:
+        assert wait_for(lambda: client.is_model_ready("wide"))
+        big = grpcclient.InferInput("x", [rows, 256], "FP32")
+        big.set_data_from_numpy(np.ones((rows, 256), np.float32))
+        assert client.infer("wide", [big]).as_numpy("y").shape == (rows, 1024)
+        small = grpcclient.InferInput("x", [1, 256], "FP32")
+        small.set_data_from_numpy(np.ones((1, 256), np.float32))
+        answers: queue.Queue[object] = queue.Queue()
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        client.async_stream_infer("wide", [big], request_id="big")
+        client.async_stream_infer("wide", [small], request_id="small")
+        first, second = answers.get(timeout=30), answers.get(timeout=30)
+        assert isinstance(first, InferenceServerException), first
+        assert "--grpc-max-message-bytes" in str(first)
+        assert second.get_response().id == "small"  # type: ignore[union-attr]
+    finally:
+        client.stop_stream()
+        assert srv.stop() == 0
+
+
+def test_a_response_over_the_message_limit_is_a_counted_failure(
+    repo: Path, tmp_path: Path
+) -> None:
+    """Output 4x the input: with --grpc-max-message-bytes between the two, the request gets
+    RESOURCE_EXHAUSTED naming the limit, and counts as a failure, not a success."""
+    write_model(repo, "wide", wide_model())
     srv = start_server(repo, tmp_path, ["--grpc-max-message-bytes", str(128 * 1024)])
     try:
         client = grpcclient.InferenceServerClient(srv.url)

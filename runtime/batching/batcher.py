@@ -37,6 +37,8 @@ from runtime.errors import (
 from runtime.stats import ModelStats
 
 LOGGER = logging.getLogger(__name__)
+ENGINE_THREAD_PREFIX = "engine-"
+"""Engine threads are named this, so serve can tell an engine call still running at exit."""
 
 
 @dataclass(eq=False)
@@ -141,7 +143,7 @@ class DynamicBatcher:
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_ns = 0  # when the armed expiry timer fires (perf_counter_ns)
         self._executor = ThreadPoolExecutor(
-            max_workers=self._instances, thread_name_prefix=f"engine-{name}"
+            max_workers=self._instances, thread_name_prefix=f"{ENGINE_THREAD_PREFIX}{name}"
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()

@@ -55,12 +55,15 @@ def run(args: argparse.Namespace) -> int:
 def _exit_now_if_engines_still_run() -> None:
     """The grace period is over but an engine call still computes: exit now, not when it
     ends (the interpreter would join its thread first, past the grace period)."""
-    me = threading.current_thread()
+    from runtime.batching.batcher import ENGINE_THREAD_PREFIX
+
+    def engine_threads() -> list[threading.Thread]:  # NOTE: named by DynamicBatcher
+        return [t for t in threading.enumerate() if t.name.startswith(ENGINE_THREAD_PREFIX)]
+
     deadline = time.monotonic() + 0.5  # NOTE: idle engine threads are just winding down
-    for t in threading.enumerate():
-        if t is not me and not t.daemon:
-            t.join(max(deadline - time.monotonic(), 0.0))
-    lingering = [t.name for t in threading.enumerate() if t is not me and not t.daemon]
+    for t in engine_threads():
+        t.join(max(deadline - time.monotonic(), 0.0))
+    lingering = [t.name for t in engine_threads() if t.is_alive()]
     if not lingering:
         return
     LOGGER.warning("exiting with %d engine call(s) still running: %s", len(lingering),

@@ -132,7 +132,7 @@ class ModelManager:
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
             self.get(name, version)
-        except (ModelNotFound, ModelNotReady, InvalidArgument):
+        except (ModelNotFound, ModelNotReady):
             return False
         return True
 

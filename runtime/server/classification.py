@@ -31,11 +31,16 @@ def classify(
         InvalidArgument: the output is not numeric.
     """
     if array.dtype.kind not in "fiub":
-        raise InvalidArgument(f"classification needs a numeric output; '{name}' is {array.dtype}")
+        raise InvalidArgument(f"classification needs a numeric output; '{name}' is BYTES")
     rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
     k = min(k, rows.shape[1])
-    # NOTE: stable on the negated values: ties keep the lower class index first
-    order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :k]
+    # NOTE: a stable sort of a key that reverses the order exactly, so ties keep the lower
+    # class index first: -x for floats, ~x for integers (no overflow, no float rounding)
+    if rows.dtype.kind == "f":
+        key = -rows
+    else:
+        key = ~(rows.astype(np.uint8) if rows.dtype.kind == "b" else rows)
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
     out = np.empty((rows.shape[0], k), dtype=object)
     for r in range(rows.shape[0]):
         for j, idx in enumerate(order[r]):

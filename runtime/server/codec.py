@@ -355,6 +355,10 @@ streams to the end (PyTriton, decoupled-aware loops) wait for this parameter. As
 bytes, appended to a response: protobuf merges the map entry in."""
 
 
+STREAM_WRAPPER_BYTES = len(FINAL_RESPONSE_FLAG) + 1 + 5
+"""What stream_response adds to a response: the flag, a tag and a length (varint <= 5)."""
+
+
 def stream_response(response: Serialized) -> Serialized:
     """ModelStreamInferResponse{infer_response}, around an already serialized response,
     marked final."""

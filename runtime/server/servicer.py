@@ -140,12 +140,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if request.name:
             try:
                 self._manager.get(request.name, request.version)
-            except (ModelNotFound, ModelNotReady):  # NOTE: Triton's code and wording here
+            except (ModelNotFound, ModelNotReady) as exc:  # NOTE: Triton's code and wording
                 raise InvalidArgument(
-                    f"requested model version is not available for model '{request.name}'"
-                    if request.version
-                    else f"requested model '{request.name}' is not available"
-                ) from None
+                    (f"requested model version is not available for model '{request.name}'"
+                     if request.version
+                     else f"requested model '{request.name}' is not available") + f" ({exc})"
+                ) from None  # fmt: skip
             models = [
                 m
                 for m in models
@@ -201,16 +201,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if not self.accepting:  # NOTE: a model loaded now would miss the shutdown drain
             raise ServerShuttingDown("server is shutting down; model load/unload not accepted")
         if self._manager.control_mode != "explicit":
-            # NOTE: tritonserver's status and words (for `none` mode too), then how to enable it
+            # NOTE: tritonserver's status (and, when polling, its words)
             raise ControlModeRefused(
                 "explicit model load / unload is not allowed if polling is enabled"
-                + ("" if self._manager.control_mode == "poll"
-                   else " (start the server with --model-control-mode explicit)")
-            )  # fmt: skip
+                if self._manager.control_mode == "poll"
+                else "explicit model load / unload is not allowed: the server runs with "
+                "--model-control-mode none (start it with --model-control-mode explicit)"
+            )
 
     # ---- inference ------------------------------------------------------------------
-    async def _infer(self, request: codec.IncomingRequest) -> codec.Serialized:
-        """Decode, validate, batch, encode; errors are counted against the model."""
+    async def _infer(self, request: codec.IncomingRequest, reserve: int = 0) -> codec.Serialized:
+        """Decode, validate, batch, encode; errors are counted against the model. `reserve`:
+        bytes the caller adds around the response (a stream's wrapper), within the limit."""
         start = time.perf_counter_ns()
         if not self.accepting:
             raise ServerShuttingDown("server is shutting down; request not accepted")
@@ -234,7 +236,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             response = codec.encode_response(
                 model.name, str(model.version), request.id, outputs, names
             )
-            if len(response.data) > self._max_response_bytes:
+            if len(response.data) + reserve > self._max_response_bytes:
                 # NOTE: gRPC would drop it while sending, after it had counted as a success
                 raise ResponseTooLarge(
                     f"response of {len(response.data)} bytes exceeds the "
@@ -274,7 +276,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def one(req: codec.IncomingRequest) -> _StreamAnswer:
             try:
-                return codec.stream_response(await self._infer(req))
+                return codec.stream_response(
+                    await self._infer(req, reserve=codec.STREAM_WRAPPER_BYTES)
+                )
             except RuntimeServerError as err:
                 return self._stream_error(req, str(err))
             except Exception:
