@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import select
 import stat
 import sys
 from collections.abc import Sequence
@@ -38,11 +39,17 @@ def _available() -> dict[str, tuple[str, str]]:
     }
 
 
-def _stdout_is_a_pipe() -> bool:
-    """A broken pipe there is the reader leaving (`| head`), not an error of ours."""
+def _stdout_reader_gone() -> bool:
+    """stdout is a pipe whose reader left (`| head`): not an error of ours. Any other
+    broken pipe (a socket, a subprocess) is one, and is reported."""
     try:
-        return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
-    except (OSError, ValueError):
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # NOTE: no poll() on some platforms
         return False
 
 
@@ -77,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except BrokenPipeError as exc:
-        if not _stdout_is_a_pipe():  # a socket, say: a real error
+        if not _stdout_reader_gone():  # a socket, say: a real error
             print(f"sparse-runtime {args.command}: error: {exc}", file=sys.stderr)
             return 1
         # `inspect --json | head`: the reader left, nothing to report; as the Python docs

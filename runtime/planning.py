@@ -166,7 +166,7 @@ def build_model(
         engine.load()
     try:
         return _served(name, version, config, engine, reason, profile, decision, path,
-                       stored_form, timings)  # fmt: skip
+                       stored_form, timings, model_dir)  # fmt: skip
     except BaseException:
         engine.unload()
         raise
@@ -189,6 +189,7 @@ def _served(
     path: Path,
     stored_form: str,
     timings: str,
+    model_dir: Path,
 ) -> ServedModel:
     """Complete the config from the loaded engine and record where and why it runs."""
     description = engine.describe()
@@ -223,7 +224,7 @@ def _served(
         engine=engine,
         description=description,
         info=info,
-        labels=_labels(config, path.parent.parent),
+        labels=_labels(config, model_dir),
     )
 
 

@@ -169,3 +169,11 @@ def test_typed_ints_still_checked_for_range() -> None:
     tensor.contents.int_contents.extend([1, -128, 300])
     with pytest.raises(codec.InvalidArgument, match="do not fit INT8"):
         codec.decode_inputs(request)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 4, 40, 4000])
+def test_stream_overhead_is_exact(rows: int) -> None:
+    """The message limit check on streams adds exactly what stream_response adds."""
+    inner = codec.encode_response("m", "1", "", {"y": np.ones((rows, 8), np.float32)}, ["y"])
+    wrapped = codec.stream_response(inner)
+    assert len(wrapped.data) - len(inner.data) == codec.stream_overhead(len(inner.data))

@@ -262,6 +262,10 @@ def test_broken_models_are_unavailable_and_others_serve(repo: Path, tmp_path: Pa
         [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["batch", 4])],
     )  # fmt: skip
     write_model(repo, "bf16io", helper.make_model(bf16, opset_imports=opset))
+    (repo / "elsewhere" / "1").mkdir(parents=True)  # a config naming a file outside its folder
+    (repo / "elsewhere" / "config.pbtxt").write_text(
+        'default_model_filename: "../../mlp_dense/1/model.onnx"'
+    )
     shutil.copytree(repo / "badparam" / "1", repo / "nanbudget" / "1")
     (repo / "nanbudget" / "config.pbtxt").write_text(
         'parameters { key: "cpu_dispatch_budget_s" value { string_value: "nan" } }'
@@ -278,7 +282,8 @@ def test_broken_models_are_unavailable_and_others_serve(repo: Path, tmp_path: Pa
                                ("partialio", "inputs ['b'] are not declared"),
                                ("badparam", "'intra_op_thread_count' must be"),
                                ("nanbudget", "finite number of seconds"),
-                               ("bf16io", "tensor(bfloat16)")):  # fmt: skip
+                               ("bf16io", "tensor(bfloat16)"),
+                               ("elsewhere", "is not a file in")):  # fmt: skip
             assert index[name]["state"] == "UNAVAILABLE", name
             assert fragment in index[name]["reason"], index[name]
             assert not client.is_model_ready(name)
@@ -688,7 +693,8 @@ def test_a_stream_answer_at_the_message_limit_is_refused_alone(
     rows = 8
     unary = codec.encode_response("wide", "1", "", {"y": np.ones((rows, 1024), np.float32)},
                                   ["y"])  # fmt: skip
-    limit = len(unary.data) + 8  # fits alone, not wrapped
+    wrapped = len(codec.stream_response(unary).data)
+    limit = wrapped - 1  # fits alone, not wrapped; gRPC refuses only what is over the limit
     srv = start_server(repo, tmp_path, ["--grpc-max-message-bytes", str(limit)])
     client = grpcclient.InferenceServerClient(srv.url)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,33 @@ def fingerprint(model_dir: Path) -> tuple[object, ...]:
     return tuple(items)
 
 
+def _on_daemon_thread(fn: Callable[[], object], name: str) -> asyncio.Future[object]:
+    """Run fn on a daemon thread (the interpreter does not wait for it at exit)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[object] = loop.create_future()
+
+    def settle(result: object, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop closed meanwhile: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return done
+
+
 class ModelManager:
     """Owns every model of the repository and their states."""
 
@@ -95,15 +123,15 @@ class ModelManager:
     # ---- queries (event loop, no I/O) -------------------------------------------------
     def get(self, name: str, version: str = "") -> ServedModel:
         """The READY model for a request, or Triton's NOT_FOUND / UNAVAILABLE errors."""
+        if version and not (version.isascii() and version.isdigit()):
+            raise InvalidArgument(  # NOTE: Triton's code and words; parsed before the lookup
+                f"failed to get model version from specified version string '{version}', "
+                "version should be an integral value > 0"
+            )
         slot = self._slots.get(name)
         if slot is None:
             raise ModelNotFound(unknown_model_message(name, version))
         if version:
-            if not (version.isascii() and version.isdigit()):  # NOTE: Triton's code and words
-                raise InvalidArgument(
-                    f"failed to get model version from specified version string '{version}', "
-                    "version should be an integral value > 0"
-                )
             vs = slot.versions.get(int(version))
             if vs is None:
                 raise ModelNotFound(unknown_model_message(name, version))
@@ -366,6 +394,20 @@ class ModelManager:
     async def stop(self, grace: float) -> None:
         if self._poll_task is not None:
             self._poll_task.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         models = self.ready_models()
         await asyncio.gather(*(m.batcher.drain(grace) for m in models if m.batcher is not None))
-        await asyncio.gather(*(asyncio.to_thread(m.unload) for m in models))
+        # NOTE: an engine whose unload waits for a call still running (the GPU engine takes
+        # its lock) must not hold the exit past the grace period: unloads run on daemon
+        # threads, given what is left of it (at least half a second, for the normal case)
+        unloads = [_on_daemon_thread(m.unload, f"unload-{m.name}") for m in models]
+        if unloads:
+            finished, pending = await asyncio.wait(
+                unloads, timeout=max(deadline - loop.time(), 0.5)
+            )
+            for f in finished:
+                if f.exception() is not None:
+                    LOGGER.warning("unload failed at exit: %s", f.exception())
+            if pending:
+                LOGGER.warning("%d model(s) still unloading at exit", len(pending))

@@ -66,6 +66,12 @@ def scan(root: Path) -> dict[str, ModelEntry]:
 def model_file(version_dir: Path, default_filename: str = "") -> Path:
     """The model file in a version folder: config's default_model_filename, model.onnx or
     model.sparse (a packed 2:4 model)."""
+    if default_filename and not (version_dir / default_filename).resolve().is_relative_to(
+        version_dir.resolve()
+    ):  # NOTE: a config must not load a model file from elsewhere on the filesystem
+        raise ConfigError(
+            f"default_model_filename '{default_filename}' is not a file in {version_dir}"
+        )
     candidates = (default_filename,) if default_filename else MODEL_FILENAMES
     found = [version_dir / name for name in candidates if (version_dir / name).is_file()]
     if len(found) > 1:

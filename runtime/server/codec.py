@@ -355,8 +355,10 @@ streams to the end (PyTriton, decoupled-aware loops) wait for this parameter. As
 bytes, appended to a response: protobuf merges the map entry in."""
 
 
-STREAM_WRAPPER_BYTES = len(FINAL_RESPONSE_FLAG) + 1 + 5
-"""What stream_response adds to a response: the flag, a tag and a length (varint <= 5)."""
+def stream_overhead(size: int) -> int:
+    """Bytes stream_response adds to a `size`-byte response: the flag, a tag, a length."""
+    body = size + len(FINAL_RESPONSE_FLAG)
+    return len(length_delimited_header(_STREAM_RESPONSE_FIELD, body)) + len(FINAL_RESPONSE_FLAG)
 
 
 def stream_response(response: Serialized) -> Serialized:

@@ -2,10 +2,13 @@
 
 Service names: "" and "inference.GRPCInferenceService" follow server readiness,
 "live" is SERVING while the process runs, and each model name follows that
-model's readiness.
+model's readiness (a model named like one of those three is left out: a liveness
+probe must never see a model's state).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
@@ -31,7 +34,9 @@ class HealthState:
         await self.servicer.set("", status)
         await self.servicer.set(INFERENCE_SERVICE, status)
         await self.servicer.set(LIVE, SERVING)
-        names = {name for name, *_ in self._manager.index()}
+        # NOTE: index() scans the repository folder: off the event loop
+        rows = await asyncio.to_thread(self._manager.index)
+        names = {name for name, *_ in rows} - {"", LIVE, INFERENCE_SERVICE}
         for name in names | self._models:
             ready = self._manager.is_ready(name)
             await self.servicer.set(name, SERVING if ready else NOT_SERVING)

@@ -210,9 +210,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             )
 
     # ---- inference ------------------------------------------------------------------
-    async def _infer(self, request: codec.IncomingRequest, reserve: int = 0) -> codec.Serialized:
-        """Decode, validate, batch, encode; errors are counted against the model. `reserve`:
-        bytes the caller adds around the response (a stream's wrapper), within the limit."""
+    async def _infer(
+        self, request: codec.IncomingRequest, stream: bool = False
+    ) -> codec.Serialized:
+        """Decode, validate, batch, encode; errors are counted against the model. On a
+        `stream` the response must fit the message limit with the stream's wrapper."""
         start = time.perf_counter_ns()
         if not self.accepting:
             raise ServerShuttingDown("server is shutting down; request not accepted")
@@ -236,11 +238,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             response = codec.encode_response(
                 model.name, str(model.version), request.id, outputs, names
             )
-            if len(response.data) + reserve > self._max_response_bytes:
+            size = len(response.data)
+            sent = size + (codec.stream_overhead(size) if stream else 0)
+            if sent > self._max_response_bytes:
                 # NOTE: gRPC would drop it while sending, after it had counted as a success
                 raise ResponseTooLarge(
-                    f"response of {len(response.data)} bytes exceeds the "
-                    f"{self._max_response_bytes}-byte limit (--grpc-max-message-bytes)"
+                    f"response of {size} bytes"
+                    + (f" ({sent} with the stream's wrapper)" if stream else "")
+                    + f" exceeds the {self._max_response_bytes}-byte limit "
+                    "(--grpc-max-message-bytes)"
                 )
         except RuntimeServerError as err:
             model.stats.record_failure(err.failure_reason, time.perf_counter_ns() - start)
@@ -276,9 +282,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def one(req: codec.IncomingRequest) -> _StreamAnswer:
             try:
-                return codec.stream_response(
-                    await self._infer(req, reserve=codec.STREAM_WRAPPER_BYTES)
-                )
+                return codec.stream_response(await self._infer(req, stream=True))
             except RuntimeServerError as err:
                 return self._stream_error(req, str(err))
             except Exception:
