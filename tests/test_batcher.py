@@ -143,3 +143,42 @@ def test_a_request_cancelled_before_dispatch_takes_no_engine_time() -> None:
         b.close()
 
     asyncio.run(run())
+
+
+class PickyEngine:
+    """Fails any call holding a negative row, as an engine rejects a bad index."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        assert self.gate.wait(30)
+        if (inputs["x"] < 0).any():
+            raise ValueError("index out of range")
+        return {"y": np.asarray(inputs["x"])}
+
+
+def test_a_failed_batch_rerun_one_by_one_counts_each_call() -> None:
+    """The batch fails, each request runs alone: every successful single call is an execution
+    of its own rows, and each request gets its own call's compute time."""
+
+    async def run() -> None:
+        engine, stats = PickyEngine(), ModelStats()
+        b = batcher(engine, stats)
+        first = asyncio.ensure_future(b.infer(request()))  # holds the engine
+        await until(lambda: b._running == 1)
+        good = [request(rows=2), request(rows=3)]
+        bad = InferRequest({"x": -np.ones((1, 4), np.float32)}, None, 1, (4,))
+        rest = [asyncio.ensure_future(b.infer(r)) for r in (good[0], bad, good[1])]
+        await until(lambda: stats.pending == 3)
+        engine.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(first, *rest, return_exceptions=True), 10)
+        assert isinstance(results[2], Exception) and not isinstance(results[1], Exception)
+        # the first call, then the failed batch of 3 rerun as 3 singles of which 2 answer
+        assert stats.execution_count == 1 + 2 and stats.inference_count == 1 + 2 + 3
+        assert all(r.compute_ns[1] > 0 for r in good)
+        b.close()
+
+    asyncio.run(run())

@@ -65,7 +65,6 @@ class BatchTiming:
     """What one engine call cost, for stats and histograms."""
 
     rows: int
-    requests: int
     input_ns: int
     infer_ns: int
     output_ns: int
@@ -306,13 +305,14 @@ class DynamicBatcher:
 
     def _run(
         self, batch: list[InferRequest]
-    ) -> tuple[list[dict[str, np.ndarray] | Exception], BatchTiming | None]:
+    ) -> tuple[list[dict[str, np.ndarray] | Exception], list[BatchTiming | None]]:
         """Engine thread: the batch in one call; should that fail, each request alone, so a
         request the engine rejects (say an index out of range) fails by itself and not the
-        requests it was batched with. Timings cover the calls that succeeded."""
+        requests it was batched with. Per request: its answer (or error) and the timing of
+        the engine call that answered it."""
         try:
             parts, timing = self._run_together(batch)
-            return list(parts), timing
+            return list(parts), [timing] * len(batch)
         except Exception as exc:
             if len(batch) == 1:
                 raise
@@ -320,7 +320,7 @@ class DynamicBatcher:
                 "a batch of %d requests failed (%s); running them one at a time", len(batch), exc
             )
         results: list[dict[str, np.ndarray] | Exception] = []
-        timings: list[BatchTiming] = []
+        timings: list[BatchTiming | None] = []
         for r in batch:
             try:
                 one, timing = self._run_together([r])
@@ -328,13 +328,8 @@ class DynamicBatcher:
                 timings.append(timing)
             except Exception as exc:
                 results.append(exc)
-        if not timings:
-            return results, None
-        total = BatchTiming(
-            sum(t.rows for t in timings), len(timings), sum(t.input_ns for t in timings),
-            sum(t.infer_ns for t in timings), sum(t.output_ns for t in timings),
-        )  # fmt: skip
-        return results, total
+                timings.append(None)
+        return results, timings
 
     def _run_together(
         self, batch: list[InferRequest]
@@ -351,25 +346,27 @@ class DynamicBatcher:
         parts = split_outputs(outputs, batch, self._batched)
         t3 = time.perf_counter_ns()
         rows = sum(r.rows for r in batch)
-        return parts, BatchTiming(rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
+        return parts, BatchTiming(rows, t1 - t0, t2 - t1, t3 - t2)
 
     def _complete(self, batch: list[InferRequest], fut: asyncio.Future) -> None:
         self._running -= 1
+        timings: list[BatchTiming | None]
         try:
-            parts, timing = fut.result()
+            parts, timings = fut.result()
         except Exception as exc:  # a one-request batch failed
-            parts, timing = [exc] * len(batch), None
+            parts, timings = [exc] * len(batch), [None] * len(batch)
         except asyncio.CancelledError:  # close() cancelled it before an engine thread took it
             gone = ServerShuttingDown("model unloaded before running")
-            parts, timing = [gone] * len(batch), None
-        if timing is not None:
+            parts, timings = [gone] * len(batch), [None] * len(batch)
+        calls = {id(t): t for t in timings if t is not None}  # NOTE: one batch, or one each
+        for timing in calls.values():
             self._stats.record_execution(
                 timing.rows, timing.input_ns, timing.infer_ns, timing.output_ns
             )
             if self._observer is not None:
-                self._observer(timing, [r for r, p in zip(batch, parts, strict=True)
-                                        if not isinstance(p, Exception)])  # fmt: skip
-        for r, part in zip(batch, parts, strict=True):
+                self._observer(timing, [r for r, t in zip(batch, timings, strict=True)
+                                        if t is timing])  # fmt: skip
+        for r, part, timing in zip(batch, parts, timings, strict=True):
             if isinstance(part, Exception):
                 err = part
                 if not isinstance(part, RuntimeServerError):
