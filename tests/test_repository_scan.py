@@ -48,3 +48,33 @@ def test_an_unreadable_model_folder_is_reported_not_raised(
     assert (
         "cannot be read" in found["locked"].error and "Permission denied" in found["locked"].error
     )
+
+
+@pytest.mark.parametrize(
+    ("device", "text", "groups"),
+    [
+        ("cpu", "", [("m_0", 1, "KIND_CPU", [])]),
+        ("cuda:1", "", [("m_0", 1, "KIND_GPU", [1])]),
+        ("cpu", "instance_group [ { count: 2 } ]", [("m_0", 2, "KIND_CPU", [])]),
+        ("cuda:0", 'instance_group [ { name: "g" kind: KIND_GPU gpus: [ 3 ] } ]',
+         [("g", 1, "KIND_GPU", [3])]),
+    ],
+)
+def test_config_gets_the_fields_tritonserver_fills_in(
+    device: str, text: str, groups: list[tuple[str, int, str, list[int]]]
+) -> None:
+    """Version policy and named instance groups (the engine's device kind, its GPU), as a
+    client reading ModelConfig from tritonserver sees them; what the config says stays."""
+    import numpy as np
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from runtime.engines.base import EngineDescription, TensorSpec
+    from runtime.repository.config import complete_config, parse_config_text
+
+    spec = TensorSpec("x", np.dtype(np.float32), (-1, 4))
+    description = EngineDescription("onnxruntime", device, (spec,), (spec,))
+    config = complete_config(parse_config_text(f'name: "m"\n{text}'), "m", description)
+    assert config.version_policy.latest.num_versions == 1
+    got = [(g.name, g.count, mc.ModelInstanceGroup.Kind.Name(g.kind), list(g.gpus))
+           for g in config.instance_group]  # fmt: skip
+    assert got == groups

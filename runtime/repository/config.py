@@ -162,6 +162,8 @@ def _normalize_as_triton(config: mc.ModelConfig, description: EngineDescription)
         group.count = group.count or 1
         if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
             group.kind = kind
+        if on_gpu and group.kind == mc.ModelInstanceGroup.KIND_GPU and not group.gpus:
+            group.gpus.append(int(description.device.partition(":")[2] or 0))
 
 
 def wire_datatype(data_type: int) -> str:
