@@ -54,25 +54,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(repo: Path, tmp: Path, frontend: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    repo: Path, tmp: Path, frontend: str, log_dir: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The server on a free port; its log goes beside the results, to outlive the run."""
     port_file = tmp / f"ports-{frontend}.json"
     cmd = [sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo),
            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
            "--grpc-frontend", frontend, "--port-file", str(port_file)]  # fmt: skip
-    log = (tmp / f"server-{frontend}.log").open("wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"wire_cost_server_{frontend}.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while not port_file.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"server did not start; see {log.name}")
+            raise RuntimeError(f"server did not start; see {log}")
         time.sleep(0.05)
     return proc, f"127.0.0.1:{json.loads(port_file.read_text())['grpc']}"
 
 
 def measure(url: str, pid: int, width: int, batch: int, calls: int) -> dict[str, float]:
     client = grpcclient.InferenceServerClient(url)
+    deadline = time.monotonic() + 60
     while not client.is_model_ready("ident"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("model 'ident' did not load in 60 s; see the server log")
         time.sleep(0.05)
     x = np.random.default_rng(0).random((batch, width), dtype=np.float32)
     inp = grpcclient.InferInput("x", list(x.shape), "FP32")
@@ -108,7 +116,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         write_model(tmp / "repo", args.width, max(batches))
         for frontend in args.frontends.split(","):
-            proc, url = start_server(tmp / "repo", tmp, frontend)
+            proc, url = start_server(tmp / "repo", tmp, frontend, args.out.parent)
             try:
                 for batch in batches:
                     row = measure(url, proc.pid, args.width, batch, args.calls)

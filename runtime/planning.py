@@ -235,13 +235,12 @@ def _labels(config: mc.ModelConfig, model_dir: Path) -> dict[str, list[str]]:
     """Each output's class labels, one per line of its `label_filename` (in the model's
     folder, as Triton reads it), for classification requests."""
     labels = {}
-    folder = model_dir.resolve()
     for output in config.output:
         if not output.label_filename:
             continue
-        path = (model_dir / output.label_filename).resolve()
+        path = model_dir / output.label_filename
         # NOTE: a config (even one sent with RepositoryModelLoad) must not read other files
-        if not path.is_relative_to(folder) or not path.is_file():
+        if not repository.is_inside_name(output.label_filename) or not path.is_file():
             raise ConfigError(
                 f"output '{output.name}': label_filename '{output.label_filename}' is not a "
                 "file in the model's folder"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.errors import ConfigError
 from runtime.repository import repository
 
 
@@ -78,3 +79,26 @@ def test_config_gets_the_fields_tritonserver_fills_in(
     got = [(g.name, g.count, mc.ModelInstanceGroup.Kind.Name(g.kind), list(g.gpus))
            for g in config.instance_group]  # fmt: skip
     assert got == groups
+
+
+@pytest.mark.parametrize(
+    ("name", "inside"),
+    [("model.onnx", True), ("sub/model.onnx", True), ("a/../model.onnx", True),
+     ("../model.onnx", False), ("a/../../x", False), ("/etc/passwd", False), ("", False),
+     ("bad\0name", False)],
+)  # fmt: skip
+def test_config_file_names_stay_in_their_folder(name: str, inside: bool) -> None:
+    assert repository.is_inside_name(name) is inside
+
+
+def test_a_symlinked_model_file_is_its_folders_file(tmp_path: Path) -> None:
+    """Shared storage (a Hugging Face snapshot, DVC) links the file elsewhere; the name in
+    the config is what stays inside the folder, as Triton reads it."""
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "abc").write_bytes(b"onnx")
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    (version / "model.onnx").symlink_to(tmp_path / "blobs" / "abc")
+    assert repository.model_file(version, "model.onnx") == version / "model.onnx"
+    with pytest.raises(ConfigError, match="is not a file in"):
+        repository.model_file(version, "../../blobs/abc")

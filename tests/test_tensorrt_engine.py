@@ -204,7 +204,7 @@ def test_loaded_engine_describes_its_tensorrt_options(
             TRT_PROVIDER, CUDA_PROVIDER, CPU_PROVIDER,
         ]  # fmt: skip
         d = engine.describe()
-        assert (d.engine, d.device) == ("tensorrt", "cuda")
+        assert (d.engine, d.device) == ("tensorrt", "cuda:2")  # the GPU it was given
         assert d.details["providers"] == f"{TRT_PROVIDER},{CUDA_PROVIDER},{CPU_PROVIDER}"
         assert d.details["trt_sparsity_enable"] == "True"
         assert d.details["trt_fp16_enable"] == "True"

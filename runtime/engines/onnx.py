@@ -165,7 +165,8 @@ class OnnxRuntimeEngine:
         """Hook: reject a session that did not get the providers this engine promises."""
 
     def _device(self, providers: Sequence[str]) -> str:
-        return "cuda" if CUDA_PROVIDER in providers else "cpu"
+        """Where the session runs, with the GPU's index as the torch engine reports it."""
+        return f"cuda:{self._options.device_id}" if CUDA_PROVIDER in providers else "cpu"
 
     def _details(self, providers: Sequence[str]) -> dict[str, str]:
         return {
@@ -263,7 +264,7 @@ class TensorRtEngine(OnnxRuntimeEngine):
             )
 
     def _device(self, providers: Sequence[str]) -> str:
-        return "cuda"
+        return f"cuda:{self._options.device_id}"
 
     def _details(self, providers: Sequence[str]) -> dict[str, str]:
         keys = ("trt_sparsity_enable", "trt_fp16_enable", TRT_CACHE_PARAM, TRT_WORKSPACE_PARAM)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +64,23 @@ def scan(root: Path) -> dict[str, ModelEntry]:
     return models
 
 
+def is_inside_name(name: str) -> bool:
+    """A relative name that stays in its folder (`sub/model.onnx`, not `../x` or `/x`).
+
+    The name is judged, not where a symlink points: a version folder whose file links to
+    shared storage (a Hugging Face snapshot, DVC) is still that folder's file, as in Triton.
+    """
+    if not name or "\0" in name or os.path.isabs(name):
+        return False
+    normal = os.path.normpath(name)
+    return normal != ".." and not normal.startswith(".." + os.sep)
+
+
 def model_file(version_dir: Path, default_filename: str = "") -> Path:
     """The model file in a version folder: config's default_model_filename, model.onnx or
     model.sparse (a packed 2:4 model)."""
-    if default_filename and not (version_dir / default_filename).resolve().is_relative_to(
-        version_dir.resolve()
-    ):  # NOTE: a config must not load a model file from elsewhere on the filesystem
+    if default_filename and not is_inside_name(default_filename):
+        # NOTE: a config must not load a model file from elsewhere on the filesystem
         raise ConfigError(
             f"default_model_filename '{default_filename}' is not a file in {version_dir}"
         )
