@@ -19,7 +19,13 @@ import onnx
 from tritonclient.grpc import model_config_pb2 as mc
 
 from runtime import cpu_dispatch, cpufeatures, dispatch
-from runtime.engines.base import Engine, EngineOptions, ModelSource, create_engine
+from runtime.engines.base import (
+    Engine,
+    EngineOptions,
+    ModelSource,
+    create_engine,
+    device_parts,
+)
 from runtime.engines.onnx import require_tensorrt
 from runtime.errors import ConfigError, ModelLoadError
 from runtime.fileio import read_model
@@ -54,12 +60,6 @@ def batch_buckets(config: mc.ModelConfig | None) -> tuple[int, ...]:
     top = config.max_batch_size
     powers = tuple(b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < top)
     return tuple(sorted(set(powers + preferred + (top,))))
-
-
-def _device_parts(device: str) -> tuple[str, int]:
-    """Split "cuda:1" into ("cuda", 1); "cpu" gives ("cpu", 0)."""
-    kind, _, index = device.partition(":")
-    return kind, int(index) if index else 0
 
 
 def _int_parameter(params: dict[str, str], key: str, default: int) -> int:
@@ -117,7 +117,7 @@ def build_model(
                     raise ConfigError(f"engine '{forced}' needs a CUDA GPU; none found")
                 device = f"cuda:{caps.gpus[0].index}"
     params = {k: v.string_value for k, v in (config.parameters.items() if config else [])}
-    kind, device_id = _device_parts(device)
+    kind, device_id = device_parts(device)
     options = EngineOptions(
         device=kind,
         device_id=device_id,
@@ -155,7 +155,7 @@ def build_model(
                 f"({cpu_dispatch.shorten(str(exc))}); {where}"
             )
             LOGGER.warning("%s: %s", name, reason)
-            kind, device_id = _device_parts(device)
+            kind, device_id = device_parts(device)
             options = dataclasses.replace(
                 options, device=kind, device_id=device_id, precision="fp32"
             )

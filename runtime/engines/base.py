@@ -53,6 +53,12 @@ class EngineDescription:
     details: Mapping[str, str] = field(default_factory=dict)
 
 
+def device_parts(device: str) -> tuple[str, int]:
+    """Split "cuda:1" into ("cuda", 1); "cpu" or "cuda" give index 0."""
+    kind, _, index = device.partition(":")
+    return kind, int(index) if index else 0
+
+
 def bool_parameter(parameters: Mapping[str, str], key: str, default: bool) -> bool:
     """A true/false config parameter; anything else is a clear ConfigError."""
     value = parameters.get(key, "").strip().lower()

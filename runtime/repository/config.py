@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from runtime.dtypes import CONFIG_TO_WIRE, WIRE_TO_CONFIG, numpy_to_wire
-from runtime.engines.base import EngineDescription, TensorSpec
+from runtime.engines.base import EngineDescription, TensorSpec, device_parts
 from runtime.errors import ConfigError, InvalidArgument
 
 CONFIG_FILE = "config.pbtxt"
@@ -163,7 +163,7 @@ def _normalize_as_triton(config: mc.ModelConfig, description: EngineDescription)
         if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
             group.kind = kind
         if on_gpu and group.kind == mc.ModelInstanceGroup.KIND_GPU and not group.gpus:
-            group.gpus.append(int(description.device.partition(":")[2] or 0))
+            group.gpus.append(device_parts(description.device)[1])
 
 
 def wire_datatype(data_type: int) -> str:

@@ -260,10 +260,19 @@ def timeout_us(request: InferRequest) -> int:
     if "timeout" not in request.parameters:
         return 0
     param = request.parameters["timeout"]
+    value = _integer(param)
+    if value is None:
+        raise InvalidArgument(
+            "parameter 'timeout' must be an integer (microseconds), got "
+            f"{param.WhichOneof('parameter_choice')}"
+        )
+    return value
+
+
+def _integer(param: pb.InferParameter) -> int | None:
+    """An InferParameter's value when it is an integer (int64 or uint64), else None."""
     which = param.WhichOneof("parameter_choice")
-    if which not in ("int64_param", "uint64_param"):
-        raise InvalidArgument(f"parameter 'timeout' must be an integer (microseconds), got {which}")
-    return int(getattr(param, which))
+    return int(getattr(param, which)) if which in ("int64_param", "uint64_param") else None
 
 
 def requested_outputs(request: InferRequest) -> list[str]:
@@ -281,9 +290,7 @@ def requested_classes(request: InferRequest) -> dict[str, int]:
     for out in request.outputs:
         if "classification" not in out.parameters:
             continue
-        param = out.parameters["classification"]
-        which = param.WhichOneof("parameter_choice")
-        k = int(getattr(param, which)) if which in ("int64_param", "uint64_param") else 0
+        k = _integer(out.parameters["classification"]) or 0
         if k < 1:
             raise InvalidArgument(
                 f"output '{out.name}': classification needs a class count >= 1"
