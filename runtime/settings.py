@@ -92,6 +92,32 @@ class Settings:
             "whatever failed to load"
         },
     )
+    grpc_use_ssl: bool = field(
+        default=False, metadata={"help": "serve gRPC over TLS (needs the cert and key flags)"}
+    )
+    grpc_use_ssl_mutual: bool = field(
+        default=False,
+        metadata={"help": "mutual TLS: clients need a certificate signed by --grpc-root-cert "
+                  "(implies --grpc-use-ssl)"},
+    )  # fmt: skip
+    grpc_server_cert: Path | None = field(
+        default=None, metadata={"help": "PEM server certificate (chain) for gRPC TLS"}
+    )
+    grpc_server_key: Path | None = field(
+        default=None, metadata={"help": "PEM private key of --grpc-server-cert"}
+    )
+    grpc_root_cert: Path | None = field(
+        default=None, metadata={"help": "PEM CA certificate(s) that sign client certificates"}
+    )
+    grpc_restricted_protocol: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "<protocols>:<key>=<value>: those gRPC protocols (health, metadata, "
+            "inference, shared-memory, model-config, model-repository, statistics, trace, "
+            "logging) need header triton-grpc-protocol-<key>: <value>; may repeat",
+            "whole_items": True,
+        },
+    )
     port_file: Path | None = field(
         default=None, metadata={"help": "write the bound ports as JSON here (for tests)"}
     )
@@ -153,7 +179,9 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
         env_name = ENV_PREFIX + f.name.upper()
         try:
             if flag_value is not None:
-                if annotation.startswith("tuple"):
+                if annotation.startswith("tuple") and f.metadata.get("whole_items"):
+                    values[f.name] = tuple(flag_value)  # NOTE: commas belong to each item
+                elif annotation.startswith("tuple"):
                     values[f.name] = tuple(
                         p
                         for item in flag_value
@@ -161,6 +189,8 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
                     )
                 else:
                     values[f.name] = _parse(str(flag_value), annotation)
+            elif env_name in env and f.metadata.get("whole_items"):
+                values[f.name] = tuple(p for p in env[env_name].split(";") if p)
             elif env_name in env:
                 values[f.name] = _parse(env[env_name], annotation)
         except ValueError as exc:

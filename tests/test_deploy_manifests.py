@@ -27,7 +27,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
-OVERLAYS = ("cpu", "gpu", "k3s")
+OVERLAYS = ("cpu", "gpu", "k3s", "tls")
 # Oldest Kubernetes the manifests promise (gRPC probes are GA from 1.27) and the newest that
 # kubernetes-validate bundles.
 KUBE_VERSIONS = ("1.27.0", None)
@@ -473,3 +473,33 @@ def test_fetch_models_script_copies_fetches_and_unpacks(sample_repo: Path, tmp_p
         restored = models / name / "1" / "model.onnx"
         assert restored.read_bytes() == original.read_bytes(), name
         assert (models / name / "config.pbtxt").exists()
+
+
+def test_tls_overlay_mounts_the_secret_and_probes_over_tls(rendered: dict[str, Path]) -> None:
+    """The tls overlay: certificates from a Secret folder, Triton's TLS flags naming them, and
+    exec probes (Kubernetes' gRPC probes cannot do TLS) that `sparse-runtime health` accepts."""
+    import argparse
+
+    from runtime.commands import health
+
+    (ds,) = by_kind(rendered["tls"], "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    (server,) = containers(pod)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["secretName"] == "sparse-runtime-tls"
+    (mount,) = [m for m in server["volumeMounts"] if m["name"] == "tls"]
+    assert "subPath" not in mount  # NOTE: a subPath mount never sees a renewed certificate
+    args = server["args"]
+    assert args[args.index("--grpc-use-ssl-mutual") + 1] == "true"
+    for flag in ("--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert"):
+        assert args[args.index(flag) + 1].startswith(mount["mountPath"] + "/")
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        probe = server[kind]
+        assert set(probe) & {"grpc", "httpGet", "exec", "tcpSocket"} == {"exec"}
+        command = probe["exec"]["command"]
+        assert command[:2] == ["sparse-runtime", "health"]
+        parser = argparse.ArgumentParser()
+        health.add_arguments(parser)
+        parsed = parser.parse_args(command[2:])
+        assert parsed.ssl and parsed.url == f"localhost:{GRPC_PORT}"
+        assert {parsed.root_cert.parent, parsed.client_key.parent} == {Path(mount["mountPath"])}

@@ -47,10 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rows sent to every model for the agreement check")
     parser.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from runtime.commands.health import add_tls_arguments
+
+    add_tls_arguments(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> CompareSettings:
     """argv -> validated settings; every bad value becomes a CompareError."""
+    if (args.client_cert is None) != (args.client_key is None):
+        raise CompareError("--client-cert and --client-key go together")
     if args.max_requests < 1 or args.timeout <= 0 or args.agreement_rows < 1:
         raise CompareError("--max-requests, --timeout and --agreement-rows must be positive")
     url = re.sub(r"^(grpc|http)://", "", args.url.strip()).rstrip("/")
@@ -70,6 +75,10 @@ def settings_from_args(args: argparse.Namespace) -> CompareSettings:
         agreement_rows=args.agreement_rows,
         seed=args.seed,
         progress=not args.no_progress,
+        ssl=args.ssl,
+        root_cert=args.root_cert,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +19,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--service", default="", help="service name ('' = server readiness)")
     parser.add_argument("--timeout", type=_seconds, default=3.0, help="seconds (> 0)")
+    add_tls_arguments(parser)
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """Client-side TLS options (shared with `compare`)."""
+    group = parser.add_argument_group("TLS (a server started with --grpc-use-ssl)")
+    group.add_argument("--ssl", action="store_true", help="connect over TLS")
+    group.add_argument("--root-cert", type=Path, default=None,
+                       help="PEM CA certificate(s) to trust (default: the system's)")
+    group.add_argument("--client-cert", type=Path, default=None,
+                       help="PEM client certificate, for mutual TLS")
+    group.add_argument("--client-key", type=Path, default=None,
+                       help="PEM key of --client-cert")  # fmt: skip
+
+
+def open_channel(args: argparse.Namespace, url: str) -> Any:
+    """A grpc channel to `url`, over TLS when --ssl (or a TLS file) was given."""
+    import grpc
+
+    if not (args.ssl or args.root_cert or args.client_cert or args.client_key):
+        return grpc.insecure_channel(url)
+    from runtime.server.tls import grpc_channel_credentials
+
+    creds = grpc_channel_credentials(args.root_cert, args.client_cert, args.client_key)
+    return grpc.secure_channel(url, creds)
 
 
 def _seconds(text: str) -> float:
@@ -34,8 +61,15 @@ def run(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from runtime.server.tls import TlsConfigError
+
     try:
-        with grpc.insecure_channel(args.url) as channel:
+        channel = open_channel(args, args.url)
+    except TlsConfigError as exc:
+        print(f"sparse-runtime health: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             reply = stub.Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout

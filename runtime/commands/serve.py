@@ -20,8 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from runtime.server import restricted, tls
+
     try:
         settings = settings_mod.from_args(args)
+        restricted.parse(settings.grpc_restricted_protocol)
     except ValueError as exc:
         print(f"sparse-runtime serve: {exc}", file=sys.stderr)
         return 2
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         runner = asyncio.run
     try:
         runner(serve(settings))
-    except (OSError, ImportError) as exc:  # NOTE: ImportError: native frontend not built
+    # NOTE: ImportError: native frontend not built; TlsConfigError names the file at fault
+    except (OSError, ImportError, tls.TlsConfigError) as exc:
         LOGGER.error("%s", exc)
         return 1
     _exit_now_if_engines_still_run()

@@ -93,3 +93,10 @@ class CompareSettings:
     """Seed for the random inputs, so runs are repeatable."""
     progress: bool = True
     """Show a tqdm progress bar on stderr."""
+    ssl: bool = False
+    """Connect over TLS (`--ssl`, or any of the TLS files below)."""
+    root_cert: Path | None = None
+    """PEM CA to trust; the system's when None."""
+    client_cert: Path | None = None
+    """PEM client certificate and key, for a server under mutual TLS."""
+    client_key: Path | None = None

@@ -86,7 +86,13 @@ async def measure_agreement(
 
 async def collect(settings: CompareSettings) -> tuple[dict[str, Any], Latencies]:
     """Run everything against the server; returns report.json's content and raw latencies."""
-    grpc = InferenceServerClient(settings.url)
+    s = settings
+    grpc = InferenceServerClient(
+        s.url, ssl=s.ssl or bool(s.root_cert or s.client_cert or s.client_key),
+        root_certificates=str(s.root_cert) if s.root_cert else None,
+        private_key=str(s.client_key) if s.client_key else None,
+        certificate_chain=str(s.client_cert) if s.client_cert else None,
+    )  # fmt: skip
     try:
         return await _collect(grpc, settings)
     finally:

@@ -22,7 +22,7 @@ from tritonclient.grpc import service_pb2_grpc
 from runtime.fileio import write_atomic
 from runtime.metrics import Metrics
 from runtime.repository.manager import ModelManager
-from runtime.server import codec
+from runtime.server import codec, restricted, tls
 from runtime.server.health import HealthState
 from runtime.server.native_frontend import NativeFrontend
 from runtime.server.servicer import InferenceServicer
@@ -100,6 +100,12 @@ class Server:
         self._server: grpc.aio.Server | None = None
         self._native: NativeFrontend | None = None
         self._stopping = asyncio.Event()
+        # NOTE: read at construction, so a bad file or flag fails before anything binds
+        self._tls_files = tls.grpc_files(settings)
+        self._tls = tls.CertificateReloader(self._tls_files) if self._tls_files else None
+        self._restricted = restricted.by_method(
+            restricted.parse(settings.grpc_restricted_protocol)
+        )
         self.grpc_port = 0
         self.metrics_port = -1  # -1: metrics disabled (as the flag says)
 
@@ -117,11 +123,17 @@ class Server:
 
     def _bind_aio(self) -> grpc.aio.Server:
         s = self.settings
-        server = grpc.aio.server(options=grpc_options(s))
+        interceptors = [restricted.grpc_interceptor(self._restricted)] if self._restricted else []
+        server = grpc.aio.server(options=grpc_options(s), interceptors=interceptors)
         add_inference_service(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
+        address = f"{s.host}:{s.grpc_port}"
         try:
-            self.grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+            if self._tls is not None:
+                credentials = tls.grpc_server_credentials(self._tls)
+                self.grpc_port = server.add_secure_port(address, credentials)
+            else:
+                self.grpc_port = server.add_insecure_port(address)
         except RuntimeError as exc:  # grpc reports a taken port this way
             raise OSError(f"cannot bind gRPC port {s.host}:{s.grpc_port}: {exc}") from exc
         if self.grpc_port == 0:
@@ -134,8 +146,9 @@ class Server:
         if s.grpc_frontend == "native":
             address = f"{s.host}:{s.grpc_port}"
             self._native = NativeFrontend(
-                self.servicer, self._health.servicer, address, s.grpc_max_message_bytes
-            )
+                self.servicer, self._health.servicer, address, s.grpc_max_message_bytes,
+                self._tls_files, self._restricted,
+            )  # fmt: skip
         else:
             server = self._bind_aio()
         if s.metrics_port >= 0:
@@ -154,9 +167,10 @@ class Server:
             await server.start()
             self._server = server
         metrics_at = f"on {s.host}:{self.metrics_port}" if self.metrics_port >= 0 else "disabled"
+        security = ("mutual TLS" if s.grpc_use_ssl_mutual else "TLS") if self._tls else "plaintext"
         LOGGER.info(
-            "gRPC on %s:%d (%s frontend), metrics %s, repository %s (control mode %s)",
-            s.host, self.grpc_port, s.grpc_frontend, metrics_at,
+            "gRPC on %s:%d (%s frontend, %s), metrics %s, repository %s (control mode %s)",
+            s.host, self.grpc_port, s.grpc_frontend, security, metrics_at,
             s.model_repository, s.model_control_mode,
         )  # fmt: skip
         await self.manager.start_safely()

@@ -36,6 +36,7 @@ LOGGER = logging.getLogger(__name__)
 INFERENCE = "/inference.GRPCInferenceService/"
 HEALTH = "/grpc.health.v1.Health/"
 CALLER_GONE = "the caller left before its answer"  # cancel message for such unary tasks
+TLS_REFRESH_S = 5  # grpc++'s file watcher re-reads rotated certificate files this often
 
 
 def load_bridge() -> Any:
@@ -135,11 +136,19 @@ class _StreamAbort(Exception):
 class NativeFrontend:
     """Owns the bridge; dispatches its calls to the servicers on the running loop."""
 
-    def __init__(self, inference: Any, health: Any, address: str, max_message_bytes: int) -> None:
+    def __init__(
+        self, inference: Any, health: Any, address: str, max_message_bytes: int,
+        tls: Any = None, restricted: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self._native = load_bridge()
         self._handlers = handlers(inference, health)
         streaming = [path for path, h in self._handlers.items() if h.streaming]
         self._bridge = self._native.Bridge(address, max_message_bytes, 1, streaming)
+        if tls is not None:  # a runtime.server.tls.TlsFiles, already checked
+            root = str(tls.root) if tls.root is not None else ""
+            self._bridge.use_tls(str(tls.cert), str(tls.key), root, tls.mutual, TLS_REFRESH_S)
+        for method, rule in (restricted or {}).items():  # method path -> Restriction
+            self._bridge.restrict(method, rule.header, rule.value)
         self._tasks: set[asyncio.Task[None]] = set()
         self._streams: dict[int, _Stream] = {}
         self._unary: dict[int, asyncio.Task[None]] = {}  # call id -> task answering it

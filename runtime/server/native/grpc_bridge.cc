@@ -21,6 +21,8 @@
 #include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <sys/eventfd.h>
@@ -170,7 +172,7 @@ class Bridge {
   int Start() {
     grpc::ServerBuilder builder;
     int port = 0;
-    builder.AddListeningPort(address_, grpc::InsecureServerCredentials(), &port);
+    builder.AddListeningPort(address_, credentials_, &port);
     builder.SetMaxReceiveMessageSize(max_message_bytes_);
     builder.SetMaxSendMessageSize(max_message_bytes_);
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port is an error
@@ -200,6 +202,43 @@ class Bridge {
   }
 
   int fileno() const { return efd_; }
+
+  // Before Start: serve TLS from these PEM files (checked by Python first), re-read every
+  // refresh_s seconds by grpc's file watcher, so rotated certificates apply without a
+  // restart; mutual: clients must present a certificate the root file's CA signed.
+  void UseTls(const std::string& cert, const std::string& key, const std::string& root,
+              bool mutual, int refresh_s) {
+    using grpc::experimental::FileWatcherCertificateProvider;
+    auto provider = root.empty()
+        ? std::make_shared<FileWatcherCertificateProvider>(key, cert, refresh_s)
+        : std::make_shared<FileWatcherCertificateProvider>(key, cert, root, refresh_s);
+    grpc::experimental::TlsServerCredentialsOptions options(provider);
+    options.watch_identity_key_cert_pairs();
+    if (!root.empty()) options.watch_root_certs();
+    options.set_cert_request_type(mutual
+        ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+        : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    credentials_ = grpc::experimental::TlsServerCredentials(options);
+  }
+
+  // Before Start: calls to `method` must carry metadata header: value (tritonserver's
+  // restricted protocols); else they are answered UNAVAILABLE before Python sees them.
+  void Restrict(const std::string& method, const std::string& header, const std::string& value) {
+    restricted_[method] = {header, value};
+  }
+
+  // Completion-queue thread: the header a call lacks, or nullptr when it may proceed.
+  const std::string* Refused(const grpc::GenericServerContext& ctx) const {
+    auto rule = restricted_.find(ctx.method());
+    if (rule == restricted_.end()) return nullptr;
+    const auto& metadata = ctx.client_metadata();
+    auto sent = metadata.find(rule->second.first);
+    if (sent != metadata.end() &&
+        std::string(sent->second.data(), sent->second.size()) == rule->second.second) {
+      return nullptr;
+    }
+    return &rule->second.first;
+  }
   bool IsStreaming(const std::string& method) const { return streaming_.count(method) > 0; }
 
   // Every call gets an id; streams are also registered, as Python addresses them by id.
@@ -307,6 +346,8 @@ class Bridge {
   int threads_;
   std::set<std::string> streaming_;
   int efd_ = -1;
+  std::shared_ptr<grpc::ServerCredentials> credentials_ = grpc::InsecureServerCredentials();
+  std::map<std::string, std::pair<std::string, std::string>> restricted_;
   grpc::AsyncGenericService service_;
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
@@ -387,6 +428,15 @@ void Call::Proceed(bool ok) {
     return;
   }
   new Call(bridge_, service_, cq_);
+  if (const std::string* header = bridge_->Refused(ctx_)) {  // answered here, never delivered
+    std::lock_guard<std::mutex> lock(mu_);
+    finish_requested_ = finish_started_ = true;
+    pending_++;
+    stream_.Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                "This protocol is restricted, expecting header '" + *header + "'"),
+                   &finish_tag_);
+    return;
+  }
   // NOTE: registered before mu_ is taken: the lock order is ops lock, then mu_
   bool streaming = bridge_->IsStreaming(ctx_.method());
   uint64_t id = bridge_->Register(this, streaming);
@@ -514,6 +564,10 @@ PYBIND11_MODULE(_grpc_bridge, m) {
       .def(py::init<std::string, int, int, std::vector<std::string>>(), py::arg("address"),
            py::arg("max_message_bytes"), py::arg("threads") = 1,
            py::arg("streaming") = std::vector<std::string>())
+      .def("use_tls", &Bridge::UseTls, py::arg("cert"), py::arg("key"), py::arg("root"),
+           py::arg("mutual"), py::arg("refresh_s"))
+      .def("restrict", &Bridge::Restrict, py::arg("method"), py::arg("header"),
+           py::arg("value"))
       .def("start", &Bridge::Start)
       .def("fileno", &Bridge::fileno)
       .def("poll", &Bridge::Poll)
