@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unpack": ("runtime.commands.unpack", "restore the ONNX model from a .sparse file"),
     "compare": ("runtime.commands.compare", "compare dense and sparse variants on a server"),
     "quantize": ("runtime.commands.quantize", "int8 post-training quantization"),
+    "sign": ("runtime.commands.sign", "sign model files (Ed25519) for serve --trusted-keys"),
+    "keygen": ("runtime.commands.keygen", "make an Ed25519 key pair for signing models"),
 }
 
 

@@ -88,6 +88,11 @@ def build_model(
         config = _copy(config)
     filename = config.default_model_filename if config is not None else ""
     path = repository.model_file(model_dir / str(version), filename)
+    if settings.trusted_keys is not None:
+        from runtime.signing import verify_for_serving
+
+        signer = verify_for_serving(path, settings.trusted_keys)
+        LOGGER.info("%s version %d: %s signed by trusted key %s", name, version, path.name, signer)
     source, graph, stored_form = read_source(path)
     profile = analysis.analyze_model(graph)
     io_stub = _io_stub(graph)

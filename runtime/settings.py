@@ -118,6 +118,11 @@ class Settings:
             "whole_items": True,
         },
     )
+    trusted_keys: Path | None = field(
+        default=None,
+        metadata={"help": "folder of Ed25519 *.pub keys: serve only models whose .sig one "
+                  "of them signed (sparse-runtime sign / pack --sign)"},
+    )  # fmt: skip
     port_file: Path | None = field(
         default=None, metadata={"help": "write the bound ports as JSON here (for tests)"}
     )

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--level", type=int, default=DEFAULT_LEVEL, choices=range(1, 23), metavar="{1..22}",
         help=f"zstd level (default {DEFAULT_LEVEL})",
     )  # fmt: skip
+    parser.add_argument("--sign", type=Path, metavar="KEY", default=None,
+                        help="Ed25519 private key (sparse-runtime keygen): also write OUT.sig")
 
 
 def format_sizes(stats: PackStats) -> str:
@@ -36,12 +38,17 @@ def format_sizes(stats: PackStats) -> str:
 def run(args: argparse.Namespace) -> int:
     """Pack and print the sizes; exit 2 on a bad input."""
     out = args.output or args.model.with_suffix(".sparse")
+    from runtime.signing import SigningKeyError, load_private, sign_file
+
     try:
+        if args.sign is not None:
+            load_private(args.sign)  # NOTE: a bad key fails before a long pack, not after
         stats = pack_file(args.model, out, level=args.level)
-    except (ModelLoadError, OSError) as exc:
+        signed = sign_file(out, args.sign) if args.sign is not None else None
+    except (ModelLoadError, OSError, SigningKeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" and {signed}" if signed else ""))
     print(format_sizes(stats))
     if out.name != "model.sparse":
         print("note: the server serves a version folder's model.sparse (or the config's "

@@ -25,6 +25,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_mod.from_args(args)
         restricted.parse(settings.grpc_restricted_protocol)
+        if settings.trusted_keys is not None:  # NOTE: a typo here must not refuse every model
+            from runtime.signing import load_trusted
+
+            load_trusted(settings.trusted_keys)
     except ValueError as exc:
         print(f"sparse-runtime serve: {exc}", file=sys.stderr)
         return 2
