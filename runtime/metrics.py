@@ -10,10 +10,13 @@ it lives on an injected CollectorRegistry: tests get a fresh one each time.
 from __future__ import annotations
 
 import logging
+import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -23,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from runtime.batching.batcher import BatchObserver, BatchTiming, InferRequest
 from runtime.model import ServedModel
+from runtime.server import http_auth
 
 LOGGER = logging.getLogger(__name__)
 
@@ -231,6 +235,20 @@ class ModelHistograms:
     batch: object
 
 
+class _TlsHTTPServer(ThreadingHTTPServer):
+    """HTTPS: each accepted socket is wrapped here but handshakes in its handler thread (on
+    its first read), so a slow or plaintext client never blocks accept() for the others."""
+
+    tls: Any  # ssl.SSLContext
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        LOGGER.debug("metrics: connection from %s failed: %r", client_address, sys.exc_info()[1])
+
+
 class Metrics:
     """All metric definitions; one instance per server, on an injected registry."""
 
@@ -303,12 +321,25 @@ class Metrics:
 
         return observe
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port."""
+    def serve(
+        self, host: str, port: int, tls: Any = None, users: dict[str, str] | None = None
+    ) -> int:
+        """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port.
+        `tls`: an ssl.SSLContext (HTTPS); `users`: basic-auth user -> password."""
         registry = self.registry
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 30  # NOTE: a client that never finishes its TLS handshake or request
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if users is not None and not http_auth.allowed(
+                    self.headers.get("Authorization"), users
+                ):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", f'Basic realm="{http_auth.REALM}"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path.split("?")[0] not in ("/metrics", "/"):
                     self.send_error(404, "only /metrics is served here")
                     return
@@ -322,7 +353,8 @@ class Metrics:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 LOGGER.debug("metrics: %s", format % args)
 
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = (_TlsHTTPServer if tls is not None else ThreadingHTTPServer)((host, port), Handler)
+        server.tls = tls  # type: ignore[attr-defined]
         server.daemon_threads = True
         self._http = server
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

@@ -118,6 +118,19 @@ class Settings:
             "whole_items": True,
         },
     )
+    metrics_ssl_cert: Path | None = field(
+        default=None, metadata={"help": "PEM certificate: serve /metrics over HTTPS"}
+    )
+    metrics_ssl_key: Path | None = field(
+        default=None, metadata={"help": "PEM private key of --metrics-ssl-cert"}
+    )
+    metrics_ssl_root_cert: Path | None = field(
+        default=None,
+        metadata={"help": "PEM CA: scrapers must present a certificate it signed (mutual TLS)"},
+    )
+    metrics_basic_auth_file: Path | None = field(
+        default=None, metadata={"help": "user:password lines: /metrics needs HTTP basic auth"}
+    )
     trusted_keys: Path | None = field(
         default=None,
         metadata={"help": "folder of Ed25519 *.pub keys: serve only models whose .sig one "

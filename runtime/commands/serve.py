@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.server import restricted, tls
+    from runtime.server import http_auth, restricted, tls
 
     try:
         settings = settings_mod.from_args(args)
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         runner(serve(settings))
     # NOTE: ImportError: native frontend not built; TlsConfigError names the file at fault
-    except (OSError, ImportError, tls.TlsConfigError) as exc:
+    except (OSError, ImportError, tls.TlsConfigError, http_auth.AuthFileError) as exc:
         LOGGER.error("%s", exc)
         return 1
     _exit_now_if_engines_still_run()

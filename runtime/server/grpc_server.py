@@ -22,7 +22,7 @@ from tritonclient.grpc import service_pb2_grpc
 from runtime.fileio import write_atomic
 from runtime.metrics import Metrics
 from runtime.repository.manager import ModelManager
-from runtime.server import codec, restricted, tls
+from runtime.server import codec, http_auth, restricted, tls
 from runtime.server.health import HealthState
 from runtime.server.native_frontend import NativeFrontend
 from runtime.server.servicer import InferenceServicer
@@ -103,6 +103,12 @@ class Server:
         # NOTE: read at construction, so a bad file or flag fails before anything binds
         self._tls_files = tls.grpc_files(settings)
         self._tls = tls.CertificateReloader(self._tls_files) if self._tls_files else None
+        self._metrics_tls = tls.metrics_context(settings)
+        self._metrics_users = (
+            http_auth.load_credentials(settings.metrics_basic_auth_file)
+            if settings.metrics_basic_auth_file is not None
+            else None
+        )
         self._restricted = restricted.by_method(
             restricted.parse(settings.grpc_restricted_protocol)
         )
@@ -153,7 +159,9 @@ class Server:
             server = self._bind_aio()
         if s.metrics_port >= 0:
             try:
-                self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
+                self.metrics_port = self.metrics.serve(
+                    s.host, s.metrics_port, self._metrics_tls, self._metrics_users
+                )
             except OSError as exc:
                 raise OSError(f"cannot bind metrics port {s.host}:{s.metrics_port}: {exc}") from exc
         await self._health.update(False)

@@ -153,6 +153,20 @@ def grpc_files(settings: Any) -> TlsFiles | None:
     )  # fmt: skip
 
 
+def metrics_context(settings: Any) -> ssl.SSLContext | None:
+    """The metrics port's SSLContext from --metrics-ssl-*, or None for plain HTTP."""
+    cert, key = settings.metrics_ssl_cert, settings.metrics_ssl_key
+    root = settings.metrics_ssl_root_cert
+    if cert is None and key is None and root is None:
+        return None
+    if cert is None or key is None:
+        raise TlsConfigError("--metrics-ssl-cert and --metrics-ssl-key go together")
+    return ssl_server_context(TlsFiles(
+        cert, key, root, mutual=root is not None, cert_flag="--metrics-ssl-cert",
+        key_flag="--metrics-ssl-key", root_flag="--metrics-ssl-root-cert",
+    ))  # fmt: skip
+
+
 def grpc_server_credentials(reloader: CertificateReloader) -> Any:
     """grpc.aio credentials that pick up rotated files on the next new connection."""
     import grpc
