@@ -87,3 +87,19 @@ def test_ab_serve_reads_variants() -> None:
     assert (plain.name, plain.repo, plain.env) == ("base", Path("/tmp/base/model_repo"), {})
     full = module.parse_variant("n=/x:/r:A=1,B=two")
     assert (full.directory, full.repo, full.env) == (Path("/x"), Path("/r"), {"A": "1", "B": "two"})
+
+
+def test_chaos_short_run_loses_nothing(tmp_path: Path) -> None:
+    """benchmarks/chaos.py end to end on two scenarios, briefly: every request accounted for,
+    SIGTERM exits 0, every hostile model file refused with a reason."""
+    out = tmp_path / "chaos.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "chaos.py"), "--only", "sigterm,hostile",
+         "--seconds", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())["scenarios"]
+    assert all(r["tally"]["lost"] == 0 and r["pass"] for r in results.values())
+    assert results["sigterm"]["notes"]["exit_code"] == 0
+    assert all(m["reason"] for m in results["hostile"]["notes"]["models"].values())
