@@ -172,6 +172,14 @@ def test_health_command_speaks_tls(mutual: ServerProcess, pki: dict) -> None:
     bad = subprocess.run([*base, "--root-cert", str(roots)], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 1 and "unhealthy" in bad.stderr
+    # the image's HEALTHCHECK: no flags, TLS settings from the environment
+    env = {**os.environ, "SPARSE_RUNTIME_HEALTH_SSL": "true",
+           "SPARSE_RUNTIME_HEALTH_ROOT_CERT": str(roots),
+           "SPARSE_RUNTIME_HEALTH_CLIENT_CERT": str(pki["client"].cert),
+           "SPARSE_RUNTIME_HEALTH_CLIENT_KEY": str(pki["client"].key)}  # fmt: skip
+    by_env = subprocess.run(base[:-1], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env=env)  # fmt: skip
+    assert by_env.returncode == 0 and "SERVING" in by_env.stdout, by_env.stderr
     assert live.cert.exists()
 
 

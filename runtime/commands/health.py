@@ -19,18 +19,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--service", default="", help="service name ('' = server readiness)")
     parser.add_argument("--timeout", type=_seconds, default=3.0, help="seconds (> 0)")
-    add_tls_arguments(parser)
+    add_tls_arguments(parser, env_prefix="SPARSE_RUNTIME_HEALTH_")
 
 
-def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
-    """Client-side TLS options (shared with `compare`)."""
-    group = parser.add_argument_group("TLS (a server started with --grpc-use-ssl)")
-    group.add_argument("--ssl", action="store_true", help="connect over TLS")
-    group.add_argument("--root-cert", type=Path, default=None,
+def add_tls_arguments(parser: argparse.ArgumentParser, env_prefix: str | None = None) -> None:
+    """Client-side TLS options (shared with `compare`). With `env_prefix`, each defaults to
+    the environment variable <prefix>SSL / ROOT_CERT / CLIENT_CERT / CLIENT_KEY, so the
+    image's HEALTHCHECK can probe a TLS server without a new command line."""
+
+    def env(name: str) -> str | None:
+        return os.environ.get(env_prefix + name) or None if env_prefix else None
+
+    def path(name: str) -> Path | None:
+        value = env(name)
+        return Path(value) if value else None
+
+    hint = f" [env {env_prefix}<NAME>]" if env_prefix else ""
+    group = parser.add_argument_group("TLS (a server started with --grpc-use-ssl)" + hint)
+    group.add_argument("--ssl", action="store_true",
+                       default=(env("SSL") or "").lower() in ("1", "true", "yes", "on"),
+                       help="connect over TLS")
+    group.add_argument("--root-cert", type=Path, default=path("ROOT_CERT"),
                        help="PEM CA certificate(s) to trust (default: the system's)")
-    group.add_argument("--client-cert", type=Path, default=None,
+    group.add_argument("--client-cert", type=Path, default=path("CLIENT_CERT"),
                        help="PEM client certificate, for mutual TLS")
-    group.add_argument("--client-key", type=Path, default=None,
+    group.add_argument("--client-key", type=Path, default=path("CLIENT_KEY"),
                        help="PEM key of --client-cert")  # fmt: skip
 
 
