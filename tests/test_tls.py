@@ -161,7 +161,8 @@ def test_health_command_speaks_tls(mutual: ServerProcess, pki: dict) -> None:
     if mutual.frontend != "python":  # type: ignore[attr-defined]
         pytest.skip("one frontend is enough for the client side")
     live: Pair = mutual.live  # type: ignore[attr-defined]
-    base = [sys.executable, "-m", "runtime", "health", "--url", mutual.url, "--ssl"]
+    base = [sys.executable, "-m", "runtime", "health", "--url", mutual.url, "--timeout", "30",
+            "--ssl"]  # NOTE: a generous timeout: the test host may be loaded
     # NOTE: trust whichever CA signs the live certificate now (the rotation test may run first)
     roots = pki["tmp"] / "roots.pem"
     roots.write_bytes(b"".join(p.read_bytes() for p in pki["tmp"].rglob("*ca.pem")))
