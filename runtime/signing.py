@@ -79,6 +79,7 @@ def generate(folder: Path, name: str = "signing") -> tuple[Path, Path]:
 
 
 def load_private(path: Path) -> Any:
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -86,7 +87,7 @@ def load_private(path: Path) -> Any:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
         raise SigningKeyError(f"key '{path}': cannot read: {exc.strerror or exc}") from None
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SigningKeyError(f"key '{path}': not an unencrypted PEM private key: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningKeyError(
@@ -97,6 +98,7 @@ def load_private(path: Path) -> Any:
 
 def load_trusted(folder: Path) -> dict[str, Any]:
     """key id -> Ed25519 public key, from every `*.pub` in `folder`."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -106,7 +108,7 @@ def load_trusted(folder: Path) -> dict[str, Any]:
     for path in sorted(folder.glob("*.pub")):
         try:
             key = serialization.load_pem_public_key(path.read_bytes())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, UnsupportedAlgorithm) as exc:
             raise SigningKeyError(f"trusted key '{path}': not a PEM public key: {exc}") from None
         if not isinstance(key, Ed25519PublicKey):
             raise SigningKeyError(f"trusted key '{path}': not an Ed25519 public key")

@@ -60,6 +60,7 @@ def _read(path: Path, flag: str) -> bytes:
 def load(files: TlsFiles) -> TlsMaterial:
     """Read and check the files; TlsConfigError names the file at fault."""
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
     if files.mutual and files.root is None:
@@ -71,13 +72,13 @@ def load(files: TlsFiles) -> TlsMaterial:
     root_pem = _read(files.root, files.root_flag) if files.root is not None else None
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise TlsConfigError(
             f"{files.cert_flag} '{files.cert}': not a PEM certificate: {exc}"
         ) from None
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise TlsConfigError(
             f"{files.key_flag} '{files.key}': not an unencrypted PEM private key: {exc}"
         ) from None
