@@ -79,6 +79,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._manager = manager
         self._metrics = metrics
         self._max_response_bytes = max_response_bytes
+        self.shared_memory: codec.SharedMemoryReader | None = None
+        """Registered system shared-memory regions (set by the server that serves them)."""
         self.accepting = True
         self.started = False
         self.stopping = asyncio.Event()
@@ -222,9 +224,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise InvalidArgument(f"bad request: {request.error}")
         model = self._manager.get(request.model_name, request.model_version)
         try:
-            arrays = codec.decode_inputs(request)
+            timeout = codec.timeout_us(request)
             requested = codec.requested_outputs(request)
-            infer_request = model.make_request(arrays, requested, codec.timeout_us(request))
+            arrays = codec.decode_inputs(
+                request, lambda inputs: model.validate(inputs, requested), self.shared_memory
+            )  # NOTE: Triton's order: data presence, then names/dtypes/shapes, then sizes
+            infer_request = model.make_request(arrays, requested, timeout, validated=True)
             infer_request.arrival_ns = start
             classes = codec.requested_classes(request)
             outputs = await model.infer(infer_request)
