@@ -57,7 +57,8 @@ def parse_variant(text: str) -> Variant:
 def start(variant: Variant, port: int, log: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "runtime", "serve", "--model-repository", str(variant.repo),
            "--grpc-port", str(port), "--metrics-port", str(port + 1)]  # fmt: skip
-    env = {**os.environ, **variant.env}
+    # NOTE: by environment, which a variant from before the HTTP frontend ignores; no HTTP
+    env = {**os.environ, "SPARSE_RUNTIME_HTTP_PORT": "-1", **variant.env}
     with log.open("wb") as out:
         return subprocess.Popen(cmd, cwd=variant.directory, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip

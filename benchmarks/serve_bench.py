@@ -82,7 +82,7 @@ def start_server(
     log_path = tmp / f"server-{frontend}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo),
-         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "-1",
          "--port-file", str(port_file), "--intra-op-threads", str(threads),
          "--grpc-frontend", frontend],
         stdout=log_path.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,

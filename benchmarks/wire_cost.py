@@ -60,7 +60,7 @@ def start_server(
     """The server on a free port; its log goes beside the results, to outlive the run."""
     port_file = tmp / f"ports-{frontend}.json"
     cmd = [sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo),
-           "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
+           "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1", "--http-port", "0",
            "--grpc-frontend", frontend, "--port-file", str(port_file)]  # fmt: skip
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"wire_cost_server_{frontend}.log"

@@ -8,7 +8,7 @@ little-endian length followed by the bytes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -340,10 +340,10 @@ def _integer(param: pb.InferParameter) -> int | None:
     return int(getattr(param, which)) if which in ("int64_param", "uint64_param") else None
 
 
-def requested_outputs(request: InferRequest) -> list[str]:
+def requested_outputs(request: InferRequest, shared_memory: bool = False) -> list[str]:
     names = []
     for out in request.outputs:
-        if out.parameters and any(k in out.parameters for k in SHM_KEYS):
+        if not shared_memory and out.parameters and any(k in out.parameters for k in SHM_KEYS):
             raise Unsupported("shared-memory outputs are not supported by this server")
         names.append(out.name)
     return names
@@ -400,8 +400,10 @@ def encode_response(
     request_id: str,
     outputs: Mapping[str, np.ndarray],
     names: Sequence[str],
+    in_shared_memory: Container[str] = (),
 ) -> Serialized:
-    """A ModelInferResponse: header by protobuf, raw outputs appended as field bytes."""
+    """A ModelInferResponse: header by protobuf, raw outputs appended as field bytes (empty
+    for outputs written to shared memory, as Triton sends them)."""
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version)
     if request_id:
         response.id = request_id
@@ -412,7 +414,10 @@ def encode_response(
             array = array.astype(array.dtype.newbyteorder("<"))
         datatype = numpy_to_wire(array.dtype)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        blobs.append(serialize_bytes(array) if datatype == "BYTES" else _raw_view(array))
+        if name in in_shared_memory:
+            blobs.append(b"")
+        else:
+            blobs.append(serialize_bytes(array) if datatype == "BYTES" else _raw_view(array))
     parts: list[bytes | np.ndarray] = [response.SerializeToString()]
     for blob in blobs:
         parts += [length_delimited_header(_RAW_OUTPUT_FIELD, len(blob)), blob]
