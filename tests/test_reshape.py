@@ -135,3 +135,15 @@ def test_dims_and_reshape_of_different_size_fail_to_load(reshape_server: ServerP
     with pytest.raises(InferenceServerException) as err:
         client.load_model("size_mismatch")
     assert "model input 'data_0' has different size for dims and reshape" in str(err.value)
+
+
+def test_reshape_over_http_too(reshape_server: ServerProcess) -> None:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(reshape_server.http_url)
+    x = np.ones((3, 4, 4), np.float32)
+    inp = httpclient.InferInput("data_0", [3, 4, 4], "FP32")
+    inp.set_data_from_numpy(x, binary_data=False)
+    result = client.infer("densenet_like", [inp])
+    assert result.get_response()["outputs"][0]["shape"] == [3]
+    np.testing.assert_allclose(result.as_numpy("fc6_1"), np.ones(3))
