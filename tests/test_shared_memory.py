@@ -8,6 +8,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -196,6 +197,21 @@ def test_register_errors(regions: Regions, kind: str) -> None:
     os.unlink("/dev/shm" + unlinked_key)
     expect_invalid(kind, lambda: client.register_system_shared_memory(
         unlinked, unlinked_key, ROW_BYTES), "Unable to open shared memory region")  # fmt: skip
+
+
+
+def test_a_key_that_links_out_of_dev_shm_is_refused(
+    regions: Regions, kind: str, tmp_path: Path
+) -> None:
+    target = tmp_path / "not-shared-memory"
+    target.write_bytes(b"\0" * 4096)
+    link = Path(f"/dev/shm/sparse_runtime_test_link_{uuid.uuid4().hex[:8]}")
+    link.symlink_to(target)
+    try:
+        expect_invalid(kind, lambda: regions.client.register_system_shared_memory(
+            "link", "/" + link.name, 4096), "Unable to open shared memory region")  # fmt: skip
+    finally:
+        link.unlink()
 
 
 def test_a_region_the_client_shrinks_is_an_error_not_a_crash(

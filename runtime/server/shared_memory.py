@@ -106,7 +106,7 @@ class SystemSharedMemory:
         if "/" in key.lstrip("/") or not key.strip("/"):
             raise InvalidArgument(f"Unable to open shared memory region: '{key}'")
         try:
-            fd = os.open(path, os.O_RDWR)
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)  # NOTE: no links out of /dev/shm
         except OSError as exc:
             raise InvalidArgument(  # NOTE: Triton's wording, then why
                 f"Unable to open shared memory region: '{key}' ({exc.strerror})"
