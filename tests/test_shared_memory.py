@@ -112,11 +112,13 @@ def test_register_status_unregister(regions: Regions, kind: str) -> None:
         region = one.regions[name]
         assert (region.key, region.byte_size) == (key, 4096)
     else:
-        assert one == [{"name": name, "key": key, "byte_size": 4096}]
+        assert one == [{"name": name, "key": key, "offset": 0, "byte_size": 4096}]
     client.unregister_system_shared_memory(name)
     assert name not in status_names(client, kind)
-    expect_invalid(kind, lambda: client.get_system_shared_memory_status(name),
-                   f"Unable to find system shared memory region: '{name}'")  # fmt: skip
+    with pytest.raises(InferenceServerException) as err:  # NOTE: Triton's code and wording
+        client.get_system_shared_memory_status(name)
+    assert err.value.status() in ("StatusCode.NOT_FOUND", "404")
+    assert f"Unable to find system shared memory region: '{name}'" in str(err.value)
     client.unregister_system_shared_memory("never-registered")  # NOTE: fine, as in Triton
 
 
@@ -174,7 +176,7 @@ def test_bad_windows_are_invalid_argument(regions: Regions, kind: str) -> None:
                    "Invalid offset + byte size")  # fmt: skip
     # unregistered region
     expect_invalid(kind, lambda: infer_with_shm(client, kind, 1, "nope", out_name),
-                   "Unable to find system shared memory region: 'nope'")  # fmt: skip
+                   "Unable to find shared memory region: 'nope'")  # fmt: skip
     # the byte size the window says is not what the shape needs
     expect_invalid(kind, lambda: infer_with_shm(client, kind, 1, in_name, out_name,
                                                 in_size=ROW_BYTES - 4),
@@ -221,7 +223,7 @@ def test_a_region_the_client_shrinks_is_an_error_not_a_crash(
     out_name, _, _ = regions.make(ROW_BYTES)
     os.truncate("/dev/shm" + in_key, 16)
     expect_invalid(kind, lambda: infer_with_shm(regions.client, kind, 1, in_name, out_name),
-                   f"Unable to find system shared memory region: '{in_name}'")  # fmt: skip
+                   f"shared memory region '{in_name}' is smaller than registered")  # fmt: skip
     assert grpcclient.InferenceServerClient(server.url).is_server_live()
     assert server.proc.poll() is None
 

@@ -13,6 +13,7 @@ import json
 from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
+import grpc
 import numpy as np
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
@@ -20,8 +21,15 @@ from google.protobuf.message import Message
 from tritonclient.grpc import service_pb2 as pb
 
 from runtime.dtypes import WIRE_TO_NUMPY, numpy_to_wire
-from runtime.errors import InvalidArgument
+from runtime.errors import InvalidArgument, RuntimeServerError
 from runtime.server import codec
+
+
+class JsonError(RuntimeServerError):
+    """A body that is not the JSON it should be: tritonserver answers these 500 (INTERNAL)."""
+
+    code = grpc.StatusCode.INTERNAL
+
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_SIZE = "binary_data_size"
@@ -97,8 +105,13 @@ def parameters_message(values: Mapping[str, Any], target: Any, where: str) -> No
 
 
 # ---- infer requests -------------------------------------------------------------------
-def _json_data(name: str, datatype: str, data: Any) -> bytes:
+def _json_data(name: str, datatype: str, shape: list[int], data: Any) -> bytes:
     """JSON `data` (flat or nested) as the input's raw bytes."""
+    count = int(np.prod(shape)) if all(d >= 0 for d in shape) else -1
+    if count != _json_count(data):
+        raise JsonError(  # NOTE: Triton's wording and status
+            "Unable to parse 'data': Shape does not match true shape of 'data' field"
+        )
     try:
         if datatype == "BYTES":
             flat = np.asarray(data, dtype=object).reshape(-1)
@@ -126,6 +139,13 @@ def _json_data(name: str, datatype: str, data: Any) -> bytes:
         raise InvalidArgument(f"unable to parse 'data' of input '{name}': {exc}") from None
 
 
+def _json_count(data: Any) -> int:
+    """Leaf values in nested JSON lists."""
+    if isinstance(data, list):
+        return sum(_json_count(v) for v in data)
+    return 1
+
+
 def parse_infer_request(
     body: bytes, header_length: str | None, model_name: str, model_version: str
 ) -> tuple[codec.ParsedInferRequest, bool, dict[str, bool]]:
@@ -144,10 +164,10 @@ def parse_infer_request(
         size = len(body)
     try:
         header = json.loads(bytes(view[:size]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # NOTE: Triton's wording, status
+        raise JsonError(f"failed to parse the request JSON buffer: {exc}") from None
     if not isinstance(header, dict):
-        raise InvalidArgument("failed to parse the request JSON buffer: not a JSON object")
+        raise JsonError("failed to parse the request JSON buffer: not a JSON object")
     message = pb.ModelInferRequest(model_name=model_name, model_version=model_version)
     if isinstance(header.get("id"), str):
         message.id = header["id"]
@@ -184,11 +204,11 @@ def parse_infer_request(
             raw.append(view[offset : offset + binary_size])
             offset += binary_size
         elif "data" in item:
-            raw.append(_json_data(name, datatype, item["data"]))
+            raw.append(_json_data(name, datatype, shape, item["data"]))
         else:
             raise InvalidArgument(  # NOTE: Triton's wording
-                f"unable to find data for input tensor '{name}' for model '{model_name}' in "
-                "request."
+                "Input must set only one of the following fields: 'data', 'binary_data_size' "
+                "in 'parameters', 'shared_memory_region' in 'parameters'. But no field is set"
             )
     if offset != len(body):
         raise InvalidArgument(

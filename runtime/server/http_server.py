@@ -251,7 +251,8 @@ class HttpFrontend:
             pb.SystemSharedMemoryStatusRequest(name=request.match_info.get("region", "")),
             self._ctx,
         )
-        return _json([http_codec.message_json(r) for r in reply.regions.values()])
+        regions = [http_codec.message_json(r, defaults=True) for r in reply.regions.values()]
+        return _json(regions)
 
     async def shm_register(self, request: web.Request) -> web.Response:
         body = await _body_json(request)

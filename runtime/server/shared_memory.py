@@ -25,6 +25,12 @@ from runtime.server import codec
 SHM_DIR = "/dev/shm"
 
 
+class RegionNotFound(RuntimeServerError):
+    """Triton answers a status request for an unknown region NOT_FOUND."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
 class AlreadyExists(RuntimeServerError):
     """Triton answers a second registration under a taken name ALREADY_EXISTS."""
 
@@ -144,7 +150,7 @@ class SystemSharedMemory:
 
     def status(self, name: str = "") -> list[Region]:
         if name and name not in self._regions:
-            raise InvalidArgument(  # NOTE: Triton's wording
+            raise RegionNotFound(  # NOTE: Triton's code and wording
                 f"Unable to find system shared memory region: '{name}'"
             )
         return [self._regions[name]] if name else list(self._regions.values())
@@ -168,9 +174,14 @@ class SystemSharedMemory:
         if isinstance(offset, bool) or not isinstance(offset, int):
             raise InvalidArgument(f"'shared_memory_offset' is not an integer for {what}")
         region = self._regions.get(region_name)
-        if region is None or not region.intact():
-            raise InvalidArgument(  # NOTE: Triton's wording
-                f"Unable to find system shared memory region: '{region_name}'"
+        if region is None:
+            # NOTE: Triton's wording; its code is NOT_FOUND, INVALID_ARGUMENT here as every
+            # other bad shared-memory window (issue 18 asks for it)
+            raise InvalidArgument(f"Unable to find shared memory region: '{region_name}'")
+        if not region.intact():
+            raise InvalidArgument(
+                f"shared memory region '{region_name}' is smaller than registered: its file "
+                f"'{region.key}' was truncated or closed; register it again"
             )
         if offset < 0 or byte_size < 0 or offset + byte_size > region.byte_size:
             raise InvalidArgument(  # NOTE: Triton's wording, then the numbers
@@ -217,7 +228,8 @@ class SystemSharedMemory:
             target = targets[name]
             if not target.region.intact():
                 raise InvalidArgument(
-                    f"Unable to find system shared memory region: '{target.region.name}'"
+                    f"shared memory region '{target.region.name}' is smaller than registered: "
+                    f"its file '{target.region.key}' was truncated or closed; register it again"
                 )
             target.region.view(target.offset, len(blob))[:] = memoryview(blob).cast("B")
         return list(blobs)
