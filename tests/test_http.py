@@ -154,8 +154,9 @@ def test_aio_client(server: ServerProcess) -> None:
 
 def test_bad_requests_get_400_and_tritons_wording(server: ServerProcess) -> None:
     path = "/v2/models/mlp_dense/infer"
-    status, message = error_of(server, path, b"{not json")  # NOTE: tritonserver answers 500
-    assert status == 500 and "failed to parse the request JSON buffer" in message
+    for bad in (b"{not json", b"[" * 100_000):  # NOTE: tritonserver answers 500
+        status, message = error_of(server, path, bad)
+        assert status == 500 and "failed to parse the request JSON buffer" in message
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 255], "data": [0] * 255}]}
     status, message = error_of(server, path, json.dumps(body).encode())
     assert status == 400
@@ -164,7 +165,8 @@ def test_bad_requests_get_400_and_tritons_wording(server: ServerProcess) -> None
     body["inputs"][0].update(shape=[1, 256], data=[0] * 255)
     status, message = error_of(server, path, json.dumps(body).encode())
     assert (status, message) == (  # NOTE: tritonserver's status and wording
-        500, "Unable to parse 'data': Shape does not match true shape of 'data' field"
+        500,
+        "Unable to parse 'data': Shape does not match true shape of 'data' field",
     )
     body["inputs"][0].update(data=["a"] * 256)
     status, message = error_of(server, path, json.dumps(body).encode())

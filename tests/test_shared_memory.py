@@ -189,8 +189,13 @@ def test_register_errors(regions: Regions, kind: str) -> None:
     with pytest.raises(InferenceServerException) as err:  # the same name twice
         client.register_system_shared_memory(name, key, 1024)
     assert "already in manager" in str(err.value)
-    expect_invalid(kind, lambda: client.register_system_shared_memory(
-        "missing", "/sparse_runtime_test_no_such_key", 64), "Unable to open shared memory region")
+    expect_invalid(
+        kind,
+        lambda: client.register_system_shared_memory(
+            "missing", "/sparse_runtime_test_no_such_key", 64
+        ),
+        "Unable to open shared memory region",
+    )
     other, other_key, _ = regions.make(1024, register=False)
     expect_invalid(kind, lambda: client.register_system_shared_memory(other, other_key, 4096),
                    "within")  # fmt: skip
@@ -199,7 +204,6 @@ def test_register_errors(regions: Regions, kind: str) -> None:
     os.unlink("/dev/shm" + unlinked_key)
     expect_invalid(kind, lambda: client.register_system_shared_memory(
         unlinked, unlinked_key, ROW_BYTES), "Unable to open shared memory region")  # fmt: skip
-
 
 
 def test_a_key_that_links_out_of_dev_shm_is_refused(

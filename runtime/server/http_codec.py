@@ -164,7 +164,7 @@ def parse_infer_request(
         size = len(body)
     try:
         header = json.loads(bytes(view[:size]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # NOTE: Triton's wording, status
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # NOTE: Triton's
         raise JsonError(f"failed to parse the request JSON buffer: {exc}") from None
     if not isinstance(header, dict):
         raise JsonError("failed to parse the request JSON buffer: not a JSON object")

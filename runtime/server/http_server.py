@@ -109,7 +109,7 @@ async def _body_json(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidArgument("failed to parse the request JSON buffer: not a JSON object")
@@ -259,8 +259,7 @@ class HttpFrontend:
         key, offset, size = body.get("key"), body.get("offset", 0), body.get("byte_size")
         if not isinstance(key, str) or not isinstance(offset, int) or not isinstance(size, int):
             raise InvalidArgument(
-                "shared memory register needs 'key' (string), 'offset' and 'byte_size' "
-                "(integers)"
+                "shared memory register needs 'key' (string), 'offset' and 'byte_size' (integers)"
             )
         await self.servicer.SystemSharedMemoryRegister(
             pb.SystemSharedMemoryRegisterRequest(
