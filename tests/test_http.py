@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -262,3 +263,29 @@ def test_load_unload_over_http_beside_the_native_grpc_frontend(
     client.load_model("mlp_dense", config=override)
     assert client.get_model_config("mlp_dense")["max_batch_size"] == 8
     client.unload_model("mlp_dense")
+
+
+def test_http_off_and_a_clean_stop(sample_repo: Path, tmp_path: Path) -> None:
+    """--http-port -1: no HTTP, nor its extension in ServerMetadata; with HTTP on, SIGTERM
+    after HTTP traffic ends the server cleanly (exit 0, no traceback)."""
+    import tritonclient.grpc as grpcclient
+
+    repo = tmp_path / "repo"
+    copy_repo(sample_repo, repo)
+    for model in ("mlp_sparse24", "mlp_int8", "mlp_sparse24_int8"):
+        shutil.rmtree(repo / model, ignore_errors=True)
+    off = start_server(repo, tmp_path, ["--http-port", "-1"])
+    try:
+        assert off.http_port == -1
+        meta = grpcclient.InferenceServerClient(off.url).get_server_metadata()
+        assert "binary_tensor_data" not in meta.extensions
+        assert "system_shared_memory" in meta.extensions
+    finally:
+        assert off.stop() == 0
+    on = start_server(repo, tmp_path)
+    client = httpclient.InferenceServerClient(on.http_url)
+    inp = httpclient.InferInput("x", [1, 256], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 256), np.float32))
+    assert client.infer("mlp_dense", [inp]).as_numpy("y").shape == (1, 256)
+    assert on.stop() == 0
+    assert "Traceback" not in on.log_text()
