@@ -112,12 +112,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     SPARSE_RUNTIME_HOST=0.0.0.0 \
+    SPARSE_RUNTIME_HTTP_PORT=8000 \
     SPARSE_RUNTIME_GRPC_PORT=8001 \
     SPARSE_RUNTIME_METRICS_PORT=8002
 
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 
 # gRPC health (grpc.health.v1, service "" = server ready); no curl in the image.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \

@@ -9,6 +9,7 @@ STAMP = $(VENV)/.installed-$(subst $(comma),+,$(EXTRAS))
 REPO ?= model_repo
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+HTTP_PORT ?= 8000
 EXTRAS ?= dev,compare,openvino,native
 
 IMAGE ?= sparse-runtime:cpu
@@ -34,7 +35,7 @@ models-minilm: install
 	@test -f $(REPO)/minilm_dense/1/model.onnx || $(PY) benchmarks/minilm_export.py --repo $(REPO)
 
 serve: models
-	$(BIN)/sparse-runtime serve --model-repository $(REPO) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(BIN)/sparse-runtime serve --model-repository $(REPO) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
 
 test: models deploy-tools native $(VENV)/.test-extras-stamp
 	$(BIN)/ruff check runtime tests benchmarks

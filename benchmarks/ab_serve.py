@@ -14,6 +14,8 @@ REPO a model repository (default the DIR's model_repo), then environment variabl
 
     python benchmarks/ab_serve.py --model mlp_dense --concurrency 1,8 --rounds 6 \\
         base=/tmp/base new=. new-native=.::SPARSE_RUNTIME_GRPC_FRONTEND=native
+
+`--protocol http` drives each server's HTTP/REST port (perf_analyzer -i http) instead.
 """
 
 from __future__ import annotations
@@ -54,10 +56,12 @@ def parse_variant(text: str) -> Variant:
     return Variant(name, directory, repo, env)
 
 
-def start(variant: Variant, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start(variant: Variant, port: int, log: Path, http: bool) -> subprocess.Popen[bytes]:
+    """The variant's server: gRPC on `port`, metrics on port + 1, HTTP on port + 2 if `http`."""
     cmd = [sys.executable, "-m", "runtime", "serve", "--model-repository", str(variant.repo),
            "--grpc-port", str(port), "--metrics-port", str(port + 1)]  # fmt: skip
-    env = {**os.environ, **variant.env}
+    # NOTE: by environment, which a variant from before the HTTP frontend ignores; no HTTP
+    env = {**os.environ, "SPARSE_RUNTIME_HTTP_PORT": str(port + 2 if http else -1), **variant.env}
     with log.open("wb") as out:
         return subprocess.Popen(cmd, cwd=variant.directory, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip
@@ -91,13 +95,15 @@ def requests_served(metrics_port: int) -> float:
 
 
 def measure(
-    port: int, model: str, concurrency: int, seconds: float, batch: int = 1, pid: int = 0
+    port: int, model: str, concurrency: int, seconds: float, batch: int = 1, pid: int = 0,
+    protocol: str = "grpc",
 ) -> tuple[float, float, float]:
     """(infer/s, p50 ms, server CPU ms per request) of one perf_analyzer window
     (serve_bench's); NaN where it failed. CPU counts every thread of the server process."""
+    url = f"localhost:{port + 2}" if protocol == "http" else f"localhost:{port}"
     cpu0, n0 = (cpu_seconds(pid), requests_served(port + 1)) if pid else (0.0, 0.0)
     try:
-        point = run_perf_analyzer(f"localhost:{port}", model, concurrency, seconds, batch)
+        point = run_perf_analyzer(url, model, concurrency, seconds, batch, protocol)
     except RuntimeError:
         return float("nan"), float("nan"), float("nan")
     cpu_ms = float("nan")
@@ -115,6 +121,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=2.0, help="per window")
     parser.add_argument("--base-port", type=int, default=18200)
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc",
+                        help="perf_analyzer -i; http: each server's HTTP port is its gRPC port + 2")
     parser.add_argument("--batch", type=int, default=1, help="rows per request (-b)")
     args = parser.parse_args()
     if not PERF_ANALYZER.exists():
@@ -126,19 +134,18 @@ def main() -> int:
         for i, variant in enumerate(args.variants):
             port = args.base_port + 10 * i
             log = logs / f"{variant.name}.log"
-            servers.append((variant, port, start(variant, port, log)))
+            servers.append((variant, port, start(variant, port, log, args.protocol == "http")))
         for variant, _, proc in servers:
             wait_ready(logs / f"{variant.name}.log", proc)
         for _, port, _ in servers:
-            measure(port, args.model, 8, 1.0, args.batch)  # warm-up
+            measure(port, args.model, 8, 1.0, args.batch, protocol=args.protocol)  # warm-up
         results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             for r in range(args.rounds):
                 order = servers if r % 2 == 0 else servers[::-1]
                 for variant, port, proc in order:
-                    point = measure(
-                        port, args.model, concurrency, args.seconds, args.batch, proc.pid
-                    )
+                    point = measure(port, args.model, concurrency, args.seconds, args.batch,
+                                    proc.pid, args.protocol)  # fmt: skip
                     results.setdefault((variant.name, concurrency), []).append(point)
         for (name, concurrency), points in results.items():
             rates = [p[0] for p in points]

@@ -752,7 +752,7 @@ def part_server(
     cmd = [
         sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo),
         "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-        "--host", "127.0.0.1",
+        "--host", "127.0.0.1", "--http-port", "-1",
     ]  # fmt: skip
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(ROOT)) if p)

@@ -82,7 +82,7 @@ def start_server(
     log_path = tmp / f"server-{frontend}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo),
-         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "-1",
          "--port-file", str(port_file), "--intra-op-threads", str(threads),
          "--grpc-frontend", frontend],
         stdout=log_path.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
@@ -208,10 +208,11 @@ def server_rss(metrics_port: int) -> float:
 
 
 def run_perf_analyzer(
-    url: str, model: str, concurrency: int, duration: float, batch: int = 1
+    url: str, model: str, concurrency: int, duration: float, batch: int = 1,
+    protocol: str = "grpc",
 ) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".csv") as out:
-        cmd = [str(PERF_ANALYZER), "-i", "grpc", "-u", url, "-m", model, "-b", str(batch),
+        cmd = [str(PERF_ANALYZER), "-i", protocol, "-u", url, "-m", model, "-b", str(batch),
                "--concurrency-range", f"{concurrency}:{concurrency}",
                "--measurement-interval", str(int(duration * 1000)),
                "--stability-percentage", "100", "--max-trials", "6", "-f", out.name]  # fmt: skip

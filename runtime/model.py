@@ -30,6 +30,9 @@ class InputSpec:
     datatype: str
     dims: tuple[int, ...]
     optional: bool = False
+    reshape: tuple[int, ...] | None = None
+    """config `reshape`: the shape the model takes (after the batch dim), where it differs
+    from the `dims` clients send."""
 
     def check(
         self, array_shape: Sequence[int], datatype: str, batched: bool, max_rows: int, model: str
@@ -70,6 +73,17 @@ class InputSpec:
         return rows
 
 
+def map_variable_dims(
+    shape: Sequence[int], pattern: Sequence[int], target: Sequence[int]
+) -> tuple[int, ...]:
+    """`shape` (which matches `pattern`) in the `target` pattern: target's fixed dims as they
+    are, its -1 dims filled with shape's values at pattern's -1 dims, in order, as Triton
+    applies a config `reshape` (inputs: dims -> reshape; outputs: reshape -> dims)."""
+    variable = [got for want, got in zip(pattern, shape, strict=True) if want == -1]
+    variable.reverse()
+    return tuple(variable.pop() if d == -1 else d for d in target)
+
+
 def _check_utf8(name: str, array: np.ndarray) -> None:
     """BYTES elements must be UTF-8: onnxruntime's string tensors take Python str. Checked per
     request, so one bad element fails its own request, not the batch it would have joined."""
@@ -102,9 +116,18 @@ class ServedModel:
 
     def __post_init__(self) -> None:
         self.inputs: dict[str, InputSpec] = {
-            t.name: InputSpec(t.name, wire_datatype(t.data_type), tuple(t.dims), t.optional)
+            t.name: InputSpec(
+                t.name, wire_datatype(t.data_type), tuple(t.dims), t.optional,
+                tuple(t.reshape.shape) if t.HasField("reshape") else None,
+            )
             for t in self.config.input
+        }  # fmt: skip
+        self.output_reshapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+            o.name: (tuple(o.reshape.shape), tuple(o.dims))
+            for o in self.config.output
+            if o.HasField("reshape")
         }
+        """Output name -> (the model's shape, the config dims clients see)."""
         self.output_names: tuple[str, ...] = tuple(o.name for o in self.config.output)
         self.output_datatypes: dict[str, str] = {
             o.name: wire_datatype(o.data_type) for o in self.config.output
@@ -137,38 +160,12 @@ class ServedModel:
                 self.name,
             )
 
-    def make_request(
-        self,
-        arrays: Mapping[str, tuple[np.ndarray, str]],
-        requested: Sequence[str],
-        timeout_us: int = 0,
-    ) -> InferRequest:
-        """Check names, dtypes, shapes and batch agreement; build the batcher request."""
-        rows: int | None = None
-        inputs: dict[str, np.ndarray] = {}
-        for name, (array, datatype) in arrays.items():
-            spec = self.inputs.get(name)
-            if spec is None:
-                raise InvalidArgument(
-                    f"unexpected inference input '{name}' for model '{self.name}'; "
-                    f"expected {sorted(self.inputs)}"
-                )
-            r = spec.check(array.shape, datatype, self.batched, self.max_rows, self.name)
-            if rows is not None and r != rows:
-                raise InvalidArgument(
-                    f"input '{name}' has batch size {r}, other inputs have {rows}"
-                )
-            rows = r
-            if datatype == "BYTES":
-                _check_utf8(name, array)
-            inputs[name] = array
-        missing = [n for n, s in self.inputs.items() if n not in inputs and not s.optional]
-        if missing:
-            raise InvalidArgument(  # NOTE: Triton's wording
-                f"expected {len(self.inputs)} inputs but got {len(inputs)} inputs for model "
-                f"'{self.name}'. Got input(s) {sorted(inputs)}, but missing required input(s) "
-                f"{missing}. Please provide all required input(s)."
-            )
+    def validate(
+        self, inputs: Sequence[tuple[str, str, Sequence[int]]], requested: Sequence[str]
+    ) -> int:
+        """Check a request's outputs, input names, datatypes and shapes in Triton's order
+        (InferenceRequest::Normalize), so a request breaking several rules gets the error
+        Triton would give; returns the batch rows."""
         for i, out in enumerate(requested):
             if out not in self.output_datatypes:
                 raise InvalidArgument(
@@ -176,6 +173,73 @@ class ServedModel:
                 )
             if out in requested[:i]:
                 raise InvalidArgument(f"output '{out}' is requested more than once")
+        names = [name for name, _, _ in inputs]
+        required = [n for n, s in self.inputs.items() if not s.optional]
+        if len(names) > len(self.inputs) or len(names) < len(required):
+            missing = [n for n in required if n not in names]
+            raise InvalidArgument(  # NOTE: Triton's wording
+                f"expected {len(self.inputs)} inputs but got {len(names)} inputs for model "
+                f"'{self.name}'. Got input(s) {sorted(names)}, but missing required input(s) "
+                f"{missing}. Please provide all required input(s)."
+            )
+        for name in names:
+            if name not in self.inputs:
+                raise InvalidArgument(
+                    f"unexpected inference input '{name}' for model '{self.name}'; "
+                    f"expected {sorted(self.inputs)}"
+                )
+        rows: int | None = None
+        if self.batched:
+            for name, _, shape in inputs:
+                if not len(shape):
+                    raise InvalidArgument(  # NOTE: Triton's wording
+                        f"input '{name}' has no shape but model requires batch dimension for "
+                        f"'{self.name}'"
+                    )
+                if rows is not None and shape[0] != rows:
+                    raise InvalidArgument(  # NOTE: Triton's wording, then the rows
+                        f"input '{name}' batch size does not match other inputs for "
+                        f"'{self.name}' ({shape[0]} rows, other inputs have {rows})"
+                    )
+                rows = shape[0]
+            if rows is not None and rows > self.max_rows:
+                raise InvalidArgument(  # NOTE: Triton's wording, then the rows sent
+                    f"inference request batch-size must be <= {self.max_rows} for "
+                    f"'{self.name}' (input '{inputs[0][0]}' has {rows} rows)"
+                )
+        for name, datatype, shape in inputs:
+            self.inputs[name].check(shape, datatype, self.batched, self.max_rows, self.name)
+        missing = [n for n in required if n not in names]
+        if missing:  # NOTE: a required input replaced by an optional one
+            raise InvalidArgument(
+                f"expected {len(self.inputs)} inputs but got {len(names)} inputs for model "
+                f"'{self.name}'. Got input(s) {sorted(names)}, but missing required input(s) "
+                f"{missing}. Please provide all required input(s)."
+            )
+        return rows or 1
+
+    def make_request(
+        self,
+        arrays: Mapping[str, tuple[np.ndarray, str]],
+        requested: Sequence[str],
+        timeout_us: int = 0,
+        validated: bool = False,
+    ) -> InferRequest:
+        """The batcher request (after `validate`, which runs here unless `validated`)."""
+        if validated:
+            rows = next(iter(arrays.values()))[0].shape[0] if self.batched and arrays else 1
+        else:
+            rows = self.validate([(n, dt, a.shape) for n, (a, dt) in arrays.items()], requested)
+        inputs: dict[str, np.ndarray] = {}
+        for name, (array, datatype) in arrays.items():
+            spec = self.inputs[name]
+            if datatype == "BYTES":
+                _check_utf8(name, array)
+            if spec.reshape is not None:  # NOTE: clients send dims, the model takes reshape
+                lead = array.shape[:1] if self.batched else ()
+                dims = array.shape[len(lead) :]
+                array = array.reshape(lead + map_variable_dims(dims, spec.dims, spec.reshape))
+            inputs[name] = array
         signature = tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
         return InferRequest(
             inputs=inputs,
@@ -187,7 +251,19 @@ class ServedModel:
 
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
         assert self.batcher is not None
-        return await self.batcher.infer(request)
+        outputs = await self.batcher.infer(request)
+        if not self.output_reshapes:
+            return outputs
+        outputs = dict(outputs)
+        for name, (model_shape, dims) in self.output_reshapes.items():
+            array = outputs.get(name)
+            if array is None:
+                continue
+            lead = array.shape[:1] if self.batched else ()
+            got = array.shape[len(lead) :]
+            if len(got) == len(model_shape):  # NOTE: else the engine's shape goes out as it is
+                outputs[name] = array.reshape(lead + map_variable_dims(got, model_shape, dims))
+        return outputs
 
     def unload(self) -> None:
         if self.batcher is not None:

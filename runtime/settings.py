@@ -29,6 +29,13 @@ class Settings:
     grpc_port: int = field(
         default=8001, metadata={"help": "gRPC port (0 picks a free one)", "range": (0, 65535)}
     )
+    http_port: int = field(
+        default=8000,
+        metadata={"help": "HTTP/REST port (0 picks a free one, -1 disables)", "range": (-1, 65535)},
+    )
+    http_address: str = field(
+        default="", metadata={"help": "address the HTTP/REST port binds (empty: --host)"}
+    )
     metrics_port: int = field(
         default=8002, metadata={"help": "Prometheus port, -1 disables", "range": (-1, 65535)}
     )

@@ -40,10 +40,15 @@ class ServerProcess:
     metrics_port: int
     log: Path
     repo: Path
+    http_port: int = -1
 
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -78,6 +83,7 @@ def start_server(
         "--model-repository", str(repo),
         "--host", "127.0.0.1",
         "--grpc-port", "0",
+        "--http-port", "0",
         "--metrics-port", "0",
         "--port-file", str(port_file),
         *extra,
@@ -89,7 +95,9 @@ def start_server(
     while time.monotonic() < deadline:
         if port_file.exists():
             ports = json.loads(port_file.read_text())
-            return ServerProcess(proc, ports["grpc"], ports["metrics"], log, repo)
+            return ServerProcess(
+                proc, ports["grpc"], ports["metrics"], log, repo, ports.get("http", -1)
+            )
         if proc.poll() is not None:
             raise RuntimeError(f"server exited early:\n{log.read_text()}")
         time.sleep(0.05)

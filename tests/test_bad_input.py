@@ -8,9 +8,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, serialize_byte_tensor
 
-from tests.conftest import ServerProcess, metric, parse_metrics
+from tests.conftest import ServerProcess, metric, parse_metrics, zoo_inputs
 
 
 @pytest.fixture()
@@ -105,7 +105,10 @@ def test_typed_value_out_of_range(stub: service_pb2_grpc.GRPCInferenceServiceStu
     request = pb.ModelInferRequest(model_name="zoo")
     tensor = request.inputs.add(name="i8", datatype="INT8", shape=[1, 4])
     tensor.contents.int_contents.extend([1, 2, 3, 300])
-    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "'i8'", "INT8")
+    # NOTE: Triton's order: the missing inputs are named before any value is read (the value
+    # range itself: test_codec.py::test_typed_ints_still_checked_for_range)
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "expected 6 inputs but got 1",
+           "missing required input(s) ['f32', 'f16', 'i64', 'b', 's']")  # fmt: skip
 
 
 def test_missing_input(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
@@ -148,10 +151,8 @@ def test_raw_contents_count_mismatch(stub: service_pb2_grpc.GRPCInferenceService
 
 
 def test_truncated_bytes_element(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
-    request = pb.ModelInferRequest(model_name="zoo")
-    request.inputs.add(name="s", datatype="BYTES", shape=[1, 2])
-    request.raw_input_contents.append(b"\x05\x00\x00\x00ab")
-    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "'s'")
+    request = zoo_request(s=b"\x05\x00\x00\x00ab")
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "input 's'", "runs past the end")
 
 
 @pytest.mark.parametrize(
@@ -199,10 +200,19 @@ def test_failures_are_counted_and_others_unaffected(
     )
 
 
-def test_bytes_element_that_is_not_utf8(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+def zoo_request(**raw: bytes) -> pb.ModelInferRequest:
+    """A one-row zoo request with every input, raw; `raw` replaces an input's bytes."""
     request = pb.ModelInferRequest(model_name="zoo")
-    request.inputs.add(name="s", datatype="BYTES", shape=[1, 2])
-    request.raw_input_contents.append(b"\x02\x00\x00\x00ok\x01\x00\x00\x00\xff")
+    for name, array in zoo_inputs(1).items():
+        datatype = np_to_triton_dtype(array.dtype)
+        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        data = serialize_byte_tensor(array).item() if datatype == "BYTES" else array.tobytes()
+        request.raw_input_contents.append(raw.get(name, data))
+    return request
+
+
+def test_bytes_element_that_is_not_utf8(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = zoo_request(s=b"\x02\x00\x00\x00ok\x01\x00\x00\x00\xff")
     expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "'s'", "element 1", "UTF-8")
 
 
@@ -216,3 +226,18 @@ def test_output_requested_twice(stub: service_pb2_grpc.GRPCInferenceServiceStub)
     request.outputs.add(name="y")
     request.outputs.add(name="y")
     expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "output 'y'", "more than once")
+
+
+def test_several_broken_rules_get_tritons_first_error(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+) -> None:
+    """Triton checks datatype and shape (Normalize) before byte sizes, and requested outputs
+    before inputs."""
+    expect(stub, raw_request("mlp_dense", [1, 256], "FP64", b"\0" * 10),
+           grpc.StatusCode.INVALID_ARGUMENT, "data-type is 'FP64'")  # fmt: skip
+    request = raw_request("mlp_dense", [1, 7], raw=b"\0" * 3)
+    request.outputs.add(name="nope")
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "unexpected inference output 'nope'")
+    request = raw_request("mlp_dense", [1, 7], raw=b"\0" * 3)
+    request.inputs[0].contents.fp32_contents.append(1.0)  # typed + raw: found first
+    expect(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "contents field must not be")

@@ -156,11 +156,40 @@ def test_large_typed_floats_are_read_from_their_packed_bytes(datatype: str, dtyp
     request = pb.ModelInferRequest(model_name="m")
     tensor = request.inputs.add(name="x", datatype=datatype, shape=[2, codec.PACKED_FAST_MIN])
     getattr(tensor.contents, codec.TYPED_FIELD[datatype]).extend(values.tolist())
-    tensor.contents.int_contents.extend([7, 8])  # another typed field alongside is ignored
     parsed = codec.parse_infer_request(request.SerializeToString())
     array, wire = codec.decode_inputs(parsed)["x"]
     assert wire == datatype and array.dtype == dtype and array.shape == (2, codec.PACKED_FAST_MIN)
     np.testing.assert_array_equal(array.reshape(-1), values)
+
+
+def test_typed_values_in_another_datatypes_field_get_tritons_wording() -> None:
+    request = pb.ModelInferRequest(model_name="m")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[2])
+    tensor.contents.fp32_contents.extend([1.0, 2.0])
+    tensor.contents.int_contents.extend([7, 8])
+    with pytest.raises(
+        codec.InvalidArgument,
+        match="unexpected explicit tensor data for input "
+        "tensor 'x' for model 'm' of type 'INT32', expected datatype 'FP32'",
+    ):
+        codec.decode_inputs(request)
+
+
+def test_typed_plus_raw_for_one_input_is_tritons_first_error() -> None:
+    """Triton pairs raw contents with the inputs that have no typed contents, so a typed
+    plus raw request fails on the typed input, not on a raw count."""
+    request = pb.ModelInferRequest(model_name="simple")
+    request.inputs.add(name="INPUT0", datatype="INT32", shape=[1, 2]).contents.int_contents.extend(
+        [1, 2]
+    )
+    request.inputs.add(name="INPUT1", datatype="INT32", shape=[1, 2])
+    request.raw_input_contents.append(b"\0" * 8)
+    with pytest.raises(codec.InvalidArgument) as err:
+        codec.decode_inputs(request)
+    assert str(err.value) == (
+        "contents field must not be specified when using raw_input_contents for 'INPUT0' for "
+        "model 'simple'"
+    )
 
 
 def test_typed_ints_still_checked_for_range() -> None:

@@ -36,6 +36,7 @@ CRD_SCHEMAS = {
     "ClusterServingRuntime": "clusterservingruntime.json",
     "InferenceService": "inferenceservice.json",
 }
+HTTP_PORT = 8000
 GRPC_PORT = 8001
 METRICS_PORT = 8002
 
@@ -127,7 +128,7 @@ def test_dockerfile_contract() -> None:
     assert sum(ln.startswith("FROM ") for ln in lines) >= 2, "multi-stage build"
     assert re.search(r"^ARG FLAVOR=cpu$", text, re.MULTILINE)
     assert "onnxruntime-gpu" in text and "pip uninstall -y onnxruntime" in text
-    assert re.search(r"^EXPOSE 8001 8002$", text, re.MULTILINE)
+    assert re.search(r"^EXPOSE 8000 8001 8002$", text, re.MULTILINE)  # NOTE: Triton's ports
     user = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert user and not user[-1].startswith(("0", "root")), "runs as non-root"
     entry = re.search(r"^ENTRYPOINT (\[.*\])$", text, re.MULTILINE)
@@ -277,6 +278,8 @@ def test_compose_file_matches_compose_spec() -> None:
     )
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     assert set(compose["services"]) == {"sparse-runtime", "prometheus", "grafana"}
+    server = compose["services"]["sparse-runtime"]
+    assert {"8000:8000", "8001:8001", "8002:8002"} <= set(server["ports"])
     for service in compose["services"].values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -380,13 +383,14 @@ def test_probes_use_the_grpc_port(rendered: dict[str, Path]) -> None:
     for ds in daemonsets(rendered).values():
         (server,) = containers(ds["spec"]["template"]["spec"])
         ports = {p["name"]: p["containerPort"] for p in server["ports"]}
-        assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+        assert ports == {"http": HTTP_PORT, "grpc": GRPC_PORT, "metrics": METRICS_PORT}
         args = server["args"]
+        assert args[args.index("--http-port") + 1] == str(HTTP_PORT)
         assert args[args.index("--grpc-port") + 1] == str(GRPC_PORT)
         assert args[args.index("--metrics-port") + 1] == str(METRICS_PORT)
     (service,) = by_kind(rendered["cpu"], "Service")
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
-        "grpc": GRPC_PORT, "metrics": METRICS_PORT,
+        "http": HTTP_PORT, "grpc": GRPC_PORT, "metrics": METRICS_PORT,
     }  # fmt: skip
     (monitor,) = by_kind(rendered["cpu"], "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
@@ -422,7 +426,10 @@ def test_kserve_serving_runtime(rendered: dict[str, Path]) -> None:
     assert spec["annotations"]["prometheus.kserve.io/path"] == "/metrics"
     (c,) = spec["containers"]
     assert c["name"] == "kserve-container"
-    assert [p["name"] for p in c["ports"]] == ["h2c"] and c["ports"][0]["containerPort"] == 8001
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+        "h2c": GRPC_PORT, "http1": HTTP_PORT,
+    }  # fmt: skip
+    assert f"--http-port={HTTP_PORT}" in c["args"]
     assert "--model-repository=/mnt/models" in c["args"]
     (isvc,) = by_kind(rendered["kserve"], "InferenceService")
     model = isvc["spec"]["predictor"]["model"]

@@ -47,7 +47,9 @@ def test_live_ready_and_server_metadata(client: grpcclient.InferenceServerClient
     meta = client.get_server_metadata()
     assert meta.name == "sparse-runtime"
     assert "statistics" in meta.extensions and "model_repository" in meta.extensions
-    assert not any("shared_memory" in e for e in meta.extensions)
+    # system shared memory is served (both transports), CUDA shared memory is not
+    assert "system_shared_memory" in meta.extensions
+    assert "cuda_shared_memory" not in meta.extensions
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -251,7 +253,7 @@ def test_load_unload_refused_outside_explicit_mode(
 @pytest.mark.parametrize(
     "method,request_cls",
     [
-        ("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest),
+        ("CudaSharedMemoryStatus", pb.CudaSharedMemoryStatusRequest),
         ("CudaSharedMemoryRegister", pb.CudaSharedMemoryRegisterRequest),
         ("TraceSetting", pb.TraceSettingRequest),
     ],

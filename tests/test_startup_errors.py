@@ -11,7 +11,8 @@ from tests.conftest import ROOT, ServerProcess
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runtime", "serve", "--host", "127.0.0.1", *args],
+    return subprocess.run([sys.executable, "-m", "runtime", "serve", "--host", "127.0.0.1",
+                           "--http-port", "0", *args],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
 
 
@@ -34,6 +35,14 @@ def test_metrics_port_in_use(server: ServerProcess) -> None:
                  "--metrics-port", str(server.metrics_port))  # fmt: skip
     assert done.returncode == 1
     assert "cannot bind metrics port" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_http_port_in_use(server: ServerProcess) -> None:
+    done = serve("--model-repository", str(server.repo), "--grpc-port", "0",
+                 "--metrics-port", "-1", "--http-port", str(server.http_port))  # fmt: skip
+    assert done.returncode == 1
+    assert f"cannot bind HTTP port 127.0.0.1:{server.http_port}" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_bad_choice_from_the_environment_is_a_clear_error(tmp_path: Path) -> None:
@@ -71,7 +80,8 @@ def test_native_frontend_not_built_is_a_clear_error(tmp_path: Path) -> None:
         "sys.meta_path.insert(0, Hide())\n"
         "from runtime.cli import main\n"
         f"sys.exit(main(['serve', '--model-repository', {str(tmp_path)!r}, '--host', '127.0.0.1',"
-        " '--grpc-port', '0', '--metrics-port', '-1', '--grpc-frontend', 'native']))\n"
+        " '--grpc-port', '0', '--metrics-port', '-1', '--http-port', '-1',"
+        " '--grpc-frontend', 'native']))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)  # fmt: skip

@@ -128,12 +128,17 @@ def complete_config(
                 raise ConfigError(f"{kind} '{tensor.name}': config says {got}, model has {want}")
             graph_dims = spec.shape[1:] if batched else spec.shape
             dims = list(tensor.dims)
+            if tensor.HasField("reshape"):  # NOTE: the model sees reshape, clients see dims
+                _check_reshape(kind, tensor.name, dims, list(tensor.reshape.shape))
+                dims = list(tensor.reshape.shape)
             if len(dims) != len(graph_dims) or any(
                 g not in (-1, d) and d != -1 for g, d in zip(graph_dims, dims, strict=True)
             ):
                 raise ConfigError(
-                    f"{kind} '{tensor.name}': config dims {dims} do not match the model's "
-                    f"{list(graph_dims)}" + (" (after the batch dim)" if batched else "")
+                    f"{kind} '{tensor.name}': config "
+                    + ("reshape" if tensor.HasField("reshape") else "dims")
+                    + f" {dims} do not match the model's {list(graph_dims)}"
+                    + (" (after the batch dim)" if batched else "")
                 )
     # NOTE: every model input needs a declaration (a request could never feed an undeclared
     # one); declaring a subset of the outputs is fine, as in Triton
@@ -145,6 +150,28 @@ def complete_config(
         )
     _normalize_as_triton(config, description)
     return config
+
+
+def _check_reshape(kind: str, name: str, dims: list[int], reshape: list[int]) -> None:
+    """Triton's rule: dims and reshape hold the same elements; each run of fixed dims
+    between variable (-1) ones has the same element count on both sides, so the variable
+    dims map onto each other in order."""
+
+    def runs(shape: list[int]) -> list[int]:
+        counts = [1]
+        for d in shape:
+            if d == -1:
+                counts.append(1)
+            else:
+                counts[-1] *= d
+        return counts
+
+    if any(d < -1 or d == 0 for d in reshape):
+        raise ConfigError(f"model {kind} '{name}': reshape {reshape} has an invalid dim")
+    if runs(dims) != runs(reshape):
+        raise ConfigError(  # NOTE: Triton's wording
+            f"model {kind} '{name}' has different size for dims and reshape"
+        )
 
 
 def _normalize_as_triton(config: mc.ModelConfig, description: EngineDescription) -> None:

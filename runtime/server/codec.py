@@ -8,7 +8,8 @@ little-endian length followed by the bytes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -227,31 +228,95 @@ def parse_infer_request(data: bytes) -> IncomingRequest:
         return UndecodableRequest(str(exc))
 
 
-def decode_inputs(request: InferRequest) -> dict[str, tuple[np.ndarray, str]]:
-    """name -> (array, wire datatype); rejects duplicates, shm and count mismatches."""
+class SharedMemoryReader(Protocol):
+    """Where shared-memory inputs are read (runtime/server/shared_memory.py)."""
+
+    def input_view(self, parameters: Mapping[str, Any], name: str, model: str) -> memoryview:
+        """The input's bytes in its registered region, bounds checked."""
+        ...
+
+
+InputMetadata = tuple[str, str, Sequence[int]]
+"""(name, wire datatype, shape) of one request input, as the model validates it."""
+
+
+def decode_inputs(
+    request: InferRequest,
+    check: Callable[[list[InputMetadata]], None] | None = None,
+    shared_memory: SharedMemoryReader | None = None,
+) -> dict[str, tuple[np.ndarray, str]]:
+    """name -> (array, wire datatype), checked in Triton's order: each input's name and
+    where its data is (InferGRPCToInput), then `check` on names, datatypes and shapes (the
+    model's Normalize), then the data itself (byte sizes, element counts)."""
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidArgument(f"expected {len(request.inputs)} raw input contents, got {len(raw)}")
-    arrays: dict[str, tuple[np.ndarray, str]] = {}
-    for i, tensor in enumerate(request.inputs):
+    sources: list[tuple[Any, str, str, Sequence[int], bytes | memoryview | None]] = []
+    seen: set[str] = set()
+    used = 0
+    for tensor in request.inputs:
         name = tensor.name
-        if name in arrays:
-            raise InvalidArgument(f"input '{name}' appears more than once")
+        if name in seen:
+            raise InvalidArgument(f"input '{name}' already exists in request")  # NOTE: Triton's
+        seen.add(name)
+        has_contents = tensor.HasField("contents")
         if tensor.parameters and any(k in tensor.parameters for k in SHM_KEYS):
-            raise Unsupported("shared-memory inputs are not supported by this server")
-        if raw:
-            if tensor.HasField("contents"):
+            if shared_memory is None:
+                raise Unsupported("shared-memory inputs are not supported by this server")
+            if has_contents:
                 raise InvalidArgument(  # NOTE: Triton's wording
-                    "contents field must not be specified when using raw_input_contents for "
+                    "unexpected 'content' provided when using shared memory for input tensor "
                     f"'{name}' for model '{request.model_name}'"
                 )
-            array = _from_raw(name, tensor.datatype, tensor.shape, raw[i], request.model_name)
-        else:
-            array = _from_typed(
-                name, tensor.datatype, tensor.shape, tensor.contents, request.model_name
+            view = shared_memory.input_view(tensor.parameters, name, request.model_name)
+            sources.append((tensor, name, tensor.datatype, tensor.shape, view))
+            continue
+        if has_contents and raw:
+            raise InvalidArgument(  # NOTE: Triton's wording
+                "contents field must not be specified when using raw_input_contents for "
+                f"'{name}' for model '{request.model_name}'"
             )
-        arrays[name] = (array, tensor.datatype)
+        if has_contents:
+            _check_typed_field(name, tensor.datatype, tensor.contents, request.model_name)
+            sources.append((tensor, name, tensor.datatype, tensor.shape, None))
+        elif used < len(raw):
+            sources.append((tensor, name, tensor.datatype, tensor.shape, raw[used]))
+            used += 1
+        elif raw or _element_count(name, tensor.shape):
+            raise InvalidArgument(  # NOTE: Triton's wording
+                f"unable to find data for input tensor '{name}' for model "
+                f"'{request.model_name}' in request."
+            )
+        else:  # no data, no elements: typed contents that are empty
+            sources.append((tensor, name, tensor.datatype, tensor.shape, None))
+    if used != len(raw):
+        raise InvalidArgument(f"expected {used} raw input contents, got {len(raw)}")
+    if check is not None:
+        check([(name, datatype, shape) for _, name, datatype, shape, _ in sources])
+    arrays: dict[str, tuple[np.ndarray, str]] = {}
+    for tensor, name, datatype, shape, source in sources:
+        if source is None:
+            array = _from_typed(name, datatype, shape, tensor.contents, request.model_name)
+        else:
+            array = _from_raw(name, datatype, shape, source, request.model_name)
+        arrays[name] = (array, datatype)
     return arrays
+
+
+def _check_typed_field(name: str, datatype: str, contents: object, model: str) -> None:
+    """Typed values in the field of another datatype: Triton's wording."""
+    want = TYPED_FIELD.get(datatype)
+    for descriptor, _ in contents.ListFields():  # type: ignore[attr-defined]
+        if descriptor.name != want:
+            raise InvalidArgument(
+                f"unexpected explicit tensor data for input tensor '{name}' for model "
+                f"'{model}' of type '{_FIELD_TYPE.get(descriptor.name, descriptor.name)}', "
+                f"expected datatype '{datatype}'"
+            )
+
+
+_FIELD_TYPE = {"bool_contents": "BOOL", "int_contents": "INT32", "int64_contents": "INT64",
+               "uint_contents": "UINT32", "uint64_contents": "UINT64", "fp32_contents": "FP32",
+               "fp64_contents": "FP64", "bytes_contents": "BYTES"}  # fmt: skip
+"""The datatype Triton names for values found in each typed field."""
 
 
 def timeout_us(request: InferRequest) -> int:
@@ -275,10 +340,10 @@ def _integer(param: pb.InferParameter) -> int | None:
     return int(getattr(param, which)) if which in ("int64_param", "uint64_param") else None
 
 
-def requested_outputs(request: InferRequest) -> list[str]:
+def requested_outputs(request: InferRequest, shared_memory: bool = False) -> list[str]:
     names = []
     for out in request.outputs:
-        if out.parameters and any(k in out.parameters for k in SHM_KEYS):
+        if not shared_memory and out.parameters and any(k in out.parameters for k in SHM_KEYS):
             raise Unsupported("shared-memory outputs are not supported by this server")
         names.append(out.name)
     return names
@@ -335,8 +400,10 @@ def encode_response(
     request_id: str,
     outputs: Mapping[str, np.ndarray],
     names: Sequence[str],
+    in_shared_memory: Container[str] = (),
 ) -> Serialized:
-    """A ModelInferResponse: header by protobuf, raw outputs appended as field bytes."""
+    """A ModelInferResponse: header by protobuf, raw outputs appended as field bytes (empty
+    for outputs written to shared memory, as Triton sends them)."""
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version)
     if request_id:
         response.id = request_id
@@ -347,7 +414,10 @@ def encode_response(
             array = array.astype(array.dtype.newbyteorder("<"))
         datatype = numpy_to_wire(array.dtype)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        blobs.append(serialize_bytes(array) if datatype == "BYTES" else _raw_view(array))
+        if name in in_shared_memory:
+            blobs.append(b"")
+        else:
+            blobs.append(serialize_bytes(array) if datatype == "BYTES" else _raw_view(array))
     parts: list[bytes | np.ndarray] = [response.SerializeToString()]
     for blob in blobs:
         parts += [length_delimited_header(_RAW_OUTPUT_FIELD, len(blob)), blob]

@@ -24,8 +24,10 @@ from runtime.metrics import Metrics
 from runtime.repository.manager import ModelManager
 from runtime.server import codec, http_auth, restricted, tls
 from runtime.server.health import HealthState
+from runtime.server.http_server import HTTP_EXTENSIONS, HttpFrontend
 from runtime.server.native_frontend import NativeFrontend
 from runtime.server.servicer import InferenceServicer
+from runtime.server.shared_memory import SystemSharedMemory
 from runtime.settings import Settings
 
 LOGGER = logging.getLogger(__name__)
@@ -96,6 +98,13 @@ class Server:
         self.servicer = InferenceServicer(
             self.manager, self.metrics, settings.grpc_max_message_bytes
         )
+        self.shared_memory = SystemSharedMemory()
+        self.servicer.shared_memory = self.shared_memory
+        self.servicer.extensions = (*self.servicer.extensions, "system_shared_memory")
+        if settings.http_port >= 0:
+            self.servicer.extensions = (*self.servicer.extensions, *HTTP_EXTENSIONS)
+        self._http: HttpFrontend | None = None
+        self.http_port = -1  # -1: HTTP disabled (as the flag says)
         self._health = HealthState(self.manager)
         self._server: grpc.aio.Server | None = None
         self._native: NativeFrontend | None = None
@@ -164,6 +173,13 @@ class Server:
                 )
             except OSError as exc:
                 raise OSError(f"cannot bind metrics port {s.host}:{s.metrics_port}: {exc}") from exc
+        if s.http_port >= 0:
+            http_host = s.http_address or s.host
+            self._http = HttpFrontend(self.servicer, s.grpc_max_message_bytes)
+            try:
+                self.http_port = await self._http.start(http_host, s.http_port)
+            except OSError as exc:
+                raise OSError(f"cannot bind HTTP port {http_host}:{s.http_port}: {exc}") from exc
         await self._health.update(False)
         if self._native is not None:
             try:
@@ -176,16 +192,17 @@ class Server:
             self._server = server
         metrics_at = f"on {s.host}:{self.metrics_port}" if self.metrics_port >= 0 else "disabled"
         security = ("mutual TLS" if s.grpc_use_ssl_mutual else "TLS") if self._tls else "plaintext"
+        http_at = f"on {s.http_address or s.host}:{self.http_port}" if self._http else "disabled"
         LOGGER.info(
-            "gRPC on %s:%d (%s frontend, %s), metrics %s, repository %s (control mode %s)",
-            s.host, self.grpc_port, s.grpc_frontend, security, metrics_at,
+            "gRPC on %s:%d (%s frontend, %s), HTTP %s, metrics %s, repository %s (control mode %s)",
+            s.host, self.grpc_port, s.grpc_frontend, security, http_at, metrics_at,
             s.model_repository, s.model_control_mode,
         )  # fmt: skip
         await self.manager.start_safely()
         self.servicer.started = True
         await self._refresh_health()
         if s.port_file is not None:  # NOTE: atomic: a reader polling for it never sees it empty
-            ports = {"grpc": self.grpc_port, "metrics": self.metrics_port}
+            ports = {"grpc": self.grpc_port, "http": self.http_port, "metrics": self.metrics_port}
             write_atomic(s.port_file, json.dumps(ports).encode())
         LOGGER.info("server ready: %s", self.servicer.server_ready())
 
@@ -215,6 +232,9 @@ class Server:
             await self._server.stop(left())
         if self._native is not None:
             await self._native.stop(left())
+        if self._http is not None:
+            await self._http.stop()
+        self.shared_memory.close()
         await asyncio.to_thread(self.metrics.close)
         LOGGER.info("stopped")
 

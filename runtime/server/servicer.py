@@ -37,6 +37,7 @@ from runtime.repository.config import wire_datatype
 from runtime.repository.manager import ModelManager
 from runtime.server import codec
 from runtime.server.classification import classify
+from runtime.server.shared_memory import SystemSharedMemory
 
 LOGGER = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._manager = manager
         self._metrics = metrics
         self._max_response_bytes = max_response_bytes
+        self.shared_memory: SystemSharedMemory | None = None
+        """Registered system shared-memory regions (set by the server that serves them)."""
+        self.extensions: tuple[str, ...] = EXTENSIONS
+        """What ServerMetadata advertises: EXTENSIONS plus what the server adds."""
         self.accepting = True
         self.started = False
         self.stopping = asyncio.Event()
@@ -104,7 +109,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_rpc
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> Any:
         return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS)
+            name=SERVER_NAME, version=__version__, extensions=list(self.extensions)
         )
 
     @_rpc
@@ -211,8 +216,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # ---- inference ------------------------------------------------------------------
     async def _infer(
-        self, request: codec.IncomingRequest, stream: bool = False
-    ) -> codec.Serialized:
+        self,
+        request: codec.IncomingRequest,
+        stream: bool = False,
+        encode: Callable[..., Any] = codec.encode_response,
+    ) -> Any:
         """Decode, validate, batch, encode; errors are counted against the model. On a
         `stream` the response must fit the message limit with the stream's wrapper."""
         start = time.perf_counter_ns()
@@ -222,9 +230,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise InvalidArgument(f"bad request: {request.error}")
         model = self._manager.get(request.model_name, request.model_version)
         try:
-            arrays = codec.decode_inputs(request)
-            requested = codec.requested_outputs(request)
-            infer_request = model.make_request(arrays, requested, codec.timeout_us(request))
+            timeout = codec.timeout_us(request)
+            shm = self.shared_memory
+            requested = codec.requested_outputs(request, shm is not None)
+            targets = shm.output_targets(request) if shm is not None else None
+            arrays = codec.decode_inputs(
+                request, lambda inputs: model.validate(inputs, requested), self.shared_memory
+            )  # NOTE: Triton's order: data presence, then names/dtypes/shapes, then sizes
+            infer_request = model.make_request(arrays, requested, timeout, validated=True)
             infer_request.arrival_ns = start
             classes = codec.requested_classes(request)
             outputs = await model.infer(infer_request)
@@ -235,9 +248,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     outputs[name] = classify(
                         outputs[name], k, model.batched, model.labels.get(name, ()), name
                     )
-            response = codec.encode_response(
-                model.name, str(model.version), request.id, outputs, names
-            )
+            written = shm.write_outputs(targets, outputs) if shm and targets else ()
+            response = encode(model.name, str(model.version), request.id, outputs, names, written)
             size = len(response.data)
             sent = size + (codec.stream_overhead(size) if stream else 0)
             if sent > self._max_response_bytes:
@@ -335,15 +347,46 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         resp.infer_response.parameters["triton_final_response"].bool_param = True
         return resp
 
+    # ---- system shared memory -----------------------------------------------------------
+    def _system_shm(self) -> SystemSharedMemory:
+        if self.shared_memory is None:
+            raise Unsupported("system shared memory is not enabled on this server")
+        return self.shared_memory
+
+    @_rpc
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> Any:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for r in self._system_shm().status(request.name):
+            response.regions[r.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size
+                )
+            )
+        return response
+
+    @_rpc
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> Any:
+        self._system_shm().register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> Any:
+        self._system_shm().unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
     # ---- unsupported (not advertised) -------------------------------------------------
     async def _unimplemented(self, request: Any, context: Any) -> Any:
         await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "shared memory, trace and log settings are not supported"
+            grpc.StatusCode.UNIMPLEMENTED,
+            "CUDA shared memory, trace and log settings are not supported",
         )
 
-    SystemSharedMemoryStatus = _unimplemented
-    SystemSharedMemoryRegister = _unimplemented
-    SystemSharedMemoryUnregister = _unimplemented
     CudaSharedMemoryStatus = _unimplemented
     CudaSharedMemoryRegister = _unimplemented
     CudaSharedMemoryUnregister = _unimplemented

@@ -1,0 +1,309 @@
+"""KServe v2 HTTP/REST frontend (Triton's routes and extensions) over the gRPC servicer.
+
+Every route builds the servicer's request message, awaits the same servicer method the
+gRPC frontends call, and writes its answer as Triton's HTTP API does; errors are
+`{"error": "..."}` with the HTTP status tritonserver maps each status code to.
+
+Why aiohttp: it serves on the running asyncio (uvloop) loop beside either gRPC frontend,
+so both transports share one servicer, batcher and event loop with no thread hand-off;
+its HTTP parser is C (llhttp), it is well kept, and tritonclient[http] (its aio client)
+installs it anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+from tritonclient.grpc import service_pb2 as pb
+
+from runtime.errors import InvalidArgument, RuntimeServerError
+from runtime.server import http_codec
+from runtime.server.servicer import InferenceServicer
+
+LOGGER = logging.getLogger(__name__)
+
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.ALREADY_EXISTS: 400,
+    grpc.StatusCode.CANCELLED: 400,
+    grpc.StatusCode.UNKNOWN: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+}
+"""gRPC status -> HTTP status, as tritonserver's HttpCodeFromError maps its error codes
+(INVALID_ARG/UNKNOWN/ALREADY_EXISTS/CANCELLED 400, NOT_FOUND 404, UNAVAILABLE 503,
+UNSUPPORTED 501, INTERNAL 500)."""
+
+HTTP_EXTENSIONS = ("binary_tensor_data",)
+"""Extensions only the HTTP frontend serves (advertised when it runs)."""
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _Context:
+    """The part of grpc.aio.ServicerContext the servicer uses on unary calls."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise _Abort(code, details)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        pass
+
+    def set_details(self, details: str) -> None:
+        pass
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _json(data: Any) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":")).encode(), content_type="application/json"
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Servicer aborts and our errors -> Triton's status and `{"error": ...}` body."""
+    try:
+        return await handler(request)
+    except _Abort as err:
+        return _error(HTTP_STATUS.get(err.code, 400), err.details)
+    except RuntimeServerError as err:
+        return _error(HTTP_STATUS.get(err.code, 400), str(err))
+    except web.HTTPMethodNotAllowed:
+        return _error(405, "Method Not Allowed")
+    except web.HTTPNotFound:
+        return _error(404, "Not Found")
+    except web.HTTPException:
+        raise
+    except Exception:
+        LOGGER.exception("unhandled error in HTTP %s %s", request.method, request.path)
+        return _error(500, "internal error; see server log")
+
+
+async def _body_json(request: web.Request) -> dict[str, Any]:
+    """An optional JSON object body (repository and shared-memory routes)."""
+    body = await request.read()
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("failed to parse the request JSON buffer: not a JSON object")
+    return data
+
+
+class HttpFrontend:
+    """The aiohttp application and its listening site."""
+
+    def __init__(self, servicer: InferenceServicer, max_body_bytes: int) -> None:
+        self.servicer = servicer
+        self._ctx = _Context()
+        self.app = web.Application(middlewares=[_errors], client_max_size=max_body_bytes)
+        self._routes()
+        self._runner: web.AppRunner | None = None
+        self.port = -1
+
+    def _routes(self) -> None:
+        r = self.app.router
+        m = "/v2/models/{model}"
+        mv = "/v2/models/{model}/versions/{version}"
+        r.add_get("/v2/health/live", self.live)
+        r.add_get("/v2/health/ready", self.ready)
+        r.add_get("/v2", self.server_metadata)
+        r.add_get("/v2/models/stats", self.statistics)
+        for base in (m, mv):
+            r.add_get(base, self.model_metadata)
+            r.add_get(base + "/ready", self.model_ready)
+            r.add_get(base + "/config", self.model_config)
+            r.add_get(base + "/stats", self.statistics)
+            r.add_post(base + "/infer", self.infer)
+        r.add_post("/v2/repository/index", self.repository_index)
+        r.add_post("/v2/repository/models/{model}/load", self.load)
+        r.add_post("/v2/repository/models/{model}/unload", self.unload)
+        shm = "/v2/systemsharedmemory"
+        r.add_get(shm + "/status", self.shm_status)
+        r.add_get(shm + "/region/{region}/status", self.shm_status)
+        r.add_post(shm + "/region/{region}/register", self.shm_register)
+        r.add_post(shm + "/unregister", self.shm_unregister)
+        r.add_post(shm + "/region/{region}/unregister", self.shm_unregister)
+        r.add_route("*", "/v2/cudasharedmemory/{tail:.*}", self.unsupported)
+        r.add_route("*", "/v2/trace/{tail:.*}", self.unsupported)
+        r.add_route("*", "/v2/logging", self.unsupported)
+
+    # ---- lifecycle ------------------------------------------------------------------
+    async def start(self, host: str, port: int) -> int:
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0, reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ---- routes -----------------------------------------------------------------------
+    async def live(self, request: web.Request) -> web.Response:
+        reply = await self.servicer.ServerLive(pb.ServerLiveRequest(), self._ctx)
+        return web.Response(status=200 if reply.live else 400)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        reply = await self.servicer.ServerReady(pb.ServerReadyRequest(), self._ctx)
+        return web.Response(status=200 if reply.ready else 400)
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["model"], request.match_info.get("version", "")
+        reply = await self.servicer.ModelReady(
+            pb.ModelReadyRequest(name=name, version=version), self._ctx
+        )
+        return web.Response(status=200 if reply.ready else 400)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        reply = await self.servicer.ServerMetadata(pb.ServerMetadataRequest(), self._ctx)
+        return _json(
+            {"name": reply.name, "version": reply.version, "extensions": list(reply.extensions)}
+        )
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["model"], request.match_info.get("version", "")
+        reply = await self.servicer.ModelMetadata(
+            pb.ModelMetadataRequest(name=name, version=version), self._ctx
+        )
+        return _json(http_codec.model_metadata_json(reply))
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["model"], request.match_info.get("version", "")
+        reply = await self.servicer.ModelConfig(
+            pb.ModelConfigRequest(name=name, version=version), self._ctx
+        )
+        return _json(http_codec.message_json(reply.config, defaults=True))
+
+    async def statistics(self, request: web.Request) -> web.Response:
+        name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
+        reply = await self.servicer.ModelStatistics(
+            pb.ModelStatisticsRequest(name=name, version=version), self._ctx
+        )
+        stats = [http_codec.message_json(s, defaults=True) for s in reply.model_stats]
+        return _json({"model_stats": stats})
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        body = await _body_json(request)
+        reply = await self.servicer.RepositoryIndex(
+            pb.RepositoryIndexRequest(ready=bool(body.get("ready", False))), self._ctx
+        )
+        return _json([http_codec.message_json(m) for m in reply.models])
+
+    async def load(self, request: web.Request) -> web.Response:
+        body = await _body_json(request)
+        message = pb.RepositoryModelLoadRequest(model_name=request.match_info["model"])
+        params = body.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidArgument("'parameters' must be a JSON object")
+        if isinstance(params.get("config"), dict):  # NOTE: JSON config given as an object
+            params = {**params, "config": json.dumps(params["config"])}
+        http_codec.parameters_message(params, message.parameters, "load")
+        await self.servicer.RepositoryModelLoad(message, self._ctx)
+        return web.Response(status=200)
+
+    async def unload(self, request: web.Request) -> web.Response:
+        body = await _body_json(request)
+        message = pb.RepositoryModelUnloadRequest(model_name=request.match_info["model"])
+        params = body.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidArgument("'parameters' must be a JSON object")
+        http_codec.parameters_message(params, message.parameters, "unload")
+        await self.servicer.RepositoryModelUnload(message, self._ctx)
+        return web.Response(status=200)
+
+    async def shm_status(self, request: web.Request) -> web.Response:
+        reply = await self.servicer.SystemSharedMemoryStatus(
+            pb.SystemSharedMemoryStatusRequest(name=request.match_info.get("region", "")),
+            self._ctx,
+        )
+        regions = [http_codec.message_json(r, defaults=True) for r in reply.regions.values()]
+        return _json(regions)
+
+    async def shm_register(self, request: web.Request) -> web.Response:
+        body = await _body_json(request)
+        key, offset, size = body.get("key"), body.get("offset", 0), body.get("byte_size")
+        if not isinstance(key, str) or not isinstance(offset, int) or not isinstance(size, int):
+            raise InvalidArgument(
+                "shared memory register needs 'key' (string), 'offset' and 'byte_size' (integers)"
+            )
+        await self.servicer.SystemSharedMemoryRegister(
+            pb.SystemSharedMemoryRegisterRequest(
+                name=request.match_info["region"], key=key, offset=offset, byte_size=size
+            ),
+            self._ctx,
+        )
+        return web.Response(status=200)
+
+    async def shm_unregister(self, request: web.Request) -> web.Response:
+        await self.servicer.SystemSharedMemoryUnregister(
+            pb.SystemSharedMemoryUnregisterRequest(name=request.match_info.get("region", "")),
+            self._ctx,
+        )
+        return web.Response(status=200)
+
+    async def unsupported(self, request: web.Request) -> web.Response:
+        return _error(501, "CUDA shared memory, trace and log settings are not supported")
+
+    async def infer(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["model"], request.match_info.get("version", "")
+        body = await request.read()
+        parsed, binary_default, binary = http_codec.parse_infer_request(
+            body, request.headers.get(http_codec.HEADER_LENGTH), name, version
+        )
+
+        def encode(*args: Any) -> http_codec.HttpBody:
+            model_name, model_version, request_id, outputs, names, in_shm = args
+            return http_codec.encode_response(
+                model_name, model_version, request_id, outputs, names,
+                binary_default, binary, in_shm,
+            )  # fmt: skip
+
+        try:
+            answer = await self.servicer._infer(parsed, encode=encode)
+        except RuntimeServerError as err:  # NOTE: as ModelInfer's _rpc wrapper answers
+            return _error(HTTP_STATUS.get(err.code, 400), str(err))
+        if answer.header_length is None:
+            return web.Response(body=answer.data, content_type="application/json")
+        return web.Response(
+            body=answer.data,
+            content_type="application/octet-stream",
+            headers={http_codec.HEADER_LENGTH: str(answer.header_length)},
+        )
+
+
+__all__ = ["HTTP_EXTENSIONS", "HttpFrontend"]
