@@ -14,7 +14,7 @@ EXTRAS ?= dev,compare,openvino,native
 IMAGE ?= sparse-runtime:cpu
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: install models models-minilm serve test bench bench-accuracy bench-gpu lint clean
+.PHONY: install models models-minilm serve test bench bench-triton bench-accuracy bench-gpu lint clean
 .PHONY: test-native native native-tools deploy-tools image-tools image image-gpu image-test
 
 install: $(STAMP)
@@ -58,6 +58,11 @@ $(VENV)/.test-extras-stamp: $(STAMP)
 
 bench: models native
 	$(PY) benchmarks/serve_bench.py --frontends python,native
+
+# side by side against real Triton 2.51 (nvidia-pytriton wheel, installed once into
+# benchmarks/.triton-venv); pass options with BENCH_TRITON_ARGS='--models mlp_dense --http'
+bench-triton: models native
+	$(PY) benchmarks/vs_triton.py $(BENCH_TRITON_ARGS)
 
 # the optional native gRPC frontend (`serve --grpc-frontend native`): a C++ grpc++ bridge built
 # in place; where g++, libgrpc++-dev or pybind11 is missing it says so and the build is skipped
