@@ -45,9 +45,10 @@ class Settings:
         default=0, metadata={"help": "0 = info, >=1 debug", "range": (0, 2**31 - 1)}
     )
     intra_op_threads: int = field(
-        default=1,
+        default=0,
         metadata={
-            "help": "onnxruntime intra-op threads per model (0 = all cores)",
+            "help": "onnxruntime intra-op threads per model (0 = onnxruntime's own default, "
+            "one per physical core, as Triton's onnxruntime backend leaves it)",
             "range": (0, 4096),
         },
     )
