@@ -78,7 +78,8 @@ def ensure_installed(venv: Path) -> TritonInstall:
             capture_output=True, text=True, timeout=1800,
         )  # fmt: skip
         if pip.returncode != 0:
-            tail = "\n".join(pip.stderr.strip().splitlines()[-15:])
+            lines = pip.stderr.strip().splitlines()
+            tail = "\n".join(([x for x in lines if not x.startswith("WARNING")] or lines)[-15:])
             raise SystemExit(
                 f"pip could not install {' '.join(packages)} into {venv} "
                 f"(exit {pip.returncode}); the Triton peer needs the nvidia-pytriton wheel "
