@@ -106,8 +106,18 @@ class Server:
     def _observer(self, name: str, version: int):  # noqa: ANN202 - BatchObserver
         return self.metrics.batch_observer(name, version)
 
+    def _request_observer(self, name: str, version: int):  # noqa: ANN202 - RequestObserver
+        def observe(elapsed_ns: int, queued_ns: int) -> None:
+            h = self.metrics.histograms(name, version)
+            h.request.observe(elapsed_ns / 1e9)
+            h.queue.observe(queued_ns / 1e9)
+
+        return observe
+
     def _changed(self) -> None:
         self.metrics.forget_unloaded((m.name, m.version) for m in self.manager.ready_models())
+        if self._native is not None and self.servicer.accepting:
+            self._native.sync(self.manager.ready_models())
         task = asyncio.get_running_loop().create_task(self._refresh_health())
         self._tasks.add(task)  # NOTE: the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
@@ -134,7 +144,8 @@ class Server:
         if s.grpc_frontend == "native":
             address = f"{s.host}:{s.grpc_port}"
             self._native = NativeFrontend(
-                self.servicer, self._health.servicer, address, s.grpc_max_message_bytes
+                self.servicer, self._health.servicer, address, s.grpc_max_message_bytes,
+                self._request_observer,
             )
         else:
             server = self._bind_aio()
@@ -185,6 +196,8 @@ class Server:
             return max(deadline - loop.time(), 0.0)
 
         self.servicer.accepting = False
+        if self._native is not None:
+            self._native.stop_lanes()
         self.servicer.stopping.set()
         await self._health.update(False)
         await self.manager.stop(left())

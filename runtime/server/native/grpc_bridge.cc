@@ -21,12 +21,16 @@
 #include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <cstring>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -34,6 +38,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <unordered_map>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -44,10 +49,13 @@ namespace py = pybind11;
 
 namespace {
 
-enum EventKind { kUnary = 0, kMessage = 1, kEnd = 2, kGone = 3 };
+// kFailed: a request the native lane answered with an error (queue full, cancelled while
+// queued): Python counts it against the model (id: lane id, method: reason, payload: ns).
+enum EventKind { kUnary = 0, kMessage = 1, kEnd = 2, kGone = 3, kFailed = 4 };
 
 class Bridge;
 class Call;
+class Lane;
 
 // Something a completion-queue tag points at.
 class Tagged {
@@ -112,6 +120,17 @@ class Call : public Tagged {
   uint64_t id() const { return id_; }
   bool streaming() const { return streaming_; }
 
+  // Completion-queue thread: the native lane took this call (it answers it, not Python).
+  void SetLane(std::shared_ptr<Lane> lane) {
+    std::lock_guard<std::mutex> lock(mu_);
+    lane_ = std::move(lane);
+  }
+  // Has the call ended (answered, cancelled by its client, or past its deadline)?
+  bool Gone() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
+  }
+
  private:
   void StartWrite();  // with mu_ held
   bool Finished();    // with mu_ held: may the call be deleted?
@@ -137,6 +156,7 @@ class Call : public Tagged {
   bool write_in_flight_ = false;
   grpc::Status status_;
   std::deque<std::string> writes_;
+  std::shared_ptr<Lane> lane_;  // set when a native lane answers this call
 };
 
 void OpTag::Proceed(bool ok) { call_->OnOp(op_, ok); }
@@ -200,6 +220,21 @@ class Bridge {
   }
 
   int fileno() const { return efd_; }
+  int max_message_bytes() const { return max_message_bytes_; }
+
+  // Native lanes (see Lane): one per model name that Python registered for the native path.
+  std::shared_ptr<Lane> AddLane(py::str name, py::str version, py::list inputs,
+                                std::vector<std::string> outputs, int max_rows, int64_t delay_us,
+                                int target_rows, int64_t max_queue, int policy);
+  void RemoveLane(Lane* lane);
+  // Python says whether new requests may take the native path at all (not while stopping).
+  void SetFast(bool on) {
+    std::lock_guard<std::mutex> lock(lanes_mu_);
+    fast_ = on;
+  }
+  // Completion-queue thread: a lane takes this ModelInfer call (true), or Python gets it.
+  bool TryFast(Call* call, std::string& body);
+
   bool IsStreaming(const std::string& method) const { return streaming_.count(method) > 0; }
 
   // Every call gets an id; streams are also registered, as Python addresses them by id.
@@ -323,9 +358,753 @@ class Bridge {
   bool outbox_open_ = false;
   grpc::Alarm wake_;
   WakeTag wake_tag_;
+  std::mutex lanes_mu_;
+  std::unordered_map<std::string, std::shared_ptr<Lane>> lanes_;
+  uint64_t last_lane_id_ = 0;
+  bool fast_ = true;
 };
 
 void WakeTag::Proceed(bool) { bridge_->RunOutbox(); }
+
+// ---- The native inference lane ------------------------------------------------------------
+// Why: with the bytes-only bridge, every request still cost ~100 us of Python on the event
+// loop (parse, validate, queue, future, encode, answer); the engine thread waited on it.
+// For a model Python registers (batched, dynamic batching, fixed-size datatypes, no queue
+// timeouts), a ModelInfer request is parsed here with a small protobuf wire reader, checked
+// against the model's inputs and queued per model; Python engine threads (one per instance)
+// take one batch per call as numpy arrays over contiguous buffers, run the engine and hand
+// the outputs back; the responses are written here. Whatever this path does not take exactly
+// as the Python path would (any validation failure, parameters, typed contents, classes,
+// shared memory, an unknown model or version) goes to Python untouched, which answers it with
+// Triton's status and wording, and so does a request that finds the lane's queue full (the
+// Python batcher counts this queue in the model's limit). Only two answers come from here:
+// CANCELLED when a caller leaves while queued, and what Python says.
+
+int64_t NowNs() {
+  // NOTE: steady_clock is CLOCK_MONOTONIC, as Python's time.perf_counter_ns
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Protobuf wire format, just what a ModelInferRequest needs; every failure means "fall back".
+class WireReader {
+ public:
+  WireReader(const uint8_t* p, size_t n) : p_(p), end_(p + n) {}
+  bool done() const { return p_ >= end_; }
+  bool Varint(uint64_t* out) {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 64 && p_ < end_; shift += 7) {
+      uint8_t b = *p_++;
+      value |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) {
+        *out = value;
+        return true;
+      }
+    }
+    return false;
+  }
+  // One field: its number and wire type; a varint's value, or a length-delimited span.
+  bool Next(uint32_t* field, int* type, uint64_t* value, const uint8_t** data, size_t* len) {
+    uint64_t key;
+    if (!Varint(&key)) return false;
+    *field = static_cast<uint32_t>(key >> 3);
+    *type = static_cast<int>(key & 7);
+    if (*field == 0) return false;
+    switch (*type) {
+      case 0:
+        return Varint(value);
+      case 1:
+        if (end_ - p_ < 8) return false;
+        p_ += 8;
+        return true;
+      case 5:
+        if (end_ - p_ < 4) return false;
+        p_ += 4;
+        return true;
+      case 2: {
+        uint64_t n;
+        if (!Varint(&n) || n > static_cast<uint64_t>(end_ - p_)) return false;
+        *data = p_;
+        *len = static_cast<size_t>(n);
+        p_ += n;
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+ private:
+  const uint8_t* p_;
+  const uint8_t* end_;
+};
+
+struct InputView {
+  std::string name, datatype;
+  std::vector<int64_t> shape;
+  size_t raw_offset = 0, raw_len = 0;
+  bool has_raw = false;
+};
+
+struct ParsedRequest {
+  std::string model, version, id;
+  std::vector<InputView> inputs;
+  std::vector<std::string> outputs;
+  std::vector<std::pair<size_t, size_t>> raw;  // offset, length in the request bytes
+};
+
+bool ParseShape(int type, uint64_t value, const uint8_t* data, size_t len,
+                std::vector<int64_t>* shape) {
+  if (type == 0) {
+    shape->push_back(static_cast<int64_t>(value));
+    return true;
+  }
+  if (type != 2) return false;
+  WireReader packed(data, len);
+  while (!packed.done()) {
+    uint64_t v;
+    if (!packed.Varint(&v)) return false;
+    shape->push_back(static_cast<int64_t>(v));
+  }
+  return true;
+}
+
+bool ParseInput(const uint8_t* data, size_t len, InputView* in) {
+  WireReader r(data, len);
+  while (!r.done()) {
+    uint32_t field;
+    int type;
+    uint64_t value = 0;
+    const uint8_t* d = nullptr;
+    size_t n = 0;
+    if (!r.Next(&field, &type, &value, &d, &n)) return false;
+    if (field == 1 && type == 2) {
+      in->name.assign(reinterpret_cast<const char*>(d), n);
+    } else if (field == 2 && type == 2) {
+      in->datatype.assign(reinterpret_cast<const char*>(d), n);
+    } else if (field == 3) {
+      if (!ParseShape(type, value, d, n, &in->shape)) return false;
+    } else {
+      return false;  // parameters, typed contents, anything else: Python's path
+    }
+  }
+  return true;
+}
+
+bool ParseOutput(const uint8_t* data, size_t len, std::string* name) {
+  WireReader r(data, len);
+  while (!r.done()) {
+    uint32_t field;
+    int type;
+    uint64_t value = 0;
+    const uint8_t* d = nullptr;
+    size_t n = 0;
+    if (!r.Next(&field, &type, &value, &d, &n)) return false;
+    if (field == 1 && type == 2) {
+      name->assign(reinterpret_cast<const char*>(d), n);
+    } else {
+      return false;  // parameters (classification, shared memory): Python's path
+    }
+  }
+  return true;
+}
+
+bool ParseRequest(const std::string& body, ParsedRequest* out) {
+  const uint8_t* base = reinterpret_cast<const uint8_t*>(body.data());
+  WireReader r(base, body.size());
+  while (!r.done()) {
+    uint32_t field;
+    int type;
+    uint64_t value = 0;
+    const uint8_t* d = nullptr;
+    size_t n = 0;
+    if (!r.Next(&field, &type, &value, &d, &n) || type != 2) return false;
+    const char* text = reinterpret_cast<const char*>(d);
+    switch (field) {
+      case 1:
+        out->model.assign(text, n);
+        break;
+      case 2:
+        out->version.assign(text, n);
+        break;
+      case 3:
+        out->id.assign(text, n);
+        break;
+      case 5:
+        out->inputs.emplace_back();
+        if (!ParseInput(d, n, &out->inputs.back())) return false;
+        break;
+      case 6:
+        out->outputs.emplace_back();
+        if (!ParseOutput(d, n, &out->outputs.back())) return false;
+        break;
+      case 7:
+        out->raw.emplace_back(static_cast<size_t>(d - base), n);
+        break;
+      default:
+        return false;  // request parameters (timeout, priority, sequence...): Python's path
+    }
+  }
+  return true;
+}
+
+void PutVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    n++;
+  }
+  return n;
+}
+
+void PutBytes(std::string* out, uint32_t field, const char* data, size_t len) {
+  PutVarint(out, (static_cast<uint64_t>(field) << 3) | 2);
+  PutVarint(out, len);
+  out->append(data, len);
+}
+
+void PutString(std::string* out, uint32_t field, const std::string& s) {
+  PutBytes(out, field, s.data(), s.size());
+}
+
+struct LaneInput {
+  std::string name, datatype, dtype;  // dtype: numpy's, e.g. "<f4"
+  size_t itemsize;
+  std::vector<int64_t> dims;  // without the batch dim; -1 = any
+};
+
+// One request the lane holds: its bytes (the raw inputs stay in them), where they are, and
+// what it asked for.
+struct Pending {
+  Call* call = nullptr;
+  std::string body;
+  ParsedRequest req;
+  std::vector<size_t> raw_of_input;  // lane input index -> index into req.raw
+  int64_t rows = 0;
+  std::string signature;  // non-batch dims of every input: only equal ones share a batch
+  int64_t arrival_ns = 0;
+  std::string response;
+  grpc::Status status;
+  int outcome = -1;  // see Batch::Outcomes
+};
+
+struct OutView {
+  std::string name, datatype;
+  std::vector<int64_t> shape;  // of the whole array
+  const char* data;
+  size_t nbytes;
+};
+
+enum Policy { kReturning = 0, kTriton = 1 };
+enum Outcome { kOk = 0, kFailedByPython = 1, kGoneOutcome = 2, kTooLarge = 3 };
+
+class Batch;
+
+class Lane : public std::enable_shared_from_this<Lane> {
+ public:
+  Lane(Bridge* bridge, uint64_t id, std::string name, std::string version,
+       std::vector<LaneInput> inputs, std::vector<std::string> outputs, int max_rows,
+       int64_t delay_ns, int target_rows, int64_t max_queue, int policy)
+      : bridge_(bridge), id_(id), name_(std::move(name)), version_(std::move(version)),
+        inputs_(std::move(inputs)), outputs_(std::move(outputs)),
+        max_rows_(std::max(max_rows, 1)), delay_ns_(delay_ns),
+        target_rows_(std::max(1, std::min(target_rows, max_rows_))),
+        max_queue_(max_queue > 0 ? max_queue : (int64_t(1) << 62)), policy_(policy) {}
+
+  uint64_t id() const { return id_; }
+  const std::string& name() const { return name_; }
+
+  // Completion-queue thread: does this request fit the model exactly as the Python path
+  // would accept it? Fills rows, signature and where each input's bytes are.
+  bool Accepts(Pending* p) const {
+    const ParsedRequest& r = p->req;
+    if (!r.version.empty() && r.version != version_) return false;
+    if (r.inputs.size() != inputs_.size() || r.raw.size() != r.inputs.size()) return false;
+    p->raw_of_input.assign(inputs_.size(), SIZE_MAX);
+    int64_t rows = -1;
+    std::string signature;
+    for (size_t k = 0; k < r.inputs.size(); k++) {
+      const InputView& in = r.inputs[k];
+      size_t i = 0;
+      while (i < inputs_.size() && inputs_[i].name != in.name) i++;
+      if (i == inputs_.size() || p->raw_of_input[i] != SIZE_MAX) return false;
+      const LaneInput& spec = inputs_[i];
+      if (in.datatype != spec.datatype || in.shape.size() != spec.dims.size() + 1) return false;
+      if (in.shape[0] < 1 || in.shape[0] > max_rows_) return false;
+      if (rows != -1 && in.shape[0] != rows) return false;
+      rows = in.shape[0];
+      uint64_t count = static_cast<uint64_t>(rows);
+      for (size_t d = 0; d < spec.dims.size(); d++) {
+        int64_t got = in.shape[d + 1];
+        if (got < 0 || (spec.dims[d] != -1 && spec.dims[d] != got)) return false;
+        if (got != 0 && count > (uint64_t(1) << 40) / static_cast<uint64_t>(got)) return false;
+        count *= static_cast<uint64_t>(got);
+      }
+      if (r.raw[k].second != count * spec.itemsize) return false;
+      p->raw_of_input[i] = k;
+    }
+    for (size_t i = 0; i < inputs_.size(); i++) {
+      const auto& shape = r.inputs[p->raw_of_input[i]].shape;
+      signature.append(reinterpret_cast<const char*>(shape.data() + 1),
+                       (shape.size() - 1) * sizeof(int64_t));
+    }
+    std::set<std::string> seen;
+    for (const std::string& out : r.outputs) {
+      if (std::find(outputs_.begin(), outputs_.end(), out) == outputs_.end()) return false;
+      if (!seen.insert(out).second) return false;
+    }
+    p->rows = rows;
+    p->signature = std::move(signature);
+    return true;
+  }
+
+  // Completion-queue thread: queue it (false: closed or full; the Python path answers it,
+  // counting this queue in the model's limit).
+  bool Admit(std::unique_ptr<Pending>& p);
+  // Completion-queue thread: the caller left; a request still queued leaves the queue.
+  void Cancel(Call* call);
+
+  // Python engine thread: the next batch (None once stopped and empty); GIL released while
+  // it waits.
+  py::object NextBatch();
+
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = false;
+  }
+  bool open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return open_;
+  }
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_ = false;
+      stopping_ = true;
+    }
+    cv_.notify_all();
+  }
+  int64_t Outstanding() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int64_t>(queue_.size()) + in_batches_;
+  }
+  int64_t Queued() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int64_t>(queue_.size());
+  }
+  // Python: answer every queued request with this status (unload past its grace period);
+  // returns their arrival times, for the failure statistics.
+  std::vector<int64_t> AbortQueued(int code, const std::string& message);
+
+  // Batch: its requests are answered (sent); `size` requests, the last call ran `size` ones.
+  void Done(size_t size);
+
+  const std::vector<LaneInput>& inputs() const { return inputs_; }
+  const std::string& version() const { return version_; }
+  Bridge* bridge() const { return bridge_; }
+  void ReportFailure(const char* reason, int64_t ns);
+
+ private:
+  Bridge* bridge_;
+  uint64_t id_;
+  std::string name_, version_;
+  std::vector<LaneInput> inputs_;
+  std::vector<std::string> outputs_;
+  int max_rows_;
+  int64_t delay_ns_;
+  int target_rows_;
+  int64_t max_queue_;
+  int policy_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Pending>> queue_;
+  int64_t queued_rows_ = 0;
+  int64_t in_batches_ = 0;  // requests taken by a batch and not yet answered
+  int64_t returning_ = 0;   // requests just answered whose clients may come right back
+  bool open_ = true;
+  bool stopping_ = false;
+};
+
+// What a Python engine thread holds: the batch's inputs as numpy arrays over buffers owned
+// here, and the requests to answer. Answered exactly once: send(), or on deletion INTERNAL.
+class Batch {
+ public:
+  Batch(std::shared_ptr<Lane> lane, std::vector<std::unique_ptr<Pending>> requests,
+        int64_t dispatch_ns)
+      : lane_(std::move(lane)), requests_(std::move(requests)), dispatch_ns_(dispatch_ns) {}
+  ~Batch() {
+    if (!sent_) {
+      for (auto& p : requests_) {
+        if (p->outcome == -1) {
+          p->status = grpc::Status(grpc::StatusCode::INTERNAL, "internal error; see server log");
+          p->outcome = kFailedByPython;
+        }
+      }
+      Post();
+    }
+  }
+
+  void Merge() {  // GIL held: arrays for Python, one contiguous buffer per input
+    int64_t t0 = NowNs();
+    rows_ = 0;
+    for (auto& p : requests_) rows_ += p->rows;
+    py::dict inputs;
+    const auto& specs = lane_->inputs();
+    for (size_t i = 0; i < specs.size(); i++) {
+      const Pending& first = *requests_.front();
+      std::vector<int64_t> shape = first.req.inputs[first.raw_of_input[i]].shape;
+      shape[0] = rows_;
+      size_t total = 0;
+      for (auto& p : requests_) total += p->req.raw[p->raw_of_input[i]].second;
+      auto* buffer = new std::vector<char>(total);
+      size_t at = 0;
+      for (auto& p : requests_) {
+        auto [offset, len] = p->req.raw[p->raw_of_input[i]];
+        if (len) std::memcpy(buffer->data() + at, p->body.data() + offset, len);
+        at += len;
+      }
+      py::capsule owner(buffer, [](void* b) { delete static_cast<std::vector<char>*>(b); });
+      inputs[py::str(specs[i].name)] =
+          py::array(py::dtype(specs[i].dtype), shape, buffer->data(), owner);
+    }
+    inputs_ = inputs;
+    // wanted outputs: the requests' common list, else all (None)
+    const auto& want = requests_.front()->req.outputs;
+    bool same = true;
+    for (auto& p : requests_) same = same && p->req.outputs == want;
+    wanted_ = (same && !want.empty()) ? py::object(py::tuple(py::cast(want))) : py::object(py::none());
+    merge_ns_ = NowNs() - t0;
+  }
+
+  // Encode answers from outputs [(name, datatype, array)]: index -1 = the whole batch's
+  // outputs (batch dim = total rows), else request `index` alone (its own engine call).
+  void Answer(py::list outputs, int index) {
+    std::vector<OutView> views;
+    std::vector<py::array> keep;
+    for (auto item : outputs) {
+      auto t = item.cast<py::tuple>();
+      py::array a = py::array::ensure(t[2], py::array::c_style);
+      if (!a) throw std::invalid_argument("output is not an array");
+      OutView v{t[0].cast<std::string>(), t[1].cast<std::string>(), {},
+                static_cast<const char*>(a.data()), static_cast<size_t>(a.nbytes())};
+      for (py::ssize_t d = 0; d < a.ndim(); d++) v.shape.push_back(a.shape(d));
+      keep.push_back(a);
+      views.push_back(std::move(v));
+    }
+    size_t first = index < 0 ? 0 : static_cast<size_t>(index);
+    size_t last = index < 0 ? requests_.size() : first + 1;
+    int64_t total = 0;
+    for (size_t i = first; i < last; i++) total += requests_[i]->rows;
+    for (const OutView& v : views) {
+      if (v.shape.empty() || v.shape[0] != total) {
+        throw std::invalid_argument("output '" + v.name + "' has batch dim " +
+                                    (v.shape.empty() ? std::string("()")
+                                                     : "(" + std::to_string(v.shape[0]) + ",)") +
+                                    ", expected " + std::to_string(total) + " rows");
+      }
+    }
+    int64_t limit = lane_->bridge()->max_message_bytes();
+    py::gil_scoped_release release;
+    int64_t row = 0;
+    for (size_t i = first; i < last; i++) {
+      Pending& p = *requests_[i];
+      Encode(p, views, row, total);
+      row += p.rows;
+      if (static_cast<int64_t>(p.response.size()) > limit) {
+        p.status = grpc::Status(
+            grpc::StatusCode::RESOURCE_EXHAUSTED,
+            "response of " + std::to_string(p.response.size()) + " bytes exceeds the " +
+                std::to_string(limit) + "-byte limit (--grpc-max-message-bytes)");
+        p.response.clear();
+        p.outcome = kTooLarge;
+      } else {
+        p.outcome = kOk;
+      }
+    }
+  }
+
+  void Fail(int index, int code, const std::string& message) {
+    size_t first = index < 0 ? 0 : static_cast<size_t>(index);
+    size_t last = index < 0 ? requests_.size() : first + 1;
+    for (size_t i = first; i < last; i++) {
+      requests_[i]->status = grpc::Status(static_cast<grpc::StatusCode>(code), message);
+      requests_[i]->response.clear();
+      requests_[i]->outcome = kFailedByPython;
+    }
+  }
+
+  // Per request: 0 answered, 1 failed (by Python), 2 its caller is gone, 3 too large.
+  std::vector<int> Outcomes() {
+    std::vector<int> out;
+    for (auto& p : requests_) {
+      int o = p->outcome < 0 ? kFailedByPython : p->outcome;
+      if (p->call->Gone()) o = kGoneOutcome;
+      out.push_back(o);
+    }
+    return out;
+  }
+
+  void Send() {
+    if (sent_) return;
+    Post();
+  }
+
+  py::object inputs() const { return inputs_; }
+  py::object wanted() const { return wanted_; }
+  int64_t rows() const { return rows_; }
+  size_t size() const { return requests_.size(); }
+  int64_t dispatch_ns() const { return dispatch_ns_; }
+  int64_t merge_ns() const { return merge_ns_; }
+  std::vector<int64_t> arrivals() const {
+    std::vector<int64_t> out;
+    for (auto& p : requests_) out.push_back(p->arrival_ns);
+    return out;
+  }
+  std::vector<int64_t> row_counts() const {
+    std::vector<int64_t> out;
+    for (auto& p : requests_) out.push_back(p->rows);
+    return out;
+  }
+
+ private:
+  void Encode(Pending& p, const std::vector<OutView>& views, int64_t row, int64_t total);
+  void Post();
+
+  std::shared_ptr<Lane> lane_;
+  std::vector<std::unique_ptr<Pending>> requests_;
+  int64_t dispatch_ns_;
+  int64_t merge_ns_ = 0;
+  int64_t rows_ = 0;
+  py::object inputs_ = py::none();
+  py::object wanted_ = py::none();
+  bool sent_ = false;
+};
+
+void Batch::Encode(Pending& p, const std::vector<OutView>& views, int64_t row, int64_t total) {
+  std::string& out = p.response;
+  out.clear();
+  std::vector<const OutView*> chosen;
+  if (p.req.outputs.empty()) {
+    for (const OutView& v : views) chosen.push_back(&v);
+  } else {
+    for (const std::string& name : p.req.outputs) {
+      for (const OutView& v : views) {
+        if (v.name == name) chosen.push_back(&v);
+      }
+    }
+  }
+  size_t size = 64 + p.req.id.size();
+  for (const OutView* v : chosen) size += 64 + v->nbytes / std::max<int64_t>(total, 1);
+  out.reserve(size);
+  PutString(&out, 1, lane_->name());
+  PutString(&out, 2, lane_->version());
+  if (!p.req.id.empty()) PutString(&out, 3, p.req.id);
+  for (const OutView* v : chosen) {
+    std::string packed;
+    PutVarint(&packed, static_cast<uint64_t>(p.rows));
+    for (size_t d = 1; d < v->shape.size(); d++) PutVarint(&packed, v->shape[d]);
+    size_t len = 1 + VarintSize(v->name.size()) + v->name.size() + 1 +
+                 VarintSize(v->datatype.size()) + v->datatype.size() + 1 +
+                 VarintSize(packed.size()) + packed.size();
+    PutVarint(&out, (5u << 3) | 2);
+    PutVarint(&out, len);
+    PutString(&out, 1, v->name);
+    PutString(&out, 2, v->datatype);
+    PutString(&out, 3, packed);
+  }
+  for (const OutView* v : chosen) {
+    size_t row_bytes = v->nbytes / static_cast<size_t>(std::max<int64_t>(total, 1));
+    PutBytes(&out, 6, v->data + row_bytes * row, row_bytes * p.rows);
+  }
+}
+
+void Batch::Post() {
+  sent_ = true;
+  Bridge* bridge = lane_->bridge();
+  for (auto& p : requests_) {
+    Call* call = p->call;
+    if (p->outcome == kOk) {
+      bridge->Post([call, body = std::move(p->response)]() mutable { call->Write(std::move(body)); });
+    } else {
+      grpc::Status status = p->status;
+      bridge->Post([call, status] { call->Finish(status); });
+    }
+  }
+  bridge->Flush();
+  lane_->Done(requests_.size());
+}
+
+void Lane::ReportFailure(const char* reason, int64_t ns) {
+  bridge_->Push({nullptr, id_, kFailed, reason, std::to_string(ns)});
+}
+
+bool Lane::Admit(std::unique_ptr<Pending>& p) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!open_ || static_cast<int64_t>(queue_.size()) >= max_queue_) return false;
+  p->call->SetLane(shared_from_this());
+  bool was_empty = queue_.empty();
+  queued_rows_ += p->rows;
+  queue_.push_back(std::move(p));
+  if (returning_ > 0) returning_--;
+  // NOTE: wake the engine thread only when its decision can change
+  bool wake = was_empty || queued_rows_ >= target_rows_ ||
+              (policy_ == kReturning && returning_ == 0);
+  if (wake) cv_.notify_one();
+  return true;
+}
+
+void Lane::Cancel(Call* call) {
+  std::unique_ptr<Pending> gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+      if ((*it)->call == call) {
+        gone = std::move(*it);
+        queue_.erase(it);
+        queued_rows_ -= gone->rows;
+        break;
+      }
+    }
+  }
+  if (!gone) return;  // in a batch: answered (and counted CANCELED) when the batch is done
+  call->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+  ReportFailure("CANCELED", NowNs() - gone->arrival_ns);
+}
+
+py::object Lane::NextBatch() {
+  std::vector<std::unique_ptr<Pending>> batch;
+  int64_t now = 0;
+  bool stopped = false;
+  {
+    py::gil_scoped_release release;  // NOTE: no Python object may be touched in here
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      if (queue_.empty()) {
+        if (stopping_) {
+          stopped = true;
+          break;
+        }
+        cv_.wait(lock);
+        continue;
+      }
+      if (stopping_ || delay_ns_ <= 0 || queued_rows_ >= target_rows_) break;
+      now = NowNs();
+      int64_t deadline = queue_.front()->arrival_ns + delay_ns_;
+      bool more_coming = policy_ == kTriton || returning_ > 0;
+      if (!more_coming || now >= deadline) break;
+      cv_.wait_until(lock, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline)));
+    }
+    if (!stopped) {
+      returning_ = 0;
+      // the oldest request and every later one of the same shapes, up to max_batch_size rows
+      const std::string signature = queue_.front()->signature;
+      int64_t rows = 0;
+      for (auto it = queue_.begin(); it != queue_.end() && rows < max_rows_;) {
+        if ((*it)->signature == signature && rows + (*it)->rows <= max_rows_) {
+          rows += (*it)->rows;
+          batch.push_back(std::move(*it));
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      queued_rows_ -= rows;
+      in_batches_ += static_cast<int64_t>(batch.size());
+      now = NowNs();
+    }
+  }
+  if (stopped) return py::none();
+  auto out = std::make_unique<Batch>(shared_from_this(), std::move(batch), now);
+  out->Merge();
+  return py::cast(std::move(out));
+}
+
+void Lane::Done(size_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  in_batches_ -= static_cast<int64_t>(size);
+  // clients just answered tend to send again at once (closed-loop load)
+  returning_ = size > 1 ? static_cast<int64_t>(size) : 0;
+}
+
+std::vector<int64_t> Lane::AbortQueued(int code, const std::string& message) {
+  std::deque<std::unique_ptr<Pending>> queued;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queued.swap(queue_);
+    queued_rows_ = 0;
+  }
+  std::vector<int64_t> arrivals;
+  grpc::Status status(static_cast<grpc::StatusCode>(code), message);
+  for (auto& p : queued) {
+    Call* call = p->call;
+    bridge_->Post([call, status] { call->Finish(status); });
+    arrivals.push_back(p->arrival_ns);
+  }
+  bridge_->Flush();
+  return arrivals;
+}
+
+std::shared_ptr<Lane> Bridge::AddLane(py::str name, py::str version, py::list inputs,
+                                      std::vector<std::string> outputs, int max_rows,
+                                      int64_t delay_us, int target_rows, int64_t max_queue,
+                                      int policy) {
+  std::vector<LaneInput> specs;
+  for (auto item : inputs) {
+    auto t = item.cast<py::tuple>();
+    specs.push_back({t[0].cast<std::string>(), t[1].cast<std::string>(),
+                     t[2].cast<std::string>(), t[3].cast<size_t>(),
+                     t[4].cast<std::vector<int64_t>>()});
+  }
+  std::lock_guard<std::mutex> lock(lanes_mu_);
+  auto lane = std::make_shared<Lane>(this, ++last_lane_id_, name.cast<std::string>(),
+                                     version.cast<std::string>(), std::move(specs),
+                                     std::move(outputs), max_rows, delay_us * 1000, target_rows,
+                                     max_queue, policy);
+  auto& slot = lanes_[lane->name()];
+  if (slot) slot->Close();
+  slot = lane;
+  return lane;
+}
+
+void Bridge::RemoveLane(Lane* lane) {
+  lane->Close();
+  std::lock_guard<std::mutex> lock(lanes_mu_);
+  auto it = lanes_.find(lane->name());
+  if (it != lanes_.end() && it->second.get() == lane) lanes_.erase(it);
+}
+
+bool Bridge::TryFast(Call* call, std::string& body) {
+  static const std::string kModelInfer = "/inference.GRPCInferenceService/ModelInfer";
+  if (call->method() != kModelInfer) return false;
+  auto p = std::make_unique<Pending>();
+  p->arrival_ns = NowNs();
+  if (!ParseRequest(body, &p->req)) return false;
+  std::shared_ptr<Lane> lane;
+  {
+    std::lock_guard<std::mutex> lock(lanes_mu_);
+    if (!fast_) return false;
+    auto it = lanes_.find(p->req.model);
+    if (it == lanes_.end()) return false;
+    lane = it->second;
+  }
+  if (!lane->Accepts(p.get())) return false;
+  p->call = call;
+  p->body = std::move(body);
+  if (lane->Admit(p)) return true;
+  body = std::move(p->body);
+  return false;
+}
+
 
 // What Python holds for a unary call: answer it once; later answers are ignored.
 class CallHandle {
@@ -375,7 +1154,7 @@ py::list Bridge::Poll() {
       handle = py::cast(std::make_unique<CallHandle>(this, e.call, e.method, e.call->peer()));
     }
     py::object payload = py::none();
-    if (e.kind == kUnary || e.kind == kMessage) payload = py::bytes(e.payload);
+    if (e.kind != kEnd && e.kind != kGone) payload = py::bytes(e.payload);
     out.append(py::make_tuple(handle, py::str(e.method), payload, static_cast<int>(e.kind), e.id));
   }
   return out;
@@ -399,13 +1178,18 @@ void Call::Proceed(bool ok) {
 
 void Call::OnOp(Op op, bool ok) {
   bool remove = false;
+  bool hand_over = false;  // a unary request was read: a native lane or Python answers it
+  std::string body;
+  std::shared_ptr<Lane> cancel;  // a native lane's call whose caller left unanswered
   {
     std::lock_guard<std::mutex> lock(mu_);
     switch (op) {
       case Op::kDone:
         done_ = true;
         // NOTE: a unary call answered normally is done too; only an unanswered one is news
-        if (streaming_ || (delivered_ && !finish_requested_)) {
+        if (lane_ && !finish_requested_) {
+          cancel = lane_;
+        } else if (streaming_ || (delivered_ && !finish_requested_)) {
           bridge_->Push({nullptr, id_, kGone, ctx_.method(), {}});
         }
         break;
@@ -414,7 +1198,8 @@ void Call::OnOp(Op op, bool ok) {
         if (!streaming_) {
           if (ok) {
             delivered_ = true;
-            bridge_->Push({this, id_, kUnary, ctx_.method(), Drain(&request_)});
+            hand_over = true;
+            body = Drain(&request_);
           } else if (!finish_started_) {  // the client went away before its message
             finish_started_ = true;
             pending_++;
@@ -444,6 +1229,10 @@ void Call::OnOp(Op op, bool ok) {
     }
     remove = Finished();
   }
+  if (hand_over && !bridge_->TryFast(this, body)) {
+    bridge_->Push({this, id_, kUnary, ctx_.method(), std::move(body)});
+  }
+  if (cancel) cancel->Cancel(this);
   if (!remove) return;
   if (streaming_) {
     // NOTE: the ops lock is Python's only way in: re-check and unregister under it
@@ -510,6 +1299,28 @@ PYBIND11_MODULE(_grpc_bridge, m) {
       .def_property_readonly("method", &CallHandle::method)
       .def_property_readonly("peer", &CallHandle::peer)
       .def_property_readonly("answered", &CallHandle::answered);
+  m.attr("FAILED") = static_cast<int>(kFailed);
+  py::class_<Batch>(m, "Batch")
+      .def_property_readonly("inputs", &Batch::inputs)
+      .def_property_readonly("wanted", &Batch::wanted)
+      .def_property_readonly("rows", &Batch::rows)
+      .def_property_readonly("size", &Batch::size)
+      .def_property_readonly("dispatch_ns", &Batch::dispatch_ns)
+      .def_property_readonly("merge_ns", &Batch::merge_ns)
+      .def_property_readonly("arrivals", &Batch::arrivals)
+      .def_property_readonly("row_counts", &Batch::row_counts)
+      .def("answer", &Batch::Answer, py::arg("outputs"), py::arg("index") = -1)
+      .def("fail", &Batch::Fail, py::arg("index"), py::arg("code"), py::arg("message"))
+      .def("outcomes", &Batch::Outcomes)
+      .def("send", &Batch::Send);
+  py::class_<Lane, std::shared_ptr<Lane>>(m, "Lane")
+      .def_property_readonly("id", &Lane::id)
+      .def("next_batch", &Lane::NextBatch)
+      .def("close", &Lane::Close)
+      .def("stop", &Lane::Stop)
+      .def("outstanding", &Lane::Outstanding)
+      .def("queued", &Lane::Queued)
+      .def("abort_queued", &Lane::AbortQueued, py::arg("code"), py::arg("message"));
   py::class_<Bridge>(m, "Bridge")
       .def(py::init<std::string, int, int, std::vector<std::string>>(), py::arg("address"),
            py::arg("max_message_bytes"), py::arg("threads") = 1,
@@ -521,5 +1332,10 @@ PYBIND11_MODULE(_grpc_bridge, m) {
       .def("finish", &Bridge::FinishStream, py::arg("stream_id"), py::arg("code"),
            py::arg("message"))
       .def("flush", &Bridge::Flush)
+      .def("add_lane", &Bridge::AddLane, py::arg("name"), py::arg("version"), py::arg("inputs"),
+           py::arg("outputs"), py::arg("max_rows"), py::arg("delay_us"), py::arg("target_rows"),
+           py::arg("max_queue"), py::arg("policy"))
+      .def("remove_lane", [](Bridge& b, Lane& lane) { b.RemoveLane(&lane); })
+      .def("set_fast", &Bridge::SetFast, py::arg("on"))
       .def("shutdown", &Bridge::Shutdown, py::arg("grace_s"));
 }
