@@ -290,7 +290,7 @@ def run(args: argparse.Namespace, work: Path, started: list[subprocess.Popen]) -
     for model in models:  # warm-up, not counted
         for t in targets:
             try:
-                perf_window(t.protocol, t.url, model, 4, 500)
+                perf_window(t.protocol, t.url, model, 4, max(1000, args.window_ms))
             except RuntimeError as exc:
                 print(f"warm-up {model} {t.label}: {exc}", flush=True)
     stopped = None
