@@ -389,6 +389,9 @@ class NativeFrontend:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         await asyncio.to_thread(self._bridge.shutdown, 0.0)
+        native, python = self._bridge.infer_counts()
+        LOGGER.info("ModelInfer calls: %d served by native lanes, %d by the Python path",
+                    native, python)  # fmt: skip
 
     def _on_ready_final(self) -> None:
         """Calls read but not yet dispatched when stopping get UNAVAILABLE, not silence;

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -234,6 +235,9 @@ class Bridge {
   }
   // Completion-queue thread: a lane takes this ModelInfer call (true), or Python gets it.
   bool TryFast(Call* call, std::string& body);
+  bool TakeFast(Call* call, std::string& body);
+  // ModelInfer calls taken by a native lane, and left to Python (for tests and benchmarks)
+  std::pair<uint64_t, uint64_t> InferCounts() const { return {native_infers_, python_infers_}; }
 
   bool IsStreaming(const std::string& method) const { return streaming_.count(method) > 0; }
 
@@ -362,6 +366,7 @@ class Bridge {
   std::unordered_map<std::string, std::shared_ptr<Lane>> lanes_;
   uint64_t last_lane_id_ = 0;
   bool fast_ = true;
+  std::atomic<uint64_t> native_infers_{0}, python_infers_{0};
 };
 
 void WakeTag::Proceed(bool) { bridge_->RunOutbox(); }
@@ -374,10 +379,11 @@ void WakeTag::Proceed(bool) { bridge_->RunOutbox(); }
 // against the model's inputs and queued per model; Python engine threads (one per instance)
 // take one batch per call as numpy arrays over contiguous buffers, run the engine and hand
 // the outputs back; the responses are written here. Whatever this path does not take exactly
-// as the Python path would (any validation failure, parameters, typed contents, classes,
-// shared memory, an unknown model or version) goes to Python untouched, which answers it with
-// Triton's status and wording, and so does a request that finds the lane's queue full (the
-// Python batcher counts this queue in the model's limit). Only two answers come from here:
+// as the Python path would (any validation failure, input or output parameters, typed
+// contents, classes, shared memory, a `timeout` parameter, an unknown model or version) goes
+// to Python untouched, which answers it with Triton's status and wording, and so does a
+// request that finds the lane's queue full (the Python batcher counts this queue in the
+// model's limit). Only two answers come from here:
 // CANCELLED when a caller leaves while queued, and what Python says.
 
 int64_t NowNs() {
@@ -510,6 +516,24 @@ bool ParseOutput(const uint8_t* data, size_t len, std::string* name) {
   return true;
 }
 
+// A request parameter (a map entry: 1 key, 2 value). The Python path reads only `timeout`
+// (and refuses one that is no integer); it ignores the rest, as perf_analyzer's
+// triton_enable_empty_final_response, and so does a lane.
+bool ParameterIgnored(const uint8_t* data, size_t len) {
+  WireReader r(data, len);
+  while (!r.done()) {
+    uint32_t field;
+    int type;
+    uint64_t value = 0;
+    const uint8_t* d = nullptr;
+    size_t n = 0;
+    if (!r.Next(&field, &type, &value, &d, &n)) return false;
+    if (field == 1 && (type != 2 || std::string(reinterpret_cast<const char*>(d), n) == "timeout"))
+      return false;
+  }
+  return true;
+}
+
 bool ParseRequest(const std::string& body, ParsedRequest* out) {
   const uint8_t* base = reinterpret_cast<const uint8_t*>(body.data());
   WireReader r(base, body.size());
@@ -531,6 +555,9 @@ bool ParseRequest(const std::string& body, ParsedRequest* out) {
       case 3:
         out->id.assign(text, n);
         break;
+      case 4:
+        if (!ParameterIgnored(d, n)) return false;
+        break;
       case 5:
         out->inputs.emplace_back();
         if (!ParseInput(d, n, &out->inputs.back())) return false;
@@ -543,7 +570,7 @@ bool ParseRequest(const std::string& body, ParsedRequest* out) {
         out->raw.emplace_back(static_cast<size_t>(d - base), n);
         break;
       default:
-        return false;  // request parameters (timeout, priority, sequence...): Python's path
+        return false;  // a field this reader does not know: Python's path
     }
   }
   return true;
@@ -1086,6 +1113,15 @@ void Bridge::RemoveLane(Lane* lane) {
 bool Bridge::TryFast(Call* call, std::string& body) {
   static const std::string kModelInfer = "/inference.GRPCInferenceService/ModelInfer";
   if (call->method() != kModelInfer) return false;
+  if (!TakeFast(call, body)) {
+    python_infers_++;
+    return false;
+  }
+  native_infers_++;
+  return true;
+}
+
+bool Bridge::TakeFast(Call* call, std::string& body) {
   auto p = std::make_unique<Pending>();
   p->arrival_ns = NowNs();
   if (!ParseRequest(body, &p->req)) return false;
@@ -1337,5 +1373,6 @@ PYBIND11_MODULE(_grpc_bridge, m) {
            py::arg("max_queue"), py::arg("policy"))
       .def("remove_lane", [](Bridge& b, Lane& lane) { b.RemoveLane(&lane); })
       .def("set_fast", &Bridge::SetFast, py::arg("on"))
+      .def("infer_counts", &Bridge::InferCounts)
       .def("shutdown", &Bridge::Shutdown, py::arg("grace_s"));
 }
