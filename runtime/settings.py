@@ -15,7 +15,7 @@ from pathlib import Path
 
 ENV_PREFIX = "SPARSE_RUNTIME_"
 CONTROL_MODES = ("none", "poll", "explicit")
-GRPC_FRONTENDS = ("python", "native")
+GRPC_FRONTENDS = ("auto", "python", "native")
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,10 @@ class Settings:
         },
     )
     grpc_frontend: str = field(
-        default="python",
+        default="auto",
         metadata={
-            "help": "python (grpc.aio) | native (C++ grpc++ bridge; `make native` builds it)",
+            "help": "auto (native where built, else python) | python (grpc.aio) | native "
+            "(C++ grpc++ bridge, `make native` builds it)",
             "choices": GRPC_FRONTENDS,
         },
     )

@@ -24,7 +24,7 @@ from runtime.metrics import Metrics
 from runtime.repository.manager import ModelManager
 from runtime.server import codec
 from runtime.server.health import HealthState
-from runtime.server.native_frontend import NativeFrontend
+from runtime.server.native_frontend import NativeFrontend, load_bridge
 from runtime.server.servicer import InferenceServicer
 from runtime.settings import Settings
 
@@ -102,6 +102,7 @@ class Server:
         self._stopping = asyncio.Event()
         self.grpc_port = 0
         self.metrics_port = -1  # -1: metrics disabled (as the flag says)
+        self.frontend = settings.grpc_frontend
 
     def _observer(self, name: str, version: int):  # noqa: ANN202 - BatchObserver
         return self.metrics.batch_observer(name, version)
@@ -138,10 +139,24 @@ class Server:
             raise OSError(f"cannot bind gRPC port {s.host}:{s.grpc_port}")
         return server
 
+    def _frontend(self) -> str:
+        """The frontend to serve with: `auto` is native where the bridge is built, and says
+        why not (and how to build it) where it is not."""
+        if self.settings.grpc_frontend != "auto":
+            return self.settings.grpc_frontend
+        try:
+            load_bridge()
+        except ImportError as exc:
+            LOGGER.warning("serving gRPC with grpc.aio, slower than the native frontend: %s (%s)",
+                           exc, exc.__cause__)  # fmt: skip
+            return "python"
+        return "native"
+
     async def start(self) -> None:
         s = self.settings
         server: grpc.aio.Server | None = None
-        if s.grpc_frontend == "native":
+        self.frontend = self._frontend()
+        if self.frontend == "native":
             address = f"{s.host}:{s.grpc_port}"
             self._native = NativeFrontend(
                 self.servicer, self._health.servicer, address, s.grpc_max_message_bytes,
@@ -167,7 +182,7 @@ class Server:
         metrics_at = f"on {s.host}:{self.metrics_port}" if self.metrics_port >= 0 else "disabled"
         LOGGER.info(
             "gRPC on %s:%d (%s frontend), metrics %s, repository %s (control mode %s)",
-            s.host, self.grpc_port, s.grpc_frontend, metrics_at,
+            s.host, self.grpc_port, self.frontend, metrics_at,
             s.model_repository, s.model_control_mode,
         )  # fmt: skip
         await self.manager.start_safely()

@@ -25,7 +25,6 @@ import asyncio
 import importlib
 import inspect
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,10 +44,6 @@ LOGGER = logging.getLogger(__name__)
 INFERENCE = "/inference.GRPCInferenceService/"
 HEALTH = "/grpc.health.v1.Health/"
 CALLER_GONE = "the caller left before its answer"  # cancel message for such unary tasks
-BATCH_POLICIES = {"returning": 0, "triton": 1}
-"""How a lane waits for a fuller batch while its engine is free (grpc_bridge.cc, NextBatch):
-`returning` waits (up to max_queue_delay) only for clients whose answers just went out,
-`triton` always waits for the preferred size or the delay, as tritonserver's scheduler."""
 
 
 def load_bridge() -> Any:
@@ -183,8 +178,6 @@ class NativeFrontend:
         self._request_observer = request_observer
         self._lanes: dict[int, NativeLane] = {}  # lane id -> lane, for failures it reports
         self._lane_of: dict[str, NativeLane] = {}  # model name -> its lane now
-        policy = os.environ.get("SPARSE_RUNTIME_BATCH_POLICY", "returning")
-        self._policy = BATCH_POLICIES.get(policy, 0)
         self._handlers = handlers(inference, health)
         streaming = [path for path, h in self._handlers.items() if h.streaming]
         self._bridge = self._native.Bridge(address, max_message_bytes, 1, streaming)
@@ -223,7 +216,7 @@ class NativeFrontend:
             policy = batcher.policy()
             lane = self._bridge.add_lane(
                 m.name, str(m.version), specs, list(m.output_names), policy["max_rows"],
-                policy["delay_us"], policy["target_rows"], policy["max_queue"], self._policy,
+                policy["delay_us"], policy["target_rows"], policy["max_queue"],
             )  # fmt: skip
             assert self._loop is not None
             native = NativeLane(

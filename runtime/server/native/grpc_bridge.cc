@@ -226,7 +226,7 @@ class Bridge {
   // Native lanes (see Lane): one per model name that Python registered for the native path.
   std::shared_ptr<Lane> AddLane(py::str name, py::str version, py::list inputs,
                                 std::vector<std::string> outputs, int max_rows, int64_t delay_us,
-                                int target_rows, int64_t max_queue, int policy);
+                                int target_rows, int64_t max_queue);
   void RemoveLane(Lane* lane);
   // Python says whether new requests may take the native path at all (not while stopping).
   void SetFast(bool on) {
@@ -631,7 +631,6 @@ struct OutView {
   size_t nbytes;
 };
 
-enum Policy { kReturning = 0, kTriton = 1 };
 enum Outcome { kOk = 0, kFailedByPython = 1, kGoneOutcome = 2, kTooLarge = 3 };
 
 class Batch;
@@ -640,12 +639,12 @@ class Lane : public std::enable_shared_from_this<Lane> {
  public:
   Lane(Bridge* bridge, uint64_t id, std::string name, std::string version,
        std::vector<LaneInput> inputs, std::vector<std::string> outputs, int max_rows,
-       int64_t delay_ns, int target_rows, int64_t max_queue, int policy)
+       int64_t delay_ns, int target_rows, int64_t max_queue)
       : bridge_(bridge), id_(id), name_(std::move(name)), version_(std::move(version)),
         inputs_(std::move(inputs)), outputs_(std::move(outputs)),
         max_rows_(std::max(max_rows, 1)), delay_ns_(delay_ns),
         target_rows_(std::max(1, std::min(target_rows, max_rows_))),
-        max_queue_(max_queue > 0 ? max_queue : (int64_t(1) << 62)), policy_(policy) {}
+        max_queue_(max_queue > 0 ? max_queue : (int64_t(1) << 62)) {}
 
   uint64_t id() const { return id_; }
   const std::string& name() const { return name_; }
@@ -750,7 +749,6 @@ class Lane : public std::enable_shared_from_this<Lane> {
   int64_t delay_ns_;
   int target_rows_;
   int64_t max_queue_;
-  int policy_;
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -984,8 +982,7 @@ bool Lane::Admit(std::unique_ptr<Pending>& p) {
   queue_.push_back(std::move(p));
   if (returning_ > 0) returning_--;
   // NOTE: wake the engine thread only when its decision can change
-  bool wake = was_empty || queued_rows_ >= target_rows_ ||
-              (policy_ == kReturning && returning_ == 0);
+  bool wake = was_empty || queued_rows_ >= target_rows_ || returning_ == 0;
   if (wake) cv_.notify_one();
   return true;
 }
@@ -1027,8 +1024,9 @@ py::object Lane::NextBatch() {
       if (stopping_ || delay_ns_ <= 0 || queued_rows_ >= target_rows_) break;
       now = NowNs();
       int64_t deadline = queue_.front()->arrival_ns + delay_ns_;
-      bool more_coming = policy_ == kTriton || returning_ > 0;
-      if (!more_coming || now >= deadline) break;
+      // NOTE: wait only for clients just answered (see README, Dynamic batching); Triton's
+      // scheduler waits for every batch, which at concurrency 1 costs the whole delay
+      if (returning_ == 0 || now >= deadline) break;
       cv_.wait_until(lock, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline)));
     }
     if (!stopped) {
@@ -1083,8 +1081,7 @@ std::vector<int64_t> Lane::AbortQueued(int code, const std::string& message) {
 
 std::shared_ptr<Lane> Bridge::AddLane(py::str name, py::str version, py::list inputs,
                                       std::vector<std::string> outputs, int max_rows,
-                                      int64_t delay_us, int target_rows, int64_t max_queue,
-                                      int policy) {
+                                      int64_t delay_us, int target_rows, int64_t max_queue) {
   std::vector<LaneInput> specs;
   for (auto item : inputs) {
     auto t = item.cast<py::tuple>();
@@ -1096,7 +1093,7 @@ std::shared_ptr<Lane> Bridge::AddLane(py::str name, py::str version, py::list in
   auto lane = std::make_shared<Lane>(this, ++last_lane_id_, name.cast<std::string>(),
                                      version.cast<std::string>(), std::move(specs),
                                      std::move(outputs), max_rows, delay_us * 1000, target_rows,
-                                     max_queue, policy);
+                                     max_queue);
   auto& slot = lanes_[lane->name()];
   if (slot) slot->Close();
   slot = lane;
@@ -1370,7 +1367,7 @@ PYBIND11_MODULE(_grpc_bridge, m) {
       .def("flush", &Bridge::Flush)
       .def("add_lane", &Bridge::AddLane, py::arg("name"), py::arg("version"), py::arg("inputs"),
            py::arg("outputs"), py::arg("max_rows"), py::arg("delay_us"), py::arg("target_rows"),
-           py::arg("max_queue"), py::arg("policy"))
+           py::arg("max_queue"))
       .def("remove_lane", [](Bridge& b, Lane& lane) { b.RemoveLane(&lane); })
       .def("set_fast", &Bridge::SetFast, py::arg("on"))
       .def("infer_counts", &Bridge::InferCounts)
