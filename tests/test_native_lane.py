@@ -3,8 +3,8 @@ and batched in C++, answered with the same bytes, statistics and errors as the P
 
 One server per frontend, the same requests to both: every answer must be the same message, and
 the native server must have served the well-formed requests itself (its exit log counts the
-ModelInfer calls per path), while the ones it leaves to Python (typed contents, a `timeout`
-parameter, classification, bad shapes) get the Python path's answers.
+ModelInfer calls per path), typed FP32 contents included, while the ones it leaves to Python
+(a `timeout` parameter, bad shapes, unknown outputs or versions) get the Python path's answers.
 Skipped with the reason when the bridge is not built (`make native`).
 """
 
@@ -91,7 +91,7 @@ def _typed(x: np.ndarray) -> pb.ModelInferRequest:
 
 def _requests() -> list[pb.ModelInferRequest]:
     rng = np.random.default_rng(17)
-    x1, x3 = (rng.standard_normal((n, 256)).astype(np.float32) for n in (1, 3))
+    x1, x3, x17 = (rng.standard_normal((n, 256)).astype(np.float32) for n in (1, 3, 17))
     with_output = _request(x3, id="with-output")
     with_output.outputs.add(name="y")
     ignored = _request(x1, id="ignored-parameter")
@@ -105,7 +105,7 @@ def _requests() -> list[pb.ModelInferRequest]:
     wrong_version = _request(x1, model_version="7")
     return [
         _request(x1), _request(x3, id="three-rows", model_version="1"), with_output, ignored,
-        _typed(x3), timeout, bad_timeout, unknown_output, wrong_version,
+        _typed(x3), _typed(x17), timeout, bad_timeout, unknown_output, wrong_version,
         _request(rng.standard_normal((2, 255)).astype(np.float32)),  # bad shape
         _request(np.zeros((65, 256), np.float32)),  # over max_batch_size
     ]  # fmt: skip
@@ -165,7 +165,7 @@ def test_well_formed_requests_take_the_native_lane(servers: dict[str, ServerProc
     counts = re.search(r"ModelInfer calls: (\d+) served by native lanes, (\d+) by the Python",
                        srv.log_text())  # fmt: skip
     assert counts is not None, srv.log_text()
-    # per round of _requests(): 5 well-formed (plain, version "1", outputs, ignored parameter,
-    # and the reference request), 7 left to Python; the burst adds 96 to the lane
+    # 7 well-formed (plain, version "1", outputs, ignored parameter, typed contents twice, and
+    # the reference request), 6 left to Python; the burst adds 96 to the lane
     native, python = int(counts[1]), int(counts[2])
-    assert (native, python) == (5 + 96, 7)
+    assert (native, python) == (7 + 96, 6)

@@ -380,7 +380,7 @@ void WakeTag::Proceed(bool) { bridge_->RunOutbox(); }
 // take one batch per call as numpy arrays over contiguous buffers, run the engine and hand
 // the outputs back; the responses are written here. Whatever this path does not take exactly
 // as the Python path would (any validation failure, input or output parameters, typed
-// contents, classes, shared memory, a `timeout` parameter, an unknown model or version) goes
+// contents other than FP32/FP64/INT32/INT64, classes, shared memory, a `timeout` parameter, an unknown model or version) goes
 // to Python untouched, which answers it with Triton's status and wording, and so does a
 // request that finds the lane's queue full (the Python batcher counts this queue in the
 // model's limit). Only two answers come from here:
@@ -422,10 +422,14 @@ class WireReader {
         return Varint(value);
       case 1:
         if (end_ - p_ < 8) return false;
+        *data = p_;
+        *len = 8;
         p_ += 8;
         return true;
       case 5:
         if (end_ - p_ < 4) return false;
+        *data = p_;
+        *len = 4;
         p_ += 4;
         return true;
       case 2: {
@@ -449,8 +453,8 @@ class WireReader {
 struct InputView {
   std::string name, datatype;
   std::vector<int64_t> shape;
-  size_t raw_offset = 0, raw_len = 0;
-  bool has_raw = false;
+  bool has_contents = false;
+  size_t contents_offset = 0, contents_len = 0;  // typed contents, in the request bytes
 };
 
 struct ParsedRequest {
@@ -476,7 +480,7 @@ bool ParseShape(int type, uint64_t value, const uint8_t* data, size_t len,
   return true;
 }
 
-bool ParseInput(const uint8_t* data, size_t len, InputView* in) {
+bool ParseInput(const uint8_t* base, const uint8_t* data, size_t len, InputView* in) {
   WireReader r(data, len);
   while (!r.done()) {
     uint32_t field;
@@ -491,8 +495,12 @@ bool ParseInput(const uint8_t* data, size_t len, InputView* in) {
       in->datatype.assign(reinterpret_cast<const char*>(d), n);
     } else if (field == 3) {
       if (!ParseShape(type, value, d, n, &in->shape)) return false;
+    } else if (field == 5 && type == 2 && !in->has_contents) {
+      in->has_contents = true;
+      in->contents_offset = static_cast<size_t>(d - base);
+      in->contents_len = n;
     } else {
-      return false;  // parameters, typed contents, anything else: Python's path
+      return false;  // parameters, anything else: Python's path
     }
   }
   return true;
@@ -560,7 +568,7 @@ bool ParseRequest(const std::string& body, ParsedRequest* out) {
         break;
       case 5:
         out->inputs.emplace_back();
-        if (!ParseInput(d, n, &out->inputs.back())) return false;
+        if (!ParseInput(base, d, n, &out->inputs.back())) return false;
         break;
       case 6:
         out->outputs.emplace_back();
@@ -603,6 +611,60 @@ void PutString(std::string* out, uint32_t field, const std::string& s) {
   PutBytes(out, field, s.data(), s.size());
 }
 
+// Typed contents (InferTensorContents) of the datatypes the lane decodes, as little-endian
+// bytes: FP32 (fp32_contents, 6), FP64 (fp64_contents, 7), INT64 (int64_contents, 3), INT32
+// (int_contents, 2); packed or not. Any other field, or another datatype: Python's path.
+bool DecodeTyped(const uint8_t* data, size_t len, const std::string& datatype, std::string* out) {
+  uint32_t want;
+  int width;  // bytes per element; 0 = a varint
+  if (datatype == "FP32") {
+    want = 6, width = 4;
+  } else if (datatype == "FP64") {
+    want = 7, width = 8;
+  } else if (datatype == "INT64") {
+    want = 3, width = 0;
+  } else if (datatype == "INT32") {
+    want = 2, width = 0;
+  } else {
+    return false;
+  }
+  auto put_varint = [&](uint64_t v) {
+    if (datatype == "INT64") {
+      out->append(reinterpret_cast<const char*>(&v), 8);
+    } else {
+      int32_t i = static_cast<int32_t>(v);
+      out->append(reinterpret_cast<const char*>(&i), 4);
+    }
+  };
+  WireReader r(data, len);
+  while (!r.done()) {
+    uint32_t field;
+    int type;
+    uint64_t value = 0;
+    const uint8_t* d = nullptr;
+    size_t n = 0;
+    if (!r.Next(&field, &type, &value, &d, &n) || field != want) return false;
+    if (type == 2 && width > 0) {  // packed fixed-width
+      if (n % width) return false;
+      out->append(reinterpret_cast<const char*>(d), n);
+    } else if (type == 2) {  // packed varints
+      WireReader packed(d, n);
+      while (!packed.done()) {
+        uint64_t v;
+        if (!packed.Varint(&v)) return false;
+        put_varint(v);
+      }
+    } else if ((type == 5 && width == 4) || (type == 1 && width == 8)) {
+      out->append(reinterpret_cast<const char*>(d), n);
+    } else if (type == 0 && width == 0) {
+      put_varint(value);
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
 struct LaneInput {
   std::string name, datatype, dtype;  // dtype: numpy's, e.g. "<f4"
   size_t itemsize;
@@ -615,7 +677,8 @@ struct Pending {
   Call* call = nullptr;
   std::string body;
   ParsedRequest req;
-  std::vector<size_t> raw_of_input;  // lane input index -> index into req.raw
+  std::vector<size_t> raw_of_input;  // lane input index -> index into req.inputs (and req.raw)
+  std::vector<std::string> typed;    // lane input index -> its typed contents, decoded
   int64_t rows = 0;
   std::string signature;  // non-batch dims of every input: only equal ones share a batch
   int64_t arrival_ns = 0;
@@ -654,8 +717,16 @@ class Lane : public std::enable_shared_from_this<Lane> {
   bool Accepts(Pending* p) const {
     const ParsedRequest& r = p->req;
     if (!r.version.empty() && r.version != version_) return false;
-    if (r.inputs.size() != inputs_.size() || r.raw.size() != r.inputs.size()) return false;
+    if (r.inputs.size() != inputs_.size()) return false;
+    // NOTE: raw contents for every input, or typed contents for every input, as the Python
+    // path accepts them; a mix is an error it words
+    bool typed = r.raw.empty();
+    if (!typed && r.raw.size() != r.inputs.size()) return false;
+    for (const InputView& in : r.inputs) {
+      if (in.has_contents != typed) return false;
+    }
     p->raw_of_input.assign(inputs_.size(), SIZE_MAX);
+    if (typed) p->typed.assign(inputs_.size(), std::string());
     int64_t rows = -1;
     std::string signature;
     for (size_t k = 0; k < r.inputs.size(); k++) {
@@ -675,7 +746,16 @@ class Lane : public std::enable_shared_from_this<Lane> {
         if (got != 0 && count > (uint64_t(1) << 40) / static_cast<uint64_t>(got)) return false;
         count *= static_cast<uint64_t>(got);
       }
-      if (r.raw[k].second != count * spec.itemsize) return false;
+      if (typed) {
+        const uint8_t* base = reinterpret_cast<const uint8_t*>(p->body.data());
+        if (!DecodeTyped(base + in.contents_offset, in.contents_len, spec.datatype,
+                         &p->typed[i]) ||
+            p->typed[i].size() != count * spec.itemsize) {
+          return false;
+        }
+      } else if (r.raw[k].second != count * spec.itemsize) {
+        return false;
+      }
       p->raw_of_input[i] = k;
     }
     for (size_t i = 0; i < inputs_.size(); i++) {
@@ -789,13 +869,18 @@ class Batch {
       const Pending& first = *requests_.front();
       std::vector<int64_t> shape = first.req.inputs[first.raw_of_input[i]].shape;
       shape[0] = rows_;
+      auto bytes_of = [i](const Pending& p) -> std::pair<const char*, size_t> {
+        if (!p.typed.empty()) return {p.typed[i].data(), p.typed[i].size()};
+        auto [offset, len] = p.req.raw[p.raw_of_input[i]];
+        return {p.body.data() + offset, len};
+      };
       size_t total = 0;
-      for (auto& p : requests_) total += p->req.raw[p->raw_of_input[i]].second;
+      for (auto& p : requests_) total += bytes_of(*p).second;
       auto* buffer = new std::vector<char>(total);
       size_t at = 0;
       for (auto& p : requests_) {
-        auto [offset, len] = p->req.raw[p->raw_of_input[i]];
-        if (len) std::memcpy(buffer->data() + at, p->body.data() + offset, len);
+        auto [data, len] = bytes_of(*p);
+        if (len) std::memcpy(buffer->data() + at, data, len);
         at += len;
       }
       py::capsule owner(buffer, [](void* b) { delete static_cast<std::vector<char>*>(b); });
@@ -1130,10 +1215,9 @@ bool Bridge::TakeFast(Call* call, std::string& body) {
     if (it == lanes_.end()) return false;
     lane = it->second;
   }
-  if (!lane->Accepts(p.get())) return false;
   p->call = call;
-  p->body = std::move(body);
-  if (lane->Admit(p)) return true;
+  p->body = std::move(body);  // NOTE: parsed positions are offsets: they survive the move
+  if (lane->Accepts(p.get()) && lane->Admit(p)) return true;
   body = std::move(p->body);
   return false;
 }
