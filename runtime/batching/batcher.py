@@ -410,6 +410,10 @@ class DynamicBatcher:
     def closed(self) -> bool:
         return self._closed
 
+    def pending(self) -> int:
+        """Requests waiting for a batch, in this queue and the native lane's."""
+        return self._stats.pending + (self.native.queued() if self.native is not None else 0)
+
     def policy(self) -> dict[str, int]:
         """What the native lane needs to batch as this batcher does."""
         return {
@@ -430,8 +434,10 @@ class DynamicBatcher:
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let queued and running requests finish (bounded by timeout)."""
         self._closed = True
+        start = time.monotonic()
         if self.native is not None:
             await self.native.drain(timeout)
+        timeout = max(timeout - (time.monotonic() - start), 0.0)  # NOTE: one grace period
         if not self._idle.is_set():  # NOTE: wait_for(..., 0) times out even on a set event
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout)
