@@ -121,5 +121,5 @@ image-gpu: image-tools
 	IMAGE=sparse-runtime:gpu deploy/image/build.sh gpu
 
 image-test: models image
-	deploy/image/test.sh $(IMAGE)
+	GRPC_FRONTEND=python deploy/image/test.sh $(IMAGE)
 	GRPC_FRONTEND=native deploy/image/test.sh $(IMAGE)
