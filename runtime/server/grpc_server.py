@@ -159,7 +159,10 @@ class Server:
         if self.frontend == "native":
             address = f"{s.host}:{s.grpc_port}"
             self._native = NativeFrontend(
-                self.servicer, self._health.servicer, address, s.grpc_max_message_bytes,
+                self.servicer,
+                self._health.servicer,
+                address,
+                s.grpc_max_message_bytes,
                 self._request_observer,
             )
         else:

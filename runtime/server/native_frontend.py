@@ -25,6 +25,7 @@ import asyncio
 import importlib
 import inspect
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,27 +135,31 @@ def handlers(inference: Any, health: Any) -> dict[str, _Handler]:
     return table
 
 
-def lane_inputs(model: ServedModel) -> list[tuple[str, str, str, int, list[int]]] | None:
-    """The input specs a native lane checks requests against, or None when the model must
-    stay on the Python path: not batched or no dynamic batching, queue timeouts or priority
-    levels, optional or BYTES inputs, BYTES outputs."""
+LaneInputs = list[tuple[str, str, str, int, list[int]]]
+
+
+def lane_inputs(model: ServedModel) -> tuple[LaneInputs, str]:
+    """The input specs a native lane checks requests against, or ([], why) when the model
+    stays on the Python path."""
     batcher = model.batcher
     config = model.config
     if batcher is None or not model.batched or not config.HasField("dynamic_batching"):
-        return None
+        return [], "no dynamic batching"
     db = config.dynamic_batching
-    if batcher.policy()["timeout_us"] or db.priority_levels > 1 or db.priority_queue_policy:
-        return None
+    if batcher.policy()["timeout_us"]:
+        return [], "queue policy timeouts"
+    if db.priority_levels > 1 or db.priority_queue_policy:
+        return [], "priority levels"
     if any(dt == "BYTES" for dt in model.output_datatypes.values()):
-        return None
+        return [], "BYTES outputs"
     specs = []
     for spec in model.inputs.values():
         if spec.optional or spec.datatype not in WIRE_ITEMSIZE:
-            return None
+            return [], "optional or BYTES inputs"
         dtype = WIRE_TO_NUMPY[spec.datatype].newbyteorder("<").str
         specs.append((spec.name, spec.datatype, dtype, WIRE_ITEMSIZE[spec.datatype],
                       list(spec.dims)))  # fmt: skip
-    return specs
+    return specs, ""
 
 
 class _StreamAbort(Exception):
@@ -178,6 +183,7 @@ class NativeFrontend:
         self._request_observer = request_observer
         self._lanes: dict[int, NativeLane] = {}  # lane id -> lane, for failures it reports
         self._lane_of: dict[str, NativeLane] = {}  # model name -> its lane now
+        self._python_only: weakref.WeakSet[Any] = weakref.WeakSet()  # batchers judged so
         self._handlers = handlers(inference, health)
         streaming = [path for path, h in self._handlers.items() if h.streaming]
         self._bridge = self._native.Bridge(address, max_message_bytes, 1, streaming)
@@ -211,7 +217,13 @@ class NativeFrontend:
             batcher = m.batcher
             if versions[m.name] != 1 or batcher is None or batcher.native is not None:
                 continue
-            if batcher.closed or (specs := lane_inputs(m)) is None:
+            if batcher.closed or batcher in self._python_only:
+                continue
+            specs, why = lane_inputs(m)
+            if why:
+                self._python_only.add(batcher)
+                LOGGER.info("%s version %d: ModelInfer on the Python path (%s)", m.name,
+                            m.version, why)  # fmt: skip
                 continue
             policy = batcher.policy()
             lane = self._bridge.add_lane(
@@ -227,7 +239,7 @@ class NativeFrontend:
             self._lanes[lane.id] = native
             self._lane_of[m.name] = native
             batcher.attach_native(native)
-            LOGGER.debug("%s version %d: served by a native lane", m.name, m.version)
+            LOGGER.info("%s version %d: ModelInfer served by a native lane", m.name, m.version)
         live = {id(lane) for lane in self._lane_of.values()}
         for key, lane in list(self._lanes.items()):
             if id(lane) not in live and not lane.lane.outstanding():
