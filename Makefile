@@ -15,10 +15,13 @@ EXTRAS ?= dev,compare,openvino,native
 IMAGE ?= sparse-runtime:cpu
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: install models models-minilm serve test bench bench-accuracy bench-gpu lint clean
-.PHONY: test-native native native-tools deploy-tools image-tools image image-gpu image-test
+.PHONY: install models models-minilm serve test bench bench-triton bench-accuracy bench-gpu lint clean
+.PHONY: test-native test-python native native-tools deploy-tools image-tools image image-gpu image-test
 
+# also builds the native gRPC frontend where g++, libgrpc++-dev and pybind11 are present
+# (`make native` installs libgrpc++-dev first); where not, it says why and serve uses grpc.aio
 install: $(STAMP)
+	@$(PY) -m runtime.server.native.build
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,17 +40,23 @@ models-minilm: install
 serve: models
 	$(BIN)/sparse-runtime serve --model-repository $(REPO) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
 
+# the whole suite on the default gRPC frontend (native where `make native` built it), then the
+# server tests again on the grpc.aio frontend, the fallback where the bridge cannot be built
 test: models deploy-tools native $(VENV)/.test-extras-stamp
 	$(BIN)/ruff check runtime tests benchmarks
 	$(PY) -m pytest -q -ra
+	$(MAKE) --no-print-directory test-python
 
-# the server tests again, every server on the native gRPC frontend. Kept out of `make test` to hold
-# its time down: `make test` runs the native frontend's own tests and tests/test_cancellation.py.
-# (It was taken out after a start-up hang, since traced to OpenVINO and fixed; see README.)
-NATIVE_TESTS := tests/test_server_grpc.py tests/test_bad_input.py tests/test_lifecycle.py \
-	tests/test_metrics_and_health.py tests/test_startup_errors.py tests/test_packed_serving.py
+SERVER_TESTS := tests/test_server_grpc.py tests/test_bad_input.py tests/test_lifecycle.py \
+	tests/test_metrics_and_health.py tests/test_startup_errors.py tests/test_packed_serving.py \
+	tests/test_classification.py
+test-python: models
+	SPARSE_RUNTIME_GRPC_FRONTEND=python $(PY) -m pytest -q -ra $(SERVER_TESTS)
+
+# the server tests with the native frontend asked for by name (an error, not a fallback, where
+# it is not built)
 test-native: models native
-	SPARSE_RUNTIME_GRPC_FRONTEND=native $(PY) -m pytest -q -ra $(NATIVE_TESTS)
+	SPARSE_RUNTIME_GRPC_FRONTEND=native $(PY) -m pytest -q -ra $(SERVER_TESTS)
 
 # CPU torch for the ONNX->torch conversion tests, only from a local wheel (--no-index: never
 # a multi-GB download); where none is found those tests skip with their reason.
@@ -60,8 +69,14 @@ $(VENV)/.test-extras-stamp: $(STAMP)
 bench: models native
 	$(PY) benchmarks/serve_bench.py --frontends python,native
 
-# the optional native gRPC frontend (`serve --grpc-frontend native`): a C++ grpc++ bridge built
-# in place; where g++, libgrpc++-dev or pybind11 is missing it says so and the build is skipped
+# side by side against real Triton 2.51 (nvidia-pytriton wheel, installed once into
+# benchmarks/.triton-venv); pass options with BENCH_TRITON_ARGS='--models mlp_dense --http'
+bench-triton: models native
+	$(PY) benchmarks/vs_triton.py $(BENCH_TRITON_ARGS)
+
+# the native gRPC frontend (the default where built; `serve --grpc-frontend native`): a C++
+# grpc++ bridge built in place; where g++, libgrpc++-dev or pybind11 is missing it says so, the
+# build is skipped and `serve` falls back to grpc.aio
 native: install native-tools
 	$(PY) -m runtime.server.native.build
 
@@ -107,5 +122,5 @@ image-gpu: image-tools
 	IMAGE=sparse-runtime:gpu deploy/image/build.sh gpu
 
 image-test: models image
-	deploy/image/test.sh $(IMAGE)
+	GRPC_FRONTEND=python deploy/image/test.sh $(IMAGE)
 	GRPC_FRONTEND=native deploy/image/test.sh $(IMAGE)

@@ -146,7 +146,7 @@ class TritonCollector(Collector):
         )
         for m in models:
             lv = [m.name, str(m.version)]
-            pending.add_metric(lv, m.stats.pending)
+            pending.add_metric(lv, m.batcher.pending() if m.batcher else m.stats.pending)
             load.add_metric(lv, m.load_seconds)
             i = m.info
             ratio.add_metric(lv, float(i.get("sparsity_ratio", 0.0)))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 ENV_PREFIX = "SPARSE_RUNTIME_"
 CONTROL_MODES = ("none", "poll", "explicit")
-GRPC_FRONTENDS = ("python", "native")
+GRPC_FRONTENDS = ("auto", "python", "native")
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,10 @@ class Settings:
         default=0, metadata={"help": "0 = info, >=1 debug", "range": (0, 2**31 - 1)}
     )
     intra_op_threads: int = field(
-        default=1,
+        default=0,
         metadata={
-            "help": "onnxruntime intra-op threads per model (0 = all cores)",
+            "help": "onnxruntime intra-op threads per model (0 = onnxruntime's own default, "
+            "one per physical core, as Triton's onnxruntime backend leaves it)",
             "range": (0, 4096),
         },
     )
@@ -66,9 +67,10 @@ class Settings:
         },
     )
     grpc_frontend: str = field(
-        default="python",
+        default="auto",
         metadata={
-            "help": "python (grpc.aio) | native (C++ grpc++ bridge; `make native` builds it)",
+            "help": "auto (native where built, else python) | python (grpc.aio) | native "
+            "(C++ grpc++ bridge, `make native` builds it)",
             "choices": GRPC_FRONTENDS,
         },
     )

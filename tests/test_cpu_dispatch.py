@@ -209,6 +209,8 @@ def dispatch_server(sample_repo: Path, tmp_path_factory: pytest.TempPathFactory)
     repo = _repo(tmp, sample_repo, {
         "auto_int8": ("mlp_int8", ""),
         "forced_ort": ("mlp_int8", _param("engine", "onnxruntime")),
+        "one_thread": ("mlp_dense", _param("engine", "onnxruntime")
+                       + _param("intra_op_thread_count", "1")),
         "forced_ov": ("mlp_dense", _param("engine", "openvino") if HAS_OPENVINO else ""),
         "bad_budget": ("mlp_dense", _param("cpu_dispatch_budget_s", "soon")),
     })
@@ -259,6 +261,10 @@ def test_forced_engines_are_not_measured(dispatch_server: ServerProcess) -> None
     p = _params(client, "forced_ort")
     assert p["sparse_runtime.engine"] == "onnxruntime"
     assert "sparse_runtime.cpu_engine_timings" not in p
+    # no flag, no parameter: onnxruntime's own thread count, as Triton's onnxruntime backend
+    assert p["sparse_runtime.engine_intra_op_threads"] == "0"
+    _wait_ready(client, "one_thread")
+    assert _params(client, "one_thread")["sparse_runtime.engine_intra_op_threads"] == "1"
     if HAS_OPENVINO:
         _wait_ready(client, "forced_ov")
         p = _params(client, "forced_ov")

@@ -67,6 +67,14 @@ def test_bad_values_are_rejected() -> None:
     assert parse(["--max-queue-size", "0"], {}).max_queue_size == 0  # no limit, as in Triton
 
 
+def test_intra_op_threads_default_is_the_librarys_as_in_triton() -> None:
+    """0 = onnxruntime's own thread count (Triton's onnxruntime backend sets none);
+    an explicit flag or variable still wins."""
+    assert parse([], {}).intra_op_threads == 0
+    assert parse(["--intra-op-threads", "1"], {}).intra_op_threads == 1
+    assert parse([], {"SPARSE_RUNTIME_INTRA_OP_THREADS": "3"}).intra_op_threads == 3
+
+
 def test_strict_readiness_is_tritons_default_and_can_be_turned_off() -> None:
     assert parse([], {}).strict_readiness is True
     assert parse(["--strict-readiness", "false"], {}).strict_readiness is False

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.conftest import ROOT, ServerProcess
@@ -52,8 +54,9 @@ def test_bad_choice_from_the_environment_is_a_clear_error(tmp_path: Path) -> Non
         env={**os.environ, "SPARSE_RUNTIME_GRPC_FRONTEND": "rust"},
     )  # fmt: skip
     assert done.returncode == 2
-    assert "--grpc-frontend (or SPARSE_RUNTIME_GRPC_FRONTEND) must be one of python, native" in (
-        done.stderr
+    assert (
+        "--grpc-frontend (or SPARSE_RUNTIME_GRPC_FRONTEND) must be one of auto, python, native"
+        in done.stderr
     )
     assert "Traceback" not in done.stderr
 
@@ -88,3 +91,36 @@ def test_native_frontend_not_built_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "native gRPC frontend is not built here: run `make native`" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_default_frontend_falls_back_to_grpc_aio_where_the_bridge_is_missing(
+    tmp_path: Path,
+) -> None:
+    """The default (auto) serves with grpc.aio where the bridge is not built, and says why and
+    how to build it."""
+    port_file = tmp_path / "ports.json"
+    code = (
+        "import sys, importlib.abc\n"
+        "class Hide(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.endswith('_grpc_bridge'):\n"
+        "            raise ImportError('hidden by the test')\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from runtime.cli import main\n"
+        f"sys.exit(main(['serve', '--model-repository', {str(tmp_path)!r}, '--host', '127.0.0.1',"
+        f" '--grpc-port', '0', '--metrics-port', '-1', '--port-file', {str(port_file)!r}]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SPARSE_RUNTIME_GRPC_FRONTEND"}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert port_file.exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "serving gRPC with grpc.aio" in out and "run `make native`" in out
+    assert "(python frontend)" in out and "Traceback" not in out

@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +37,9 @@ from runtime.errors import (
     ServerShuttingDown,
 )
 from runtime.stats import ModelStats
+
+if TYPE_CHECKING:
+    from runtime.batching.native_lane import NativeLane
 
 LOGGER = logging.getLogger(__name__)
 ENGINE_THREAD_PREFIX = "engine-"
@@ -144,6 +149,10 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(
             max_workers=self._instances, thread_name_prefix=f"{ENGINE_THREAD_PREFIX}{name}"
         )
+        self._name = name
+        # NOTE: engine calls at once, this path and the native lane's together
+        self.slots = threading.Semaphore(self._instances)
+        self.native: NativeLane | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -154,7 +163,8 @@ class DynamicBatcher:
             raise ServerShuttingDown("model is unloading; request not accepted")
         if self._timeout_ns and len(self._queue) >= self._max_queue:
             self._expire()  # NOTE: requests past their timeout must not hold queue places
-        if len(self._queue) >= self._max_queue:
+        queued = len(self._queue) + (self.native.queued() if self.native is not None else 0)
+        if queued >= self._max_queue:
             raise QueueFull(f"queue of {self._max_queue} pending requests is full; retry later")
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
@@ -341,7 +351,8 @@ class DynamicBatcher:
         if wanted is not None and any(r.outputs != wanted for r in batch):
             wanted = None  # mixed requests: compute all, filter per request later
         t1 = time.perf_counter_ns()
-        outputs = self._engine.infer(merged, wanted)
+        with self.slots:
+            outputs = self._engine.infer(merged, wanted)
         t2 = time.perf_counter_ns()
         parts = split_outputs(outputs, batch, self._batched)
         t3 = time.perf_counter_ns()
@@ -383,9 +394,50 @@ class DynamicBatcher:
         self._returning = len(batch) if len(batch) > 1 else 0
         self._maybe_dispatch()
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def stats(self) -> ModelStats:
+        return self._stats
+
+    @property
+    def observer(self) -> BatchObserver | None:
+        return self._observer
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def pending(self) -> int:
+        """Requests waiting for a batch, in this queue and the native lane's."""
+        return self._stats.pending + (self.native.queued() if self.native is not None else 0)
+
+    def policy(self) -> dict[str, int]:
+        """What the native lane needs to batch as this batcher does."""
+        return {
+            "max_rows": self._max_rows,
+            "delay_us": self._delay_ns // 1000,
+            "target_rows": self._target_rows,
+            "max_queue": self._max_queue if self._max_queue < 2**62 else 0,
+            "instances": self._instances,
+            "timeout_us": self._timeout_ns // 1000,
+        }
+
+    def attach_native(self, lane: NativeLane) -> None:
+        """Requests the native frontend serves itself go through `lane`, with this batcher's
+        engine, instance count and statistics; it drains and closes with this batcher."""
+        self.native = lane
+        lane.start(self._instances, self._name)
+
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let queued and running requests finish (bounded by timeout)."""
         self._closed = True
+        start = time.monotonic()
+        if self.native is not None:
+            await self.native.drain(timeout)
+        timeout = max(timeout - (time.monotonic() - start), 0.0)  # NOTE: one grace period
         if not self._idle.is_set():  # NOTE: wait_for(..., 0) times out even on a set event
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout)
@@ -406,5 +458,7 @@ class DynamicBatcher:
 
     def close(self) -> None:
         self._closed = True
+        if self.native is not None:
+            self.native.stop()
         self._cancel_timers()
         self._executor.shutdown(wait=False, cancel_futures=True)

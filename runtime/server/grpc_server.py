@@ -25,7 +25,7 @@ from runtime.repository.manager import ModelManager
 from runtime.server import codec, http_auth, restricted, tls
 from runtime.server.health import HealthState
 from runtime.server.http_server import HTTP_EXTENSIONS, HttpFrontend
-from runtime.server.native_frontend import NativeFrontend
+from runtime.server.native_frontend import NativeFrontend, load_bridge
 from runtime.server.servicer import InferenceServicer
 from runtime.server.shared_memory import SystemSharedMemory
 from runtime.settings import Settings
@@ -123,12 +123,23 @@ class Server:
         )
         self.grpc_port = 0
         self.metrics_port = -1  # -1: metrics disabled (as the flag says)
+        self.frontend = settings.grpc_frontend
 
     def _observer(self, name: str, version: int):  # noqa: ANN202 - BatchObserver
         return self.metrics.batch_observer(name, version)
 
+    def _request_observer(self, name: str, version: int):  # noqa: ANN202 - RequestObserver
+        def observe(elapsed_ns: int, queued_ns: int) -> None:
+            h = self.metrics.histograms(name, version)
+            h.request.observe(elapsed_ns / 1e9)
+            h.queue.observe(queued_ns / 1e9)
+
+        return observe
+
     def _changed(self) -> None:
         self.metrics.forget_unloaded((m.name, m.version) for m in self.manager.ready_models())
+        if self._native is not None and self.servicer.accepting:
+            self._native.sync(self.manager.ready_models())
         task = asyncio.get_running_loop().create_task(self._refresh_health())
         self._tasks.add(task)  # NOTE: the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
@@ -155,15 +166,34 @@ class Server:
             raise OSError(f"cannot bind gRPC port {s.host}:{s.grpc_port}")
         return server
 
+    def _frontend(self) -> str:
+        """The frontend to serve with: `auto` is native where the bridge is built, and says
+        why not (and how to build it) where it is not."""
+        if self.settings.grpc_frontend != "auto":
+            return self.settings.grpc_frontend
+        try:
+            load_bridge()
+        except ImportError as exc:
+            LOGGER.warning("serving gRPC with grpc.aio, slower than the native frontend: %s (%s)",
+                           exc, exc.__cause__)  # fmt: skip
+            return "python"
+        return "native"
+
     async def start(self) -> None:
         s = self.settings
         server: grpc.aio.Server | None = None
-        if s.grpc_frontend == "native":
+        self.frontend = self._frontend()
+        if self.frontend == "native":
             address = f"{s.host}:{s.grpc_port}"
             self._native = NativeFrontend(
-                self.servicer, self._health.servicer, address, s.grpc_max_message_bytes,
-                self._tls_files, self._restricted,
-            )  # fmt: skip
+                self.servicer,
+                self._health.servicer,
+                address,
+                s.grpc_max_message_bytes,
+                self._request_observer,
+                self._tls_files,
+                self._restricted,
+            )
         else:
             server = self._bind_aio()
         if s.metrics_port >= 0:
@@ -195,7 +225,7 @@ class Server:
         http_at = f"on {s.http_address or s.host}:{self.http_port}" if self._http else "disabled"
         LOGGER.info(
             "gRPC on %s:%d (%s frontend, %s), HTTP %s, metrics %s, repository %s (control mode %s)",
-            s.host, self.grpc_port, s.grpc_frontend, security, http_at, metrics_at,
+            s.host, self.grpc_port, self.frontend, security, http_at, metrics_at,
             s.model_repository, s.model_control_mode,
         )  # fmt: skip
         await self.manager.start_safely()
@@ -224,6 +254,8 @@ class Server:
             return max(deadline - loop.time(), 0.0)
 
         self.servicer.accepting = False
+        if self._native is not None:
+            self._native.stop_lanes()
         self.servicer.stopping.set()
         await self._health.update(False)
         await self.manager.stop(left())

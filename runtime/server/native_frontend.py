@@ -12,6 +12,11 @@ and the call being over (finished or cancelled); one task per stream feeds the s
 and writes what it yields, then finishes the stream exactly once. Answers are queued in
 the bridge and flushed once per loop iteration: one wakeup of its sending thread carries
 every answer a batch produced.
+
+Models the bridge can serve alone get a native lane (`sync`): their ModelInfer requests are
+parsed, checked, queued and batched in C++ and never reach this loop one by one; engine
+threads take whole batches (runtime/batching/native_lane.py). Whatever a lane does not take
+(see `lane_inputs` and grpc_bridge.cc) comes here as before.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import asyncio
 import importlib
 import inspect
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +35,9 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2 as pb
 
+from runtime.batching.native_lane import NativeLane, RequestObserver
+from runtime.dtypes import WIRE_ITEMSIZE, WIRE_TO_NUMPY
+from runtime.model import ServedModel
 from runtime.server import codec
 
 LOGGER = logging.getLogger(__name__)
@@ -127,6 +136,35 @@ def handlers(inference: Any, health: Any) -> dict[str, _Handler]:
     return table
 
 
+LaneInputs = list[tuple[str, str, str, int, list[int]]]
+
+
+def lane_inputs(model: ServedModel) -> tuple[LaneInputs, str]:
+    """The input specs a native lane checks requests against, or ([], why) when the model
+    stays on the Python path."""
+    batcher = model.batcher
+    config = model.config
+    if batcher is None or not model.batched or not config.HasField("dynamic_batching"):
+        return [], "no dynamic batching"
+    db = config.dynamic_batching
+    if batcher.policy()["timeout_us"]:
+        return [], "queue policy timeouts"
+    if db.priority_levels > 1 or db.priority_queue_policy:
+        return [], "priority levels"
+    if any(dt == "BYTES" for dt in model.output_datatypes.values()):
+        return [], "BYTES outputs"
+    if model.output_reshapes or any(s.reshape is not None for s in model.inputs.values()):
+        return [], "config reshape"  # NOTE: the lane hands the engine what clients sent
+    specs = []
+    for spec in model.inputs.values():
+        if spec.optional or spec.datatype not in WIRE_ITEMSIZE:
+            return [], "optional or BYTES inputs"
+        dtype = WIRE_TO_NUMPY[spec.datatype].newbyteorder("<").str
+        specs.append((spec.name, spec.datatype, dtype, WIRE_ITEMSIZE[spec.datatype],
+                      list(spec.dims)))  # fmt: skip
+    return specs, ""
+
+
 class _StreamAbort(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
@@ -137,10 +175,20 @@ class NativeFrontend:
     """Owns the bridge; dispatches its calls to the servicers on the running loop."""
 
     def __init__(
-        self, inference: Any, health: Any, address: str, max_message_bytes: int,
-        tls: Any = None, restricted: dict[str, Any] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        inference: Any,
+        health: Any,
+        address: str,
+        max_message_bytes: int,
+        request_observer: Callable[[str, int], RequestObserver] | None = None,
+        tls: Any = None,
+        restricted: dict[str, Any] | None = None,
+    ) -> None:
         self._native = load_bridge()
+        self._request_observer = request_observer
+        self._lanes: dict[int, NativeLane] = {}  # lane id -> lane, for failures it reports
+        self._lane_of: dict[str, NativeLane] = {}  # model name -> its lane now
+        self._python_only: weakref.WeakSet[Any] = weakref.WeakSet()  # batchers judged so
         self._handlers = handlers(inference, health)
         streaming = [path for path, h in self._handlers.items() if h.streaming]
         self._bridge = self._native.Bridge(address, max_message_bytes, 1, streaming)
@@ -165,8 +213,58 @@ class NativeFrontend:
         self._loop.add_reader(self._bridge.fileno(), self._on_ready)
         return port
 
+    def sync(self, models: list[ServedModel]) -> None:
+        """Give each ready model the bridge can serve a native lane; a model with several
+        ready versions goes back to the Python path (a lane serves one version)."""
+        versions: dict[str, int] = {}
+        for m in models:
+            versions[m.name] = versions.get(m.name, 0) + 1
+        for name, lane in list(self._lane_of.items()):
+            if versions.get(name, 0) != 1:
+                self._bridge.remove_lane(lane.lane)
+                del self._lane_of[name]
+        for m in models:
+            batcher = m.batcher
+            if versions[m.name] != 1 or batcher is None or batcher.native is not None:
+                continue
+            if batcher.closed or batcher in self._python_only:
+                continue
+            specs, why = lane_inputs(m)
+            if why:
+                self._python_only.add(batcher)
+                LOGGER.info("%s version %d: ModelInfer on the Python path (%s)", m.name,
+                            m.version, why)  # fmt: skip
+                continue
+            policy = batcher.policy()
+            lane = self._bridge.add_lane(
+                m.name, str(m.version), specs, list(m.output_names), policy["max_rows"],
+                policy["delay_us"], policy["target_rows"], policy["max_queue"],
+            )  # fmt: skip
+            assert self._loop is not None
+            native = NativeLane(
+                lane, batcher.engine, batcher.stats, m.output_names, batcher.slots, self._loop,
+                batcher.observer,
+                self._request_observer(m.name, m.version) if self._request_observer else None,
+            )  # fmt: skip
+            self._lanes[lane.id] = native
+            self._lane_of[m.name] = native
+            batcher.attach_native(native)
+            LOGGER.info("%s version %d: ModelInfer served by a native lane", m.name, m.version)
+        live = {id(lane) for lane in self._lane_of.values()}
+        for key, lane in list(self._lanes.items()):
+            if id(lane) not in live and not lane.lane.outstanding():
+                del self._lanes[key]
+
+    def stop_lanes(self) -> None:
+        """The server is stopping: new requests go to the Python path, which refuses them."""
+        self._bridge.set_fast(False)
+
     def _on_ready(self) -> None:
         for call, method, payload, kind, call_id in self._bridge.poll():
+            if kind == self._native.FAILED:  # a lane answered an error itself: count it
+                if (lane := self._lanes.get(call_id)) is not None:
+                    lane.record_failure(method, int(payload))
+                continue
             if kind == self._native.UNARY:
                 handler = self._handlers.get(method)
                 if handler is None:
@@ -306,6 +404,9 @@ class NativeFrontend:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         await asyncio.to_thread(self._bridge.shutdown, 0.0)
+        native, python = self._bridge.infer_counts()
+        LOGGER.info("ModelInfer calls: %d served by native lanes, %d by the Python path",
+                    native, python)  # fmt: skip
 
     def _on_ready_final(self) -> None:
         """Calls read but not yet dispatched when stopping get UNAVAILABLE, not silence;

@@ -23,12 +23,17 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstring>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -36,6 +41,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <unordered_map>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -46,10 +52,13 @@ namespace py = pybind11;
 
 namespace {
 
-enum EventKind { kUnary = 0, kMessage = 1, kEnd = 2, kGone = 3 };
+// kFailed: a request the native lane answered with an error (queue full, cancelled while
+// queued): Python counts it against the model (id: lane id, method: reason, payload: ns).
+enum EventKind { kUnary = 0, kMessage = 1, kEnd = 2, kGone = 3, kFailed = 4 };
 
 class Bridge;
 class Call;
+class Lane;
 
 // Something a completion-queue tag points at.
 class Tagged {
@@ -114,6 +123,17 @@ class Call : public Tagged {
   uint64_t id() const { return id_; }
   bool streaming() const { return streaming_; }
 
+  // Completion-queue thread: the native lane took this call (it answers it, not Python).
+  void SetLane(std::shared_ptr<Lane> lane) {
+    std::lock_guard<std::mutex> lock(mu_);
+    lane_ = std::move(lane);
+  }
+  // Has the call ended (answered, cancelled by its client, or past its deadline)?
+  bool Gone() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
+  }
+
  private:
   void StartWrite();  // with mu_ held
   bool Finished();    // with mu_ held: may the call be deleted?
@@ -139,6 +159,7 @@ class Call : public Tagged {
   bool write_in_flight_ = false;
   grpc::Status status_;
   std::deque<std::string> writes_;
+  std::shared_ptr<Lane> lane_;  // set when a native lane answers this call
 };
 
 void OpTag::Proceed(bool ok) { call_->OnOp(op_, ok); }
@@ -239,6 +260,24 @@ class Bridge {
     }
     return &rule->second.first;
   }
+  int max_message_bytes() const { return max_message_bytes_; }
+
+  // Native lanes (see Lane): one per model name that Python registered for the native path.
+  std::shared_ptr<Lane> AddLane(py::str name, py::str version, py::list inputs,
+                                std::vector<std::string> outputs, int max_rows, int64_t delay_us,
+                                int target_rows, int64_t max_queue);
+  void RemoveLane(Lane* lane);
+  // Python says whether new requests may take the native path at all (not while stopping).
+  void SetFast(bool on) {
+    std::lock_guard<std::mutex> lock(lanes_mu_);
+    fast_ = on;
+  }
+  // Completion-queue thread: a lane takes this ModelInfer call (true), or Python gets it.
+  bool TryFast(Call* call, std::string& body);
+  bool TakeFast(Call* call, std::string& body);
+  // ModelInfer calls taken by a native lane, and left to Python (for tests and benchmarks)
+  std::pair<uint64_t, uint64_t> InferCounts() const { return {native_infers_, python_infers_}; }
+
   bool IsStreaming(const std::string& method) const { return streaming_.count(method) > 0; }
 
   // Every call gets an id; streams are also registered, as Python addresses them by id.
@@ -364,9 +403,866 @@ class Bridge {
   bool outbox_open_ = false;
   grpc::Alarm wake_;
   WakeTag wake_tag_;
+  std::mutex lanes_mu_;
+  std::unordered_map<std::string, std::shared_ptr<Lane>> lanes_;
+  uint64_t last_lane_id_ = 0;
+  bool fast_ = true;
+  std::atomic<uint64_t> native_infers_{0}, python_infers_{0};
 };
 
 void WakeTag::Proceed(bool) { bridge_->RunOutbox(); }
+
+// ---- The native inference lane ------------------------------------------------------------
+// Why: with the bytes-only bridge, every request still cost ~100 us of Python on the event
+// loop (parse, validate, queue, future, encode, answer); the engine thread waited on it.
+// For a model Python registers (batched, dynamic batching, fixed-size datatypes, no queue
+// timeouts), a ModelInfer request is parsed here with a small protobuf wire reader, checked
+// against the model's inputs and queued per model; Python engine threads (one per instance)
+// take one batch per call as numpy arrays over contiguous buffers, run the engine and hand
+// the outputs back; the responses are written here. Whatever this path does not take exactly
+// as the Python path would (any validation failure, input or output parameters, typed
+// contents other than FP32/FP64/INT32/INT64, classes, shared memory, a `timeout` parameter, an unknown model or version) goes
+// to Python untouched, which answers it with Triton's status and wording, and so does a
+// request that finds the lane's queue full (the Python batcher counts this queue in the
+// model's limit). Only two answers come from here:
+// CANCELLED when a caller leaves while queued, and what Python says.
+
+int64_t NowNs() {
+  // NOTE: steady_clock is CLOCK_MONOTONIC, as Python's time.perf_counter_ns
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Protobuf wire format, just what a ModelInferRequest needs; every failure means "fall back".
+class WireReader {
+ public:
+  WireReader(const uint8_t* p, size_t n) : p_(p), end_(p + n) {}
+  bool done() const { return p_ >= end_; }
+  bool Varint(uint64_t* out) {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 64 && p_ < end_; shift += 7) {
+      uint8_t b = *p_++;
+      value |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) {
+        *out = value;
+        return true;
+      }
+    }
+    return false;
+  }
+  // One field: its number and wire type; a varint's value, or a length-delimited span.
+  bool Next(uint32_t* field, int* type, uint64_t* value, const uint8_t** data, size_t* len) {
+    uint64_t key;
+    if (!Varint(&key)) return false;
+    *field = static_cast<uint32_t>(key >> 3);
+    *type = static_cast<int>(key & 7);
+    if (*field == 0) return false;
+    switch (*type) {
+      case 0:
+        return Varint(value);
+      case 1:
+        if (end_ - p_ < 8) return false;
+        *data = p_;
+        *len = 8;
+        p_ += 8;
+        return true;
+      case 5:
+        if (end_ - p_ < 4) return false;
+        *data = p_;
+        *len = 4;
+        p_ += 4;
+        return true;
+      case 2: {
+        uint64_t n;
+        if (!Varint(&n) || n > static_cast<uint64_t>(end_ - p_)) return false;
+        *data = p_;
+        *len = static_cast<size_t>(n);
+        p_ += n;
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+ private:
+  const uint8_t* p_;
+  const uint8_t* end_;
+};
+
+struct InputView {
+  std::string name, datatype;
+  std::vector<int64_t> shape;
+  bool has_contents = false;
+  size_t contents_offset = 0, contents_len = 0;  // typed contents, in the request bytes
+};
+
+struct ParsedRequest {
+  std::string model, version, id;
+  std::vector<InputView> inputs;
+  std::vector<std::string> outputs;
+  std::vector<std::pair<size_t, size_t>> raw;  // offset, length in the request bytes
+};
+
+bool ParseShape(int type, uint64_t value, const uint8_t* data, size_t len,
+                std::vector<int64_t>* shape) {
+  if (type == 0) {
+    shape->push_back(static_cast<int64_t>(value));
+    return true;
+  }
+  if (type != 2) return false;
+  WireReader packed(data, len);
+  while (!packed.done()) {
+    uint64_t v;
+    if (!packed.Varint(&v)) return false;
+    shape->push_back(static_cast<int64_t>(v));
+  }
+  return true;
+}
+
+bool ParseInput(const uint8_t* base, const uint8_t* data, size_t len, InputView* in) {
+  WireReader r(data, len);
+  while (!r.done()) {
+    uint32_t field;
+    int type;
+    uint64_t value = 0;
+    const uint8_t* d = nullptr;
+    size_t n = 0;
+    if (!r.Next(&field, &type, &value, &d, &n)) return false;
+    if (field == 1 && type == 2) {
+      in->name.assign(reinterpret_cast<const char*>(d), n);
+    } else if (field == 2 && type == 2) {
+      in->datatype.assign(reinterpret_cast<const char*>(d), n);
+    } else if (field == 3) {
+      if (!ParseShape(type, value, d, n, &in->shape)) return false;
+    } else if (field == 5 && type == 2 && !in->has_contents) {
+      in->has_contents = true;
+      in->contents_offset = static_cast<size_t>(d - base);
+      in->contents_len = n;
+    } else {
+      return false;  // parameters, anything else: Python's path
+    }
+  }
+  return true;
+}
+
+bool ParseOutput(const uint8_t* data, size_t len, std::string* name) {
+  WireReader r(data, len);
+  while (!r.done()) {
+    uint32_t field;
+    int type;
+    uint64_t value = 0;
+    const uint8_t* d = nullptr;
+    size_t n = 0;
+    if (!r.Next(&field, &type, &value, &d, &n)) return false;
+    if (field == 1 && type == 2) {
+      name->assign(reinterpret_cast<const char*>(d), n);
+    } else {
+      return false;  // parameters (classification, shared memory): Python's path
+    }
+  }
+  return true;
+}
+
+// A request parameter (a map entry: 1 key, 2 value). The Python path reads only `timeout`
+// (and refuses one that is no integer); it ignores the rest, as perf_analyzer's
+// triton_enable_empty_final_response, and so does a lane.
+bool ParameterIgnored(const uint8_t* data, size_t len) {
+  WireReader r(data, len);
+  while (!r.done()) {
+    uint32_t field;
+    int type;
+    uint64_t value = 0;
+    const uint8_t* d = nullptr;
+    size_t n = 0;
+    if (!r.Next(&field, &type, &value, &d, &n)) return false;
+    if (field == 1 && (type != 2 || std::string(reinterpret_cast<const char*>(d), n) == "timeout"))
+      return false;
+  }
+  return true;
+}
+
+bool ParseRequest(const std::string& body, ParsedRequest* out) {
+  const uint8_t* base = reinterpret_cast<const uint8_t*>(body.data());
+  WireReader r(base, body.size());
+  while (!r.done()) {
+    uint32_t field;
+    int type;
+    uint64_t value = 0;
+    const uint8_t* d = nullptr;
+    size_t n = 0;
+    if (!r.Next(&field, &type, &value, &d, &n) || type != 2) return false;
+    const char* text = reinterpret_cast<const char*>(d);
+    switch (field) {
+      case 1:
+        out->model.assign(text, n);
+        break;
+      case 2:
+        out->version.assign(text, n);
+        break;
+      case 3:
+        out->id.assign(text, n);
+        break;
+      case 4:
+        if (!ParameterIgnored(d, n)) return false;
+        break;
+      case 5:
+        out->inputs.emplace_back();
+        if (!ParseInput(base, d, n, &out->inputs.back())) return false;
+        break;
+      case 6:
+        out->outputs.emplace_back();
+        if (!ParseOutput(d, n, &out->outputs.back())) return false;
+        break;
+      case 7:
+        out->raw.emplace_back(static_cast<size_t>(d - base), n);
+        break;
+      default:
+        return false;  // a field this reader does not know: Python's path
+    }
+  }
+  return true;
+}
+
+void PutVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    n++;
+  }
+  return n;
+}
+
+void PutBytes(std::string* out, uint32_t field, const char* data, size_t len) {
+  PutVarint(out, (static_cast<uint64_t>(field) << 3) | 2);
+  PutVarint(out, len);
+  out->append(data, len);
+}
+
+void PutString(std::string* out, uint32_t field, const std::string& s) {
+  PutBytes(out, field, s.data(), s.size());
+}
+
+// Typed contents (InferTensorContents) of the datatypes the lane decodes, as little-endian
+// bytes: FP32 (fp32_contents, 6), FP64 (fp64_contents, 7), INT64 (int64_contents, 3), INT32
+// (int_contents, 2); packed or not. Any other field, or another datatype: Python's path.
+bool DecodeTyped(const uint8_t* data, size_t len, const std::string& datatype, std::string* out) {
+  uint32_t want;
+  int width;  // bytes per element; 0 = a varint
+  if (datatype == "FP32") {
+    want = 6, width = 4;
+  } else if (datatype == "FP64") {
+    want = 7, width = 8;
+  } else if (datatype == "INT64") {
+    want = 3, width = 0;
+  } else if (datatype == "INT32") {
+    want = 2, width = 0;
+  } else {
+    return false;
+  }
+  auto put_varint = [&](uint64_t v) {
+    if (datatype == "INT64") {
+      out->append(reinterpret_cast<const char*>(&v), 8);
+    } else {
+      int32_t i = static_cast<int32_t>(v);
+      out->append(reinterpret_cast<const char*>(&i), 4);
+    }
+  };
+  WireReader r(data, len);
+  while (!r.done()) {
+    uint32_t field;
+    int type;
+    uint64_t value = 0;
+    const uint8_t* d = nullptr;
+    size_t n = 0;
+    if (!r.Next(&field, &type, &value, &d, &n) || field != want) return false;
+    if (type == 2 && width > 0) {  // packed fixed-width
+      if (n % width) return false;
+      out->append(reinterpret_cast<const char*>(d), n);
+    } else if (type == 2) {  // packed varints
+      WireReader packed(d, n);
+      while (!packed.done()) {
+        uint64_t v;
+        if (!packed.Varint(&v)) return false;
+        put_varint(v);
+      }
+    } else if ((type == 5 && width == 4) || (type == 1 && width == 8)) {
+      out->append(reinterpret_cast<const char*>(d), n);
+    } else if (type == 0 && width == 0) {
+      put_varint(value);
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+struct LaneInput {
+  std::string name, datatype, dtype;  // dtype: numpy's, e.g. "<f4"
+  size_t itemsize;
+  std::vector<int64_t> dims;  // without the batch dim; -1 = any
+};
+
+// One request the lane holds: its bytes (the raw inputs stay in them), where they are, and
+// what it asked for.
+struct Pending {
+  Call* call = nullptr;
+  std::string body;
+  ParsedRequest req;
+  std::vector<size_t> raw_of_input;  // lane input index -> index into req.inputs (and req.raw)
+  std::vector<std::string> typed;    // lane input index -> its typed contents, decoded
+  int64_t rows = 0;
+  std::string signature;  // non-batch dims of every input: only equal ones share a batch
+  int64_t arrival_ns = 0;
+  std::string response;
+  grpc::Status status;
+  int outcome = -1;  // see Batch::Outcomes
+};
+
+struct OutView {
+  std::string name, datatype;
+  std::vector<int64_t> shape;  // of the whole array
+  const char* data;
+  size_t nbytes;
+};
+
+enum Outcome { kOk = 0, kFailedByPython = 1, kGoneOutcome = 2, kTooLarge = 3 };
+
+class Batch;
+
+class Lane : public std::enable_shared_from_this<Lane> {
+ public:
+  Lane(Bridge* bridge, uint64_t id, std::string name, std::string version,
+       std::vector<LaneInput> inputs, std::vector<std::string> outputs, int max_rows,
+       int64_t delay_ns, int target_rows, int64_t max_queue)
+      : bridge_(bridge), id_(id), name_(std::move(name)), version_(std::move(version)),
+        inputs_(std::move(inputs)), outputs_(std::move(outputs)),
+        max_rows_(std::max(max_rows, 1)), delay_ns_(delay_ns),
+        target_rows_(std::max(1, std::min(target_rows, max_rows_))),
+        max_queue_(max_queue > 0 ? max_queue : (int64_t(1) << 62)) {}
+
+  uint64_t id() const { return id_; }
+  const std::string& name() const { return name_; }
+
+  // Completion-queue thread: does this request fit the model exactly as the Python path
+  // would accept it? Fills rows, signature and where each input's bytes are.
+  bool Accepts(Pending* p) const {
+    const ParsedRequest& r = p->req;
+    if (!r.version.empty() && r.version != version_) return false;
+    if (r.inputs.size() != inputs_.size()) return false;
+    // NOTE: raw contents for every input, or typed contents for every input, as the Python
+    // path accepts them; a mix is an error it words
+    bool typed = r.raw.empty();
+    if (!typed && r.raw.size() != r.inputs.size()) return false;
+    for (const InputView& in : r.inputs) {
+      if (in.has_contents != typed) return false;
+    }
+    p->raw_of_input.assign(inputs_.size(), SIZE_MAX);
+    if (typed) p->typed.assign(inputs_.size(), std::string());
+    int64_t rows = -1;
+    std::string signature;
+    for (size_t k = 0; k < r.inputs.size(); k++) {
+      const InputView& in = r.inputs[k];
+      size_t i = 0;
+      while (i < inputs_.size() && inputs_[i].name != in.name) i++;
+      if (i == inputs_.size() || p->raw_of_input[i] != SIZE_MAX) return false;
+      const LaneInput& spec = inputs_[i];
+      if (in.datatype != spec.datatype || in.shape.size() != spec.dims.size() + 1) return false;
+      if (in.shape[0] < 1 || in.shape[0] > max_rows_) return false;
+      if (rows != -1 && in.shape[0] != rows) return false;
+      rows = in.shape[0];
+      uint64_t count = static_cast<uint64_t>(rows);
+      for (size_t d = 0; d < spec.dims.size(); d++) {
+        int64_t got = in.shape[d + 1];
+        if (got < 0 || (spec.dims[d] != -1 && spec.dims[d] != got)) return false;
+        if (got != 0 && count > (uint64_t(1) << 40) / static_cast<uint64_t>(got)) return false;
+        count *= static_cast<uint64_t>(got);
+      }
+      if (typed) {
+        const uint8_t* base = reinterpret_cast<const uint8_t*>(p->body.data());
+        if (!DecodeTyped(base + in.contents_offset, in.contents_len, spec.datatype,
+                         &p->typed[i]) ||
+            p->typed[i].size() != count * spec.itemsize) {
+          return false;
+        }
+      } else if (r.raw[k].second != count * spec.itemsize) {
+        return false;
+      }
+      p->raw_of_input[i] = k;
+    }
+    for (size_t i = 0; i < inputs_.size(); i++) {
+      const auto& shape = r.inputs[p->raw_of_input[i]].shape;
+      signature.append(reinterpret_cast<const char*>(shape.data() + 1),
+                       (shape.size() - 1) * sizeof(int64_t));
+    }
+    std::set<std::string> seen;
+    for (const std::string& out : r.outputs) {
+      if (std::find(outputs_.begin(), outputs_.end(), out) == outputs_.end()) return false;
+      if (!seen.insert(out).second) return false;
+    }
+    p->rows = rows;
+    p->signature = std::move(signature);
+    return true;
+  }
+
+  // Completion-queue thread: queue it (false: closed or full; the Python path answers it,
+  // counting this queue in the model's limit).
+  bool Admit(std::unique_ptr<Pending>& p);
+  // Completion-queue thread: the caller left; a request still queued leaves the queue.
+  void Cancel(Call* call);
+
+  // Python engine thread: the next batch (None once stopped and empty); GIL released while
+  // it waits.
+  py::object NextBatch();
+
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = false;
+  }
+  bool open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return open_;
+  }
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_ = false;
+      stopping_ = true;
+    }
+    cv_.notify_all();
+  }
+  int64_t Outstanding() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int64_t>(queue_.size()) + in_batches_;
+  }
+  int64_t Queued() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int64_t>(queue_.size());
+  }
+  // Python: answer every queued request with this status (unload past its grace period);
+  // returns their arrival times, for the failure statistics.
+  std::vector<int64_t> AbortQueued(int code, const std::string& message);
+
+  // Batch: its requests are answered (sent); `size` requests, the last call ran `size` ones.
+  void Done(size_t size);
+
+  const std::vector<LaneInput>& inputs() const { return inputs_; }
+  const std::string& version() const { return version_; }
+  Bridge* bridge() const { return bridge_; }
+  void ReportFailure(const char* reason, int64_t ns);
+
+ private:
+  Bridge* bridge_;
+  uint64_t id_;
+  std::string name_, version_;
+  std::vector<LaneInput> inputs_;
+  std::vector<std::string> outputs_;
+  int max_rows_;
+  int64_t delay_ns_;
+  int target_rows_;
+  int64_t max_queue_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Pending>> queue_;
+  int64_t queued_rows_ = 0;
+  int64_t in_batches_ = 0;  // requests taken by a batch and not yet answered
+  int64_t returning_ = 0;   // requests just answered whose clients may come right back
+  bool open_ = true;
+  bool stopping_ = false;
+};
+
+// What a Python engine thread holds: the batch's inputs as numpy arrays over buffers owned
+// here, and the requests to answer. Answered exactly once: send(), or on deletion INTERNAL.
+class Batch {
+ public:
+  Batch(std::shared_ptr<Lane> lane, std::vector<std::unique_ptr<Pending>> requests,
+        int64_t dispatch_ns)
+      : lane_(std::move(lane)), requests_(std::move(requests)), dispatch_ns_(dispatch_ns) {}
+  ~Batch() {
+    if (!sent_) {
+      for (auto& p : requests_) {
+        if (p->outcome == -1) {
+          p->status = grpc::Status(grpc::StatusCode::INTERNAL, "internal error; see server log");
+          p->outcome = kFailedByPython;
+        }
+      }
+      Post();
+    }
+  }
+
+  void Merge() {  // GIL held: arrays for Python, one contiguous buffer per input
+    int64_t t0 = NowNs();
+    rows_ = 0;
+    for (auto& p : requests_) rows_ += p->rows;
+    py::dict inputs;
+    const auto& specs = lane_->inputs();
+    for (size_t i = 0; i < specs.size(); i++) {
+      const Pending& first = *requests_.front();
+      std::vector<int64_t> shape = first.req.inputs[first.raw_of_input[i]].shape;
+      shape[0] = rows_;
+      auto bytes_of = [i](const Pending& p) -> std::pair<const char*, size_t> {
+        if (!p.typed.empty()) return {p.typed[i].data(), p.typed[i].size()};
+        auto [offset, len] = p.req.raw[p.raw_of_input[i]];
+        return {p.body.data() + offset, len};
+      };
+      size_t total = 0;
+      for (auto& p : requests_) total += bytes_of(*p).second;
+      auto* buffer = new std::vector<char>(total);
+      size_t at = 0;
+      for (auto& p : requests_) {
+        auto [data, len] = bytes_of(*p);
+        if (len) std::memcpy(buffer->data() + at, data, len);
+        at += len;
+      }
+      py::capsule owner(buffer, [](void* b) { delete static_cast<std::vector<char>*>(b); });
+      inputs[py::str(specs[i].name)] =
+          py::array(py::dtype(specs[i].dtype), shape, buffer->data(), owner);
+    }
+    inputs_ = inputs;
+    // wanted outputs: the requests' common list, else all (None)
+    const auto& want = requests_.front()->req.outputs;
+    bool same = true;
+    for (auto& p : requests_) same = same && p->req.outputs == want;
+    wanted_ = (same && !want.empty()) ? py::object(py::tuple(py::cast(want))) : py::object(py::none());
+    merge_ns_ = NowNs() - t0;
+  }
+
+  // Encode answers from outputs [(name, datatype, array)]: index -1 = the whole batch's
+  // outputs (batch dim = total rows), else request `index` alone (its own engine call).
+  void Answer(py::list outputs, int index) {
+    std::vector<OutView> views;
+    std::vector<py::array> keep;
+    for (auto item : outputs) {
+      auto t = item.cast<py::tuple>();
+      py::array a = py::array::ensure(t[2], py::array::c_style);
+      if (!a) throw std::invalid_argument("output is not an array");
+      OutView v{t[0].cast<std::string>(), t[1].cast<std::string>(), {},
+                static_cast<const char*>(a.data()), static_cast<size_t>(a.nbytes())};
+      for (py::ssize_t d = 0; d < a.ndim(); d++) v.shape.push_back(a.shape(d));
+      keep.push_back(a);
+      views.push_back(std::move(v));
+    }
+    size_t first = index < 0 ? 0 : static_cast<size_t>(index);
+    size_t last = index < 0 ? requests_.size() : first + 1;
+    int64_t total = 0;
+    for (size_t i = first; i < last; i++) total += requests_[i]->rows;
+    for (const OutView& v : views) {
+      if (v.shape.empty() || v.shape[0] != total) {
+        throw std::invalid_argument("output '" + v.name + "' has batch dim " +
+                                    (v.shape.empty() ? std::string("()")
+                                                     : "(" + std::to_string(v.shape[0]) + ",)") +
+                                    ", expected " + std::to_string(total) + " rows");
+      }
+    }
+    int64_t limit = lane_->bridge()->max_message_bytes();
+    py::gil_scoped_release release;
+    int64_t row = 0;
+    for (size_t i = first; i < last; i++) {
+      Pending& p = *requests_[i];
+      Encode(p, views, row, total);
+      row += p.rows;
+      if (static_cast<int64_t>(p.response.size()) > limit) {
+        p.status = grpc::Status(
+            grpc::StatusCode::RESOURCE_EXHAUSTED,
+            "response of " + std::to_string(p.response.size()) + " bytes exceeds the " +
+                std::to_string(limit) + "-byte limit (--grpc-max-message-bytes)");
+        p.response.clear();
+        p.outcome = kTooLarge;
+      } else {
+        p.outcome = kOk;
+      }
+    }
+  }
+
+  void Fail(int index, int code, const std::string& message) {
+    size_t first = index < 0 ? 0 : static_cast<size_t>(index);
+    size_t last = index < 0 ? requests_.size() : first + 1;
+    for (size_t i = first; i < last; i++) {
+      requests_[i]->status = grpc::Status(static_cast<grpc::StatusCode>(code), message);
+      requests_[i]->response.clear();
+      requests_[i]->outcome = kFailedByPython;
+    }
+  }
+
+  // Per request: 0 answered, 1 failed (by Python), 2 its caller is gone, 3 too large.
+  std::vector<int> Outcomes() {
+    std::vector<int> out;
+    for (auto& p : requests_) {
+      int o = p->outcome < 0 ? kFailedByPython : p->outcome;
+      if (p->call->Gone()) o = kGoneOutcome;
+      out.push_back(o);
+    }
+    return out;
+  }
+
+  void Send() {
+    if (sent_) return;
+    Post();
+  }
+
+  py::object inputs() const { return inputs_; }
+  py::object wanted() const { return wanted_; }
+  int64_t rows() const { return rows_; }
+  size_t size() const { return requests_.size(); }
+  int64_t dispatch_ns() const { return dispatch_ns_; }
+  int64_t merge_ns() const { return merge_ns_; }
+  std::vector<int64_t> arrivals() const {
+    std::vector<int64_t> out;
+    for (auto& p : requests_) out.push_back(p->arrival_ns);
+    return out;
+  }
+  std::vector<int64_t> row_counts() const {
+    std::vector<int64_t> out;
+    for (auto& p : requests_) out.push_back(p->rows);
+    return out;
+  }
+
+ private:
+  void Encode(Pending& p, const std::vector<OutView>& views, int64_t row, int64_t total);
+  void Post();
+
+  std::shared_ptr<Lane> lane_;
+  std::vector<std::unique_ptr<Pending>> requests_;
+  int64_t dispatch_ns_;
+  int64_t merge_ns_ = 0;
+  int64_t rows_ = 0;
+  py::object inputs_ = py::none();
+  py::object wanted_ = py::none();
+  bool sent_ = false;
+};
+
+void Batch::Encode(Pending& p, const std::vector<OutView>& views, int64_t row, int64_t total) {
+  std::string& out = p.response;
+  out.clear();
+  std::vector<const OutView*> chosen;
+  if (p.req.outputs.empty()) {
+    for (const OutView& v : views) chosen.push_back(&v);
+  } else {
+    for (const std::string& name : p.req.outputs) {
+      for (const OutView& v : views) {
+        if (v.name == name) chosen.push_back(&v);
+      }
+    }
+  }
+  size_t size = 64 + p.req.id.size();
+  for (const OutView* v : chosen) size += 64 + v->nbytes / std::max<int64_t>(total, 1);
+  out.reserve(size);
+  PutString(&out, 1, lane_->name());
+  PutString(&out, 2, lane_->version());
+  if (!p.req.id.empty()) PutString(&out, 3, p.req.id);
+  for (const OutView* v : chosen) {
+    std::string packed;
+    PutVarint(&packed, static_cast<uint64_t>(p.rows));
+    for (size_t d = 1; d < v->shape.size(); d++) PutVarint(&packed, v->shape[d]);
+    size_t len = 1 + VarintSize(v->name.size()) + v->name.size() + 1 +
+                 VarintSize(v->datatype.size()) + v->datatype.size() + 1 +
+                 VarintSize(packed.size()) + packed.size();
+    PutVarint(&out, (5u << 3) | 2);
+    PutVarint(&out, len);
+    PutString(&out, 1, v->name);
+    PutString(&out, 2, v->datatype);
+    PutString(&out, 3, packed);
+  }
+  for (const OutView* v : chosen) {
+    size_t row_bytes = v->nbytes / static_cast<size_t>(std::max<int64_t>(total, 1));
+    PutBytes(&out, 6, v->data + row_bytes * row, row_bytes * p.rows);
+  }
+}
+
+void Batch::Post() {
+  sent_ = true;
+  Bridge* bridge = lane_->bridge();
+  for (auto& p : requests_) {
+    Call* call = p->call;
+    if (p->outcome == kOk) {
+      bridge->Post([call, body = std::move(p->response)]() mutable { call->Write(std::move(body)); });
+    } else {
+      grpc::Status status = p->status;
+      bridge->Post([call, status] { call->Finish(status); });
+    }
+  }
+  bridge->Flush();
+  lane_->Done(requests_.size());
+}
+
+void Lane::ReportFailure(const char* reason, int64_t ns) {
+  bridge_->Push({nullptr, id_, kFailed, reason, std::to_string(ns)});
+}
+
+bool Lane::Admit(std::unique_ptr<Pending>& p) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!open_ || static_cast<int64_t>(queue_.size()) >= max_queue_) return false;
+  p->call->SetLane(shared_from_this());
+  bool was_empty = queue_.empty();
+  queued_rows_ += p->rows;
+  queue_.push_back(std::move(p));
+  if (returning_ > 0) returning_--;
+  // NOTE: wake the engine thread only when its decision can change
+  bool wake = was_empty || queued_rows_ >= target_rows_ || returning_ == 0;
+  if (wake) cv_.notify_one();
+  return true;
+}
+
+void Lane::Cancel(Call* call) {
+  std::unique_ptr<Pending> gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+      if ((*it)->call == call) {
+        gone = std::move(*it);
+        queue_.erase(it);
+        queued_rows_ -= gone->rows;
+        break;
+      }
+    }
+  }
+  if (!gone) return;  // in a batch: answered (and counted CANCELED) when the batch is done
+  call->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+  ReportFailure("CANCELED", NowNs() - gone->arrival_ns);
+}
+
+py::object Lane::NextBatch() {
+  std::vector<std::unique_ptr<Pending>> batch;
+  int64_t now = 0;
+  bool stopped = false;
+  {
+    py::gil_scoped_release release;  // NOTE: no Python object may be touched in here
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      if (queue_.empty()) {
+        if (stopping_) {
+          stopped = true;
+          break;
+        }
+        cv_.wait(lock);
+        continue;
+      }
+      if (stopping_ || delay_ns_ <= 0 || queued_rows_ >= target_rows_) break;
+      now = NowNs();
+      int64_t deadline = queue_.front()->arrival_ns + delay_ns_;
+      // NOTE: wait only for clients just answered (see README, Dynamic batching); Triton's
+      // scheduler waits for every batch, which at concurrency 1 costs the whole delay
+      if (returning_ == 0 || now >= deadline) break;
+      cv_.wait_until(lock, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline)));
+    }
+    if (!stopped) {
+      returning_ = 0;
+      // the oldest request and every later one of the same shapes, up to max_batch_size rows
+      const std::string signature = queue_.front()->signature;
+      int64_t rows = 0;
+      for (auto it = queue_.begin(); it != queue_.end() && rows < max_rows_;) {
+        if ((*it)->signature == signature && rows + (*it)->rows <= max_rows_) {
+          rows += (*it)->rows;
+          batch.push_back(std::move(*it));
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      queued_rows_ -= rows;
+      in_batches_ += static_cast<int64_t>(batch.size());
+      now = NowNs();
+    }
+  }
+  if (stopped) return py::none();
+  auto out = std::make_unique<Batch>(shared_from_this(), std::move(batch), now);
+  out->Merge();
+  return py::cast(std::move(out));
+}
+
+void Lane::Done(size_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  in_batches_ -= static_cast<int64_t>(size);
+  // clients just answered tend to send again at once (closed-loop load)
+  returning_ = size > 1 ? static_cast<int64_t>(size) : 0;
+}
+
+std::vector<int64_t> Lane::AbortQueued(int code, const std::string& message) {
+  std::deque<std::unique_ptr<Pending>> queued;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queued.swap(queue_);
+    queued_rows_ = 0;
+  }
+  std::vector<int64_t> arrivals;
+  grpc::Status status(static_cast<grpc::StatusCode>(code), message);
+  for (auto& p : queued) {
+    Call* call = p->call;
+    bridge_->Post([call, status] { call->Finish(status); });
+    arrivals.push_back(p->arrival_ns);
+  }
+  bridge_->Flush();
+  return arrivals;
+}
+
+std::shared_ptr<Lane> Bridge::AddLane(py::str name, py::str version, py::list inputs,
+                                      std::vector<std::string> outputs, int max_rows,
+                                      int64_t delay_us, int target_rows, int64_t max_queue) {
+  std::vector<LaneInput> specs;
+  for (auto item : inputs) {
+    auto t = item.cast<py::tuple>();
+    specs.push_back({t[0].cast<std::string>(), t[1].cast<std::string>(),
+                     t[2].cast<std::string>(), t[3].cast<size_t>(),
+                     t[4].cast<std::vector<int64_t>>()});
+  }
+  std::lock_guard<std::mutex> lock(lanes_mu_);
+  auto lane = std::make_shared<Lane>(this, ++last_lane_id_, name.cast<std::string>(),
+                                     version.cast<std::string>(), std::move(specs),
+                                     std::move(outputs), max_rows, delay_us * 1000, target_rows,
+                                     max_queue);
+  auto& slot = lanes_[lane->name()];
+  if (slot) slot->Close();
+  slot = lane;
+  return lane;
+}
+
+void Bridge::RemoveLane(Lane* lane) {
+  lane->Close();
+  std::lock_guard<std::mutex> lock(lanes_mu_);
+  auto it = lanes_.find(lane->name());
+  if (it != lanes_.end() && it->second.get() == lane) lanes_.erase(it);
+}
+
+bool Bridge::TryFast(Call* call, std::string& body) {
+  static const std::string kModelInfer = "/inference.GRPCInferenceService/ModelInfer";
+  if (call->method() != kModelInfer) return false;
+  if (!TakeFast(call, body)) {
+    python_infers_++;
+    return false;
+  }
+  native_infers_++;
+  return true;
+}
+
+bool Bridge::TakeFast(Call* call, std::string& body) {
+  auto p = std::make_unique<Pending>();
+  p->arrival_ns = NowNs();
+  if (!ParseRequest(body, &p->req)) return false;
+  std::shared_ptr<Lane> lane;
+  {
+    std::lock_guard<std::mutex> lock(lanes_mu_);
+    if (!fast_) return false;
+    auto it = lanes_.find(p->req.model);
+    if (it == lanes_.end()) return false;
+    lane = it->second;
+  }
+  p->call = call;
+  p->body = std::move(body);  // NOTE: parsed positions are offsets: they survive the move
+  if (lane->Accepts(p.get()) && lane->Admit(p)) return true;
+  body = std::move(p->body);
+  return false;
+}
+
 
 // What Python holds for a unary call: answer it once; later answers are ignored.
 class CallHandle {
@@ -416,7 +1312,7 @@ py::list Bridge::Poll() {
       handle = py::cast(std::make_unique<CallHandle>(this, e.call, e.method, e.call->peer()));
     }
     py::object payload = py::none();
-    if (e.kind == kUnary || e.kind == kMessage) payload = py::bytes(e.payload);
+    if (e.kind != kEnd && e.kind != kGone) payload = py::bytes(e.payload);
     out.append(py::make_tuple(handle, py::str(e.method), payload, static_cast<int>(e.kind), e.id));
   }
   return out;
@@ -449,13 +1345,18 @@ void Call::Proceed(bool ok) {
 
 void Call::OnOp(Op op, bool ok) {
   bool remove = false;
+  bool hand_over = false;  // a unary request was read: a native lane or Python answers it
+  std::string body;
+  std::shared_ptr<Lane> cancel;  // a native lane's call whose caller left unanswered
   {
     std::lock_guard<std::mutex> lock(mu_);
     switch (op) {
       case Op::kDone:
         done_ = true;
         // NOTE: a unary call answered normally is done too; only an unanswered one is news
-        if (streaming_ || (delivered_ && !finish_requested_)) {
+        if (lane_ && !finish_requested_) {
+          cancel = lane_;
+        } else if (streaming_ || (delivered_ && !finish_requested_)) {
           bridge_->Push({nullptr, id_, kGone, ctx_.method(), {}});
         }
         break;
@@ -464,7 +1365,8 @@ void Call::OnOp(Op op, bool ok) {
         if (!streaming_) {
           if (ok) {
             delivered_ = true;
-            bridge_->Push({this, id_, kUnary, ctx_.method(), Drain(&request_)});
+            hand_over = true;
+            body = Drain(&request_);
           } else if (!finish_started_) {  // the client went away before its message
             finish_started_ = true;
             pending_++;
@@ -494,6 +1396,10 @@ void Call::OnOp(Op op, bool ok) {
     }
     remove = Finished();
   }
+  if (hand_over && !bridge_->TryFast(this, body)) {
+    bridge_->Push({this, id_, kUnary, ctx_.method(), std::move(body)});
+  }
+  if (cancel) cancel->Cancel(this);
   if (!remove) return;
   if (streaming_) {
     // NOTE: the ops lock is Python's only way in: re-check and unregister under it
@@ -560,6 +1466,28 @@ PYBIND11_MODULE(_grpc_bridge, m) {
       .def_property_readonly("method", &CallHandle::method)
       .def_property_readonly("peer", &CallHandle::peer)
       .def_property_readonly("answered", &CallHandle::answered);
+  m.attr("FAILED") = static_cast<int>(kFailed);
+  py::class_<Batch>(m, "Batch")
+      .def_property_readonly("inputs", &Batch::inputs)
+      .def_property_readonly("wanted", &Batch::wanted)
+      .def_property_readonly("rows", &Batch::rows)
+      .def_property_readonly("size", &Batch::size)
+      .def_property_readonly("dispatch_ns", &Batch::dispatch_ns)
+      .def_property_readonly("merge_ns", &Batch::merge_ns)
+      .def_property_readonly("arrivals", &Batch::arrivals)
+      .def_property_readonly("row_counts", &Batch::row_counts)
+      .def("answer", &Batch::Answer, py::arg("outputs"), py::arg("index") = -1)
+      .def("fail", &Batch::Fail, py::arg("index"), py::arg("code"), py::arg("message"))
+      .def("outcomes", &Batch::Outcomes)
+      .def("send", &Batch::Send);
+  py::class_<Lane, std::shared_ptr<Lane>>(m, "Lane")
+      .def_property_readonly("id", &Lane::id)
+      .def("next_batch", &Lane::NextBatch)
+      .def("close", &Lane::Close)
+      .def("stop", &Lane::Stop)
+      .def("outstanding", &Lane::Outstanding)
+      .def("queued", &Lane::Queued)
+      .def("abort_queued", &Lane::AbortQueued, py::arg("code"), py::arg("message"));
   py::class_<Bridge>(m, "Bridge")
       .def(py::init<std::string, int, int, std::vector<std::string>>(), py::arg("address"),
            py::arg("max_message_bytes"), py::arg("threads") = 1,
@@ -575,5 +1503,11 @@ PYBIND11_MODULE(_grpc_bridge, m) {
       .def("finish", &Bridge::FinishStream, py::arg("stream_id"), py::arg("code"),
            py::arg("message"))
       .def("flush", &Bridge::Flush)
+      .def("add_lane", &Bridge::AddLane, py::arg("name"), py::arg("version"), py::arg("inputs"),
+           py::arg("outputs"), py::arg("max_rows"), py::arg("delay_us"), py::arg("target_rows"),
+           py::arg("max_queue"))
+      .def("remove_lane", [](Bridge& b, Lane& lane) { b.RemoveLane(&lane); })
+      .def("set_fast", &Bridge::SetFast, py::arg("on"))
+      .def("infer_counts", &Bridge::InferCounts)
       .def("shutdown", &Bridge::Shutdown, py::arg("grace_s"));
 }

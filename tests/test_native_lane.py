@@ -1,0 +1,171 @@
+"""The native lane (grpc_bridge.cc, class Lane): ModelInfer requests parsed, checked, queued
+and batched in C++, answered with the same bytes, statistics and errors as the Python path.
+
+One server per frontend, the same requests to both: every answer must be the same message, and
+the native server must have served the well-formed requests itself (its exit log counts the
+ModelInfer calls per path), typed FP32 contents included, while the ones it leaves to Python
+(a `timeout` parameter, bad shapes, unknown outputs or versions) get the Python path's answers.
+Skipped with the reason when the bridge is not built (`make native`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.grpc import service_pb2 as pb
+
+from runtime.server.native_frontend import load_bridge
+from tests.conftest import ServerProcess, copy_repo, start_server
+
+try:
+    load_bridge()
+    NOT_BUILT = ""
+except ImportError as exc:
+    NOT_BUILT = str(exc)
+
+pytestmark = pytest.mark.skipif(bool(NOT_BUILT), reason=NOT_BUILT)
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@pytest.fixture(scope="module")
+def servers(
+    sample_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, ServerProcess]]:
+    tmp = tmp_path_factory.mktemp("lane")
+    copy_repo(sample_repo, tmp / "repo")
+    started: dict[str, ServerProcess] = {}
+    try:
+        for frontend in ("native", "python"):
+            started[frontend] = start_server(
+                tmp / "repo", tmp, ("--grpc-frontend", frontend, "--model-control-mode",
+                                    "explicit", "--load-model", "mlp_dense")
+            )  # fmt: skip
+        yield started
+    finally:
+        for srv in started.values():
+            srv.stop()
+
+
+def _request(x: np.ndarray, **fields: object) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name="mlp_dense", **fields)  # type: ignore[arg-type]
+    req.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    req.raw_input_contents.append(x.astype("<f4").tobytes())
+    return req
+
+
+def _call(srv: ServerProcess, req: pb.ModelInferRequest) -> pb.ModelInferResponse | grpc.RpcError:
+    with grpc.insecure_channel(srv.url) as channel:
+        rpc = channel.unary_unary(
+            INFER, request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )  # fmt: skip
+        try:
+            return rpc(req, timeout=30)
+        except grpc.RpcError as err:
+            return err
+
+
+def _same(a: pb.ModelInferResponse | grpc.RpcError, b: pb.ModelInferResponse | grpc.RpcError):  # noqa: ANN202
+    if isinstance(a, grpc.RpcError) or isinstance(b, grpc.RpcError):
+        assert isinstance(a, grpc.RpcError) and isinstance(b, grpc.RpcError), (a, b)
+        assert (a.code(), a.details()) == (b.code(), b.details())
+    else:
+        assert a.SerializeToString() == b.SerializeToString()
+
+
+def _typed(x: np.ndarray) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name="mlp_dense")
+    tensor = req.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    tensor.contents.fp32_contents.extend(x.reshape(-1).tolist())
+    return req
+
+
+def _requests() -> list[pb.ModelInferRequest]:
+    rng = np.random.default_rng(17)
+    x1, x3, x17 = (rng.standard_normal((n, 256)).astype(np.float32) for n in (1, 3, 17))
+    with_output = _request(x3, id="with-output")
+    with_output.outputs.add(name="y")
+    ignored = _request(x1, id="ignored-parameter")
+    ignored.parameters["triton_enable_empty_final_response"].bool_param = True
+    timeout = _request(x1, id="timeout")
+    timeout.parameters["timeout"].int64_param = 5_000_000
+    bad_timeout = _request(x1)
+    bad_timeout.parameters["timeout"].string_param = "soon"
+    unknown_output = _request(x1)
+    unknown_output.outputs.add(name="z")
+    wrong_version = _request(x1, model_version="7")
+    return [
+        _request(x1), _request(x3, id="three-rows", model_version="1"), with_output, ignored,
+        _typed(x3), _typed(x17), timeout, bad_timeout, unknown_output, wrong_version,
+        _request(rng.standard_normal((2, 255)).astype(np.float32)),  # bad shape
+        _request(np.zeros((65, 256), np.float32)),  # over max_batch_size
+    ]  # fmt: skip
+
+
+def test_answers_equal_the_python_paths(servers: dict[str, ServerProcess]) -> None:
+    for req in _requests():
+        _same(_call(servers["native"], req), _call(servers["python"], req))
+    x = np.random.default_rng(5).standard_normal((3, 256)).astype(np.float32)
+    got = _call(servers["native"], _request(x))
+    assert isinstance(got, pb.ModelInferResponse)
+    y = np.frombuffer(got.raw_output_contents[0], "<f4").reshape(3, 256)
+    path = servers["native"].repo / "mlp_dense" / "1" / "model.onnx"
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(y, want[0], atol=1e-5)
+
+
+def test_concurrent_requests_share_batches_and_count_exactly(
+    servers: dict[str, ServerProcess],
+) -> None:
+    url = servers["native"].url
+    client = grpcclient.InferenceServerClient(url)
+    before = client.get_inference_statistics("mlp_dense").model_stats[0]
+
+    async def burst() -> list[np.ndarray]:
+        async with aioclient.InferenceServerClient(url) as aio:
+
+            async def one(rows: int) -> np.ndarray:
+                inp = aioclient.InferInput("x", [rows, 256], "FP32")
+                inp.set_data_from_numpy(np.full((rows, 256), rows, np.float32))
+                return (await aio.infer("mlp_dense", [inp])).as_numpy("y")
+
+            return list(await asyncio.gather(*(one(1 + i % 3) for i in range(96))))
+
+    answers = asyncio.run(burst())
+    assert [a.shape[0] for a in answers] == [1 + i % 3 for i in range(96)]
+    for a in answers:  # rows of one request are never mixed with another's
+        assert np.array_equal(a, np.broadcast_to(a[0], a.shape))
+    after = client.get_inference_statistics("mlp_dense").model_stats[0]
+    rows = sum(1 + i % 3 for i in range(96))
+    assert after.inference_count - before.inference_count == rows
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 96
+    assert after.inference_stats.queue.count - before.inference_stats.queue.count == 96
+    executions = after.execution_count - before.execution_count
+    assert 0 < executions < 96
+    assert (
+        sum(b.compute_infer.count for b in after.batch_stats)
+        - sum(b.compute_infer.count for b in before.batch_stats)
+        == executions
+    )
+
+
+def test_well_formed_requests_take_the_native_lane(servers: dict[str, ServerProcess]) -> None:
+    """Run last in this module: it stops the native server to read its exit count."""
+    srv = servers["native"]
+    assert srv.stop() == 0, srv.log_text()
+    counts = re.search(r"ModelInfer calls: (\d+) served by native lanes, (\d+) by the Python",
+                       srv.log_text())  # fmt: skip
+    assert counts is not None, srv.log_text()
+    # 7 well-formed (plain, version "1", outputs, ignored parameter, typed contents twice, and
+    # the reference request), 6 left to Python; the burst adds 96 to the lane
+    native, python = int(counts[1]), int(counts[2])
+    assert (native, python) == (7 + 96, 6)
