@@ -123,4 +123,4 @@ def test_default_frontend_falls_back_to_grpc_aio_where_the_bridge_is_missing(
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "serving gRPC with grpc.aio" in out and "run `make native`" in out
-    assert "(python frontend)" in out and "Traceback" not in out
+    assert "(python frontend, plaintext)" in out and "Traceback" not in out
