@@ -1,7 +1,7 @@
 """TLS material for the servers: read and check PEM files once, hand each frontend its form.
 
 One place reads the certificate, key and root files named by the flags, so every endpoint
-(gRPC on either frontend, the metrics port, an HTTP endpoint later) fails the same way on a
+(gRPC on either frontend, the metrics port, HTTP/REST) fails the same way on a
 bad file: a message naming the file, and `serve` exits 1. Rotation: the grpc.aio frontend
 asks `CertificateReloader` on each new connection, which re-reads the files when their
 mtime or size changed and keeps the previous pair when the new one does not check out (a
