@@ -243,6 +243,10 @@ def test_each_group_has_its_own_header(restricted_srv: ServerProcess) -> None:
         assert _call(restricted_srv, path, body, admin)[0] == 200, path
         # another group's key does not open this one
         assert _call(restricted_srv, path, body, {"infer-key": "s3cret"})[0] == 403, path
+    # as tritonserver: the restriction is checked before the method
+    status, data = _call(restricted_srv, "/v2/repository/index")  # GET, the route is POST
+    assert (status, json.loads(data)) == (403, expect_admin)
+    assert _call(restricted_srv, "/v2/repository/index", None, admin)[0] == 405
     # unrestricted groups and unknown routes answer as before
     assert _call(restricted_srv, "/v2")[0] == 200
     assert _call(restricted_srv, "/v2/models/mlp_dense")[0] == 200

@@ -114,6 +114,13 @@ def _restricting(
     @web.middleware
     async def restricted(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = getattr(request.match_info.route, "resource", None)
+        if resource is None and isinstance(
+            getattr(request.match_info, "http_exception", None), web.HTTPMethodNotAllowed
+        ):  # NOTE: as tritonserver, the restriction is checked before the method
+            for candidate in request.app.router.resources():
+                if (await candidate.resolve(request))[1]:  # its path matched, its method not
+                    resource = candidate
+                    break
         group = groups.get(resource.canonical) if resource is not None else None
         rule = restrictions.get(group) if group is not None else None
         if rule is not None and request.headers.get(rule.header) != rule.value:
