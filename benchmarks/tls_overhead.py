@@ -1,14 +1,17 @@
-"""CPU cost of TLS on gRPC: server CPU per request, plaintext vs TLS, perf_analyzer at c=8.
+"""CPU cost of TLS: server CPU per request, plaintext vs TLS, perf_analyzer at c=8.
 
 Two servers over the same repository run side by side (one plaintext, one with
---grpc-use-ssl, or mutual TLS with --mutual), for each frontend; perf_analyzer drives them in
+--grpc-use-ssl, or mutual TLS with --mutual), for each frontend; with --protocol http the
+HTTP/REST endpoint instead (--http-use-ssl / --http-use-ssl-mutual, perf_analyzer -i http
+with its --ssl-https-* options; the gRPC frontend plays no part, so one row "http"). They
+are driven in
 interleaved windows (plain, tls, plain, tls, ...) so both see the same machine load, and
 each window's server CPU (from /proc) is divided by the requests the server answered in it
 (ModelStatistics). Target (issue 19): TLS adds at most 15% server CPU per request.
 Prints a table and writes JSON (benchmarks/results/tls_overhead.json by default).
 
-    python benchmarks/tls_overhead.py [--frontends python,native] [--rounds 3]
-        [--duration 4] [--concurrency 8] [--model mlp_dense] [--mutual]
+    python benchmarks/tls_overhead.py [--protocol grpc|http] [--frontends python,native]
+        [--rounds 3] [--duration 4] [--concurrency 8] [--model mlp_dense] [--mutual]
 """
 
 from __future__ import annotations
@@ -36,15 +39,19 @@ from runtime.samples import build_samples  # noqa: E402
 TARGET = 0.15
 
 
-def start(repo: Path, tmp: Path, frontend: str, tls: list[str], tag: str) -> tuple:
+def start(repo: Path, tmp: Path, frontend: str, tls: list[str], tag: str,
+          protocol: str = "grpc") -> tuple:  # fmt: skip
     port_file, log = tmp / f"ports-{tag}.json", tmp / f"server-{tag}.log"
+    http = ["--http-port", "0"] if protocol == "http" else ["--http-port", "-1"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo),
-         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1",
+         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1", *http,
          "--port-file", str(port_file), "--grpc-frontend", frontend, *tls],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
     )  # fmt: skip
-    return proc, wait_port_file(proc, port_file, log)["grpc"]
+    ports = wait_port_file(proc, port_file, log)
+    # NOTE: the request count is read over plaintext gRPC even when HTTP is measured
+    return proc, ports[protocol], ports["grpc"]
 
 
 def served(url: str, model: str, ca: Path | None, client: Pair | None) -> int:
@@ -58,10 +65,11 @@ def served(url: str, model: str, ca: Path | None, client: Pair | None) -> int:
     return int(c.get_inference_statistics(model).model_stats[0].inference_stats.success.count)
 
 
-def perf(url: str, model: str, c: int, duration: float, tls_args: list[str]) -> None:
+def perf(url: str, model: str, c: int, duration: float, tls_args: list[str],
+         protocol: str = "grpc") -> None:  # fmt: skip
     """Load for about 2 windows of `duration`; what counts is measured around it (server CPU,
     requests answered), so perf_analyzer's own stability verdict does not matter here."""
-    cmd = [str(PERF_ANALYZER), "-i", "grpc", "-u", url, "-m", model,
+    cmd = [str(PERF_ANALYZER), "-i", protocol, "-u", url, "-m", model,
            "--concurrency-range", f"{c}:{c}", "--measurement-interval",
            str(int(duration * 1000)), "--stability-percentage", "100",
            "--max-trials", "2", *tls_args]  # fmt: skip
@@ -73,14 +81,22 @@ def perf(url: str, model: str, c: int, duration: float, tls_args: list[str]) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frontends", default="python,native")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--frontends", default="python,native",
+                        help="gRPC frontends (with --protocol http: python only)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per window")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--model", default="mlp_dense")
     parser.add_argument("--mutual", action="store_true", help="mutual TLS instead of TLS")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/tls_overhead.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/tls_overhead[_http].json")  # fmt: skip
     args = parser.parse_args()
+    http = args.protocol == "http"
+    if args.out is None:
+        args.out = ROOT / f"benchmarks/results/tls_overhead{'_http' if http else ''}.json"
+    if http:
+        args.frontends = "python"  # NOTE: HTTP is aiohttp on the server's loop either way
 
     build_samples(ROOT / "model_repo")
     tmp = Path(tempfile.mkdtemp(prefix="tls_overhead-"))
@@ -96,24 +112,38 @@ def main() -> int:
     if args.mutual:
         pa_tls += ["--ssl-grpc-private-key-file", str(client_pair.key),
                    "--ssl-grpc-certificate-chain-file", str(client_pair.cert)]  # fmt: skip
+    if http:
+        tls_flags = [f.replace("--grpc-", "--http-") for f in tls_flags]
+        pa_tls = ["--ssl-https-verify-peer", "1", "--ssl-https-verify-host", "2",
+                  "--ssl-https-ca-certificates-file", str(ca.path)]  # fmt: skip
+        if args.mutual:
+            pa_tls += ["--ssl-https-client-certificate-file", str(client_pair.cert),
+                       "--ssl-https-private-key-file", str(client_pair.key)]  # fmt: skip
     rows = []
     for frontend in args.frontends.split(","):
         procs = {}
         try:
-            procs["plain"] = start(repo, tmp, frontend, [], f"{frontend}-plain")
-            procs["tls"] = start(repo, tmp, frontend, tls_flags, f"{frontend}-tls")
+            procs["plain"] = start(repo, tmp, frontend, [], f"{frontend}-plain", args.protocol)
+            procs["tls"] = start(repo, tmp, frontend, tls_flags, f"{frontend}-tls",
+                                 args.protocol)  # fmt: skip
             windows: dict[str, list[dict]] = {"plain": [], "tls": []}
             for _ in range(args.rounds):
                 for mode in ("plain", "tls"):
-                    proc, port = procs[mode]
+                    proc, port, grpc_port = procs[mode]
                     url = f"127.0.0.1:{port}"
                     secure = mode == "tls"
-                    count = lambda u=url, s=secure: served(  # noqa: E731
-                        u, args.model, ca.path if s else None,
-                        client_pair if (s and args.mutual) else None)  # fmt: skip
+                    if http:  # NOTE: the count goes over plaintext gRPC on the same server
+                        count = lambda g=grpc_port: served(  # noqa: E731
+                            f"127.0.0.1:{g}", args.model, None, None)
+                        if secure:  # NOTE: curl needs the scheme to speak TLS
+                            url = f"https://127.0.0.1:{port}"
+                    else:
+                        count = lambda u=url, s=secure: served(  # noqa: E731
+                            u, args.model, ca.path if s else None,
+                            client_pair if (s and args.mutual) else None)  # fmt: skip
                     n0, cpu0, t0 = count(), process_cpu_s(proc.pid), time.perf_counter()
                     perf(url, args.model, args.concurrency, args.duration,
-                         pa_tls if secure else [])  # fmt: skip
+                         pa_tls if secure else [], args.protocol)  # fmt: skip
                     wall = time.perf_counter() - t0
                     n, cpu = count() - n0, process_cpu_s(proc.pid) - cpu0
                     windows[mode].append({"requests": n, "seconds": wall, "throughput": n / wall,
@@ -121,18 +151,20 @@ def main() -> int:
             plain = statistics.median(w["server_cpu_us_per_req"] for w in windows["plain"])
             tls = statistics.median(w["server_cpu_us_per_req"] for w in windows["tls"])
             rows.append({
-                "frontend": frontend, "plain_us_per_req": plain, "tls_us_per_req": tls,
+                "frontend": "http" if http else frontend, "plain_us_per_req": plain,
+                "tls_us_per_req": tls,
                 "overhead": tls / plain - 1,
                 "plain_throughput": statistics.median(w["throughput"] for w in windows["plain"]),
                 "tls_throughput": statistics.median(w["throughput"] for w in windows["tls"]),
                 "windows": windows,
             })  # fmt: skip
         finally:
-            for proc, _ in procs.values():
+            for proc, *_ in procs.values():
                 proc.terminate()
                 proc.wait(30)
     kind = "mutual TLS" if args.mutual else "TLS"
-    print(f"\n{args.model}, perf_analyzer c={args.concurrency}, {args.rounds} interleaved "
+    print(f"\n{args.protocol}: {args.model}, perf_analyzer c={args.concurrency}, "
+          f"{args.rounds} interleaved "
           f"windows of {args.duration:.0f}s each, median server CPU per request")  # fmt: skip
     print(f"{'frontend':<9} {'plain us/req':>13} {kind + ' us/req':>15} {'overhead':>9} "
           f"{'plain req/s':>12} {kind + ' req/s':>14}  target <= {TARGET:.0%}")  # fmt: skip
@@ -142,7 +174,8 @@ def main() -> int:
               f"{r['tls_throughput']:>14.0f}  {'met' if r['overhead'] <= TARGET else 'NOT met'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "model": args.model, "concurrency": args.concurrency, "mode": kind,
+        "protocol": args.protocol, "model": args.model, "concurrency": args.concurrency,
+        "mode": kind,
         "rounds": args.rounds, "duration_s": args.duration, "host": platform.node(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows,
     }, indent=1))  # fmt: skip

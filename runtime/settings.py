@@ -127,6 +127,37 @@ class Settings:
             "whole_items": True,
         },
     )
+    http_use_ssl: bool = field(
+        default=False,
+        metadata={"help": "serve HTTP/REST over TLS (HTTPS); cert and key: --http-server-cert "
+                  "and --http-server-key, else the --grpc-server-* files"},
+    )  # fmt: skip
+    http_use_ssl_mutual: bool = field(
+        default=False,
+        metadata={"help": "HTTPS with mutual TLS: clients need a certificate signed by "
+                  "--http-root-cert (else --grpc-root-cert); implies --http-use-ssl"},
+    )  # fmt: skip
+    http_server_cert: Path | None = field(
+        default=None,
+        metadata={"help": "PEM server certificate for HTTPS (unset: --grpc-server-cert)"},
+    )
+    http_server_key: Path | None = field(
+        default=None,
+        metadata={"help": "PEM private key of the HTTPS certificate (unset: --grpc-server-key)"},
+    )
+    http_root_cert: Path | None = field(
+        default=None,
+        metadata={"help": "PEM CA certificate(s) that sign HTTPS client certificates "
+                  "(unset: --grpc-root-cert)"},
+    )  # fmt: skip
+    http_restricted_api: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "<apis>:<key>=<value>: those HTTP API groups (same names as "
+            "--grpc-restricted-protocol) need header <key>: <value>, else 403; may repeat",
+            "whole_items": True,
+        },
+    )
     metrics_ssl_cert: Path | None = field(
         default=None, metadata={"help": "PEM certificate: serve /metrics over HTTPS"}
     )

@@ -498,6 +498,8 @@ def test_tls_overlay_mounts_the_secret_and_probes_over_tls(rendered: dict[str, P
     assert "subPath" not in mount  # NOTE: a subPath mount never sees a renewed certificate
     args = server["args"]
     assert args[args.index("--grpc-use-ssl-mutual") + 1] == "true"
+    # NOTE: HTTP/REST too (its files default to the --grpc-* ones), else 8000 stays plaintext
+    assert args[args.index("--http-use-ssl-mutual") + 1] == "true"
     for flag in ("--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert"):
         assert args[args.index(flag) + 1].startswith(mount["mountPath"] + "/")
     for kind in ("startupProbe", "livenessProbe", "readinessProbe"):

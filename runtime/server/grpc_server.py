@@ -121,6 +121,13 @@ class Server:
         self._restricted = restricted.by_method(
             restricted.parse(settings.grpc_restricted_protocol)
         )
+        http_files = tls.http_files(settings) if settings.http_port >= 0 else None
+        self._http_tls = (
+            tls.RotatingServerContext(tls.CertificateReloader(http_files)) if http_files else None
+        )
+        self._http_restricted = restricted.parse(
+            settings.http_restricted_api, "--http-restricted-api", header_prefix=""
+        )  # NOTE: tritonserver's HTTP header is the bare key
         self.grpc_port = 0
         self.metrics_port = -1  # -1: metrics disabled (as the flag says)
         self.frontend = settings.grpc_frontend
@@ -205,7 +212,10 @@ class Server:
                 raise OSError(f"cannot bind metrics port {s.host}:{s.metrics_port}: {exc}") from exc
         if s.http_port >= 0:
             http_host = s.http_address or s.host
-            self._http = HttpFrontend(self.servicer, s.grpc_max_message_bytes)
+            self._http = HttpFrontend(
+                self.servicer, s.grpc_max_message_bytes,
+                self._http_tls.context if self._http_tls else None, self._http_restricted,
+            )  # fmt: skip
             try:
                 self.http_port = await self._http.start(http_host, s.http_port)
             except OSError as exc:
@@ -223,6 +233,15 @@ class Server:
         metrics_at = f"on {s.host}:{self.metrics_port}" if self.metrics_port >= 0 else "disabled"
         security = ("mutual TLS" if s.grpc_use_ssl_mutual else "TLS") if self._tls else "plaintext"
         http_at = f"on {s.http_address or s.host}:{self.http_port}" if self._http else "disabled"
+        if self._http is not None:
+            http_security = ("mutual TLS" if s.http_use_ssl_mutual else "TLS") if self._http_tls \
+                else "plaintext"  # fmt: skip
+            http_at += f" ({http_security})"
+            if self._tls is not None and self._http_tls is None:
+                LOGGER.warning(
+                    "gRPC uses TLS but HTTP on port %d is plaintext: set --http-use-ssl true, "
+                    "or --http-port -1", self.http_port,
+                )  # fmt: skip
         LOGGER.info(
             "gRPC on %s:%d (%s frontend, %s), HTTP %s, metrics %s, repository %s (control mode %s)",
             s.host, self.grpc_port, self.frontend, security, http_at, metrics_at,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -23,6 +24,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from runtime.errors import InvalidArgument, RuntimeServerError
 from runtime.server import http_codec
+from runtime.server.restricted import HTTP_MESSAGE, Restriction
 from runtime.server.servicer import InferenceServicer
 
 LOGGER = logging.getLogger(__name__)
@@ -102,6 +104,32 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(500, "internal error; see server log")
 
 
+def _restricting(
+    groups: Mapping[str, str], restrictions: Mapping[str, Restriction]
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware for --http-restricted-api: a route of a restricted API group answers 403
+    `{"error": "This API is restricted, expecting header '<key>'"}` unless the request
+    carries header <key> with the agreed value (tritonserver's RespondIfRestricted)."""
+
+    @web.middleware
+    async def restricted(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = getattr(request.match_info.route, "resource", None)
+        if resource is None and isinstance(
+            getattr(request.match_info, "http_exception", None), web.HTTPMethodNotAllowed
+        ):  # NOTE: as tritonserver, the restriction is checked before the method
+            for candidate in request.app.router.resources():
+                if (await candidate.resolve(request))[1]:  # its path matched, its method not
+                    resource = candidate
+                    break
+        group = groups.get(resource.canonical) if resource is not None else None
+        rule = restrictions.get(group) if group is not None else None
+        if rule is not None and request.headers.get(rule.header) != rule.value:
+            return _error(403, HTTP_MESSAGE.format(rule.header))
+        return await handler(request)
+
+    return restricted
+
+
 async def _body_json(request: web.Request) -> dict[str, Any]:
     """An optional JSON object body (repository and shared-memory routes)."""
     body = await request.read()
@@ -119,46 +147,64 @@ async def _body_json(request: web.Request) -> dict[str, Any]:
 class HttpFrontend:
     """The aiohttp application and its listening site."""
 
-    def __init__(self, servicer: InferenceServicer, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        servicer: InferenceServicer,
+        max_body_bytes: int,
+        ssl_context: ssl.SSLContext | None = None,
+        restrictions: Mapping[str, Restriction] | None = None,
+    ) -> None:
         self.servicer = servicer
         self._ctx = _Context()
-        self.app = web.Application(middlewares=[_errors], client_max_size=max_body_bytes)
+        self._ssl = ssl_context
+        self.groups: dict[str, str] = {}  # route path -> API group (restricted.PROTOCOLS)
+        middlewares: list[Any] = [_errors]
+        if restrictions:  # NOTE: no per-request cost unless something is restricted
+            middlewares.insert(0, _restricting(self.groups, restrictions))
+        self.app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
         self._routes()
         self._runner: web.AppRunner | None = None
         self.port = -1
 
     def _routes(self) -> None:
         r = self.app.router
+
+        def add(method: str, path: str, handler: Handler, group: str) -> None:
+            r.add_route(method, path, handler)
+            self.groups[path] = group  # NOTE: tritonserver's RestrictedCategory per handler
+
         m = "/v2/models/{model}"
         mv = "/v2/models/{model}/versions/{version}"
-        r.add_get("/v2/health/live", self.live)
-        r.add_get("/v2/health/ready", self.ready)
-        r.add_get("/v2", self.server_metadata)
-        r.add_get("/v2/models/stats", self.statistics)
+        add("GET", "/v2/health/live", self.live, "health")
+        add("GET", "/v2/health/ready", self.ready, "health")
+        add("GET", "/v2", self.server_metadata, "metadata")
+        add("GET", "/v2/models/stats", self.statistics, "statistics")
         for base in (m, mv):
-            r.add_get(base, self.model_metadata)
-            r.add_get(base + "/ready", self.model_ready)
-            r.add_get(base + "/config", self.model_config)
-            r.add_get(base + "/stats", self.statistics)
-            r.add_post(base + "/infer", self.infer)
-        r.add_post("/v2/repository/index", self.repository_index)
-        r.add_post("/v2/repository/models/{model}/load", self.load)
-        r.add_post("/v2/repository/models/{model}/unload", self.unload)
+            add("GET", base, self.model_metadata, "metadata")
+            add("GET", base + "/ready", self.model_ready, "health")
+            add("GET", base + "/config", self.model_config, "model-config")
+            add("GET", base + "/stats", self.statistics, "statistics")
+            add("POST", base + "/infer", self.infer, "inference")
+        add("POST", "/v2/repository/index", self.repository_index, "model-repository")
+        add("POST", "/v2/repository/models/{model}/load", self.load, "model-repository")
+        add("POST", "/v2/repository/models/{model}/unload", self.unload, "model-repository")
         shm = "/v2/systemsharedmemory"
-        r.add_get(shm + "/status", self.shm_status)
-        r.add_get(shm + "/region/{region}/status", self.shm_status)
-        r.add_post(shm + "/region/{region}/register", self.shm_register)
-        r.add_post(shm + "/unregister", self.shm_unregister)
-        r.add_post(shm + "/region/{region}/unregister", self.shm_unregister)
-        r.add_route("*", "/v2/cudasharedmemory/{tail:.*}", self.unsupported)
-        r.add_route("*", "/v2/trace/{tail:.*}", self.unsupported)
-        r.add_route("*", "/v2/logging", self.unsupported)
+        add("GET", shm + "/status", self.shm_status, "shared-memory")
+        add("GET", shm + "/region/{region}/status", self.shm_status, "shared-memory")
+        add("POST", shm + "/region/{region}/register", self.shm_register, "shared-memory")
+        add("POST", shm + "/unregister", self.shm_unregister, "shared-memory")
+        add("POST", shm + "/region/{region}/unregister", self.shm_unregister, "shared-memory")
+        add("*", "/v2/cudasharedmemory/{tail:.*}", self.unsupported, "shared-memory")
+        add("*", "/v2/trace/{tail:.*}", self.unsupported, "trace")
+        add("*", "/v2/logging", self.unsupported, "logging")
 
     # ---- lifecycle ------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0, reuse_address=True)
+        site = web.TCPSite(
+            runner, host, port, shutdown_timeout=1.0, reuse_address=True, ssl_context=self._ssl
+        )
         try:
             await site.start()
         except OSError:

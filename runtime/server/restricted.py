@@ -6,8 +6,9 @@ protocol named; a gRPC call to one of its methods must carry the metadata
 `triton-grpc-protocol-<key>: <value>`, else it is answered UNAVAILABLE "This protocol is
 restricted, expecting header 'triton-grpc-protocol-<key>'". The grouping of RPCs into
 protocols is tritonserver's (grpc.health.v1 counts as health there too). `parse` takes the
-header prefix, so an HTTP endpoint can reuse it for `--http-restricted-api` (tritonserver's
-HTTP header is the bare key) together with `refusal`.
+header prefix, so the HTTP endpoint reuses it for `--http-restricted-api`: there
+tritonserver (http_server.cc RespondIfRestricted) expects the bare key as the header and
+answers 403 `{"error": "This API is restricted, expecting header '<key>'"}` (HTTP_MESSAGE).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 MESSAGE = "This protocol is restricted, expecting header '{}'"
+HTTP_MESSAGE = "This API is restricted, expecting header '{}'"
 
 _TRITON = "/inference.GRPCInferenceService/"
 _HEALTH = "/grpc.health.v1.Health/"

@@ -1,11 +1,12 @@
 """TLS material for the servers: read and check PEM files once, hand each frontend its form.
 
 One place reads the certificate, key and root files named by the flags, so every endpoint
-(gRPC on either frontend, the metrics port, an HTTP endpoint later) fails the same way on a
+(gRPC on either frontend, the metrics port, HTTP/REST) fails the same way on a
 bad file: a message naming the file, and `serve` exits 1. Rotation: the grpc.aio frontend
 asks `CertificateReloader` on each new connection, which re-reads the files when their
 mtime or size changed and keeps the previous pair when the new one does not check out (a
-half-copied file); `ssl_server_context` gives an `ssl.SSLContext` for HTTP servers.
+half-copied file); `ssl_server_context` gives an `ssl.SSLContext` for HTTP servers, and
+`RotatingServerContext` one whose certificate follows the files for the HTTP/REST endpoint.
 """
 
 from __future__ import annotations
@@ -154,6 +155,29 @@ def grpc_files(settings: Any) -> TlsFiles | None:
     )  # fmt: skip
 
 
+def http_files(settings: Any) -> TlsFiles | None:
+    """The HTTP/REST endpoint's TLS files, or None for plaintext. tritonserver has no HTTP
+    TLS flags; ours mirror the gRPC ones, and each --http-* file flag left unset takes the
+    matching --grpc-* file (one host certificate for both ports is the usual case). Errors
+    name the flag whose file was used. --http-use-ssl-mutual implies --http-use-ssl."""
+    if not (settings.http_use_ssl or settings.http_use_ssl_mutual):
+        return None
+
+    def pick(name: str) -> tuple[Path | None, str]:
+        flag = "-" + name.replace("_", "-")
+        own, grpc_file = getattr(settings, "http_" + name), getattr(settings, "grpc_" + name)
+        if own is None and grpc_file is not None:
+            return grpc_file, "--grpc" + flag
+        return own, "--http" + flag
+
+    (cert, cert_flag), (key, key_flag) = pick("server_cert"), pick("server_key")
+    root, root_flag = pick("root_cert")
+    if cert is None or key is None:
+        raise TlsConfigError("--http-use-ssl needs --http-server-cert and --http-server-key "
+                             "(or --grpc-server-cert and --grpc-server-key)")  # fmt: skip
+    return TlsFiles(cert, key, root, settings.http_use_ssl_mutual, cert_flag, key_flag, root_flag)
+
+
 def metrics_context(settings: Any) -> ssl.SSLContext | None:
     """The metrics port's SSLContext from --metrics-ssl-*, or None for plain HTTP."""
     cert, key = settings.metrics_ssl_cert, settings.metrics_ssl_key
@@ -186,10 +210,11 @@ def grpc_server_credentials(reloader: CertificateReloader) -> Any:
     )
 
 
-def ssl_server_context(files: TlsFiles) -> ssl.SSLContext:
-    """An SSLContext for an HTTP server (metrics now, the HTTP endpoint later); files checked
-    first, so a bad one fails with its name rather than an OpenSSL code."""
-    load(files)
+def ssl_server_context(files: TlsFiles, check: bool = True) -> ssl.SSLContext:
+    """An SSLContext for an HTTP server (metrics, HTTP/REST); files checked first, so a bad
+    one fails with its name rather than an OpenSSL code."""
+    if check:
+        load(files)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(files.cert), str(files.key))
@@ -198,6 +223,33 @@ def ssl_server_context(files: TlsFiles) -> ssl.SSLContext:
     if files.mutual:
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+class RotatingServerContext:
+    """The HTTPS endpoint's SSLContext, whose certificate follows the files without a restart.
+
+    `context` is what the server listens with; its `sni_callback` runs in every TLS handshake
+    (OpenSSL calls it on each ClientHello, with or without SNI). There `reloader.changed()`
+    stats the files (cheap) and, when they changed and check out, builds a fresh SSLContext
+    from them; the handshake in progress and every later one are then switched to it
+    (`SSLObject.context = ...`, OpenSSL's SSL_set_SSL_CTX: certificate, key and trusted
+    client CAs). Open connections keep the certificate they were made with.
+    """
+
+    def __init__(self, reloader: CertificateReloader) -> None:
+        self.reloader = reloader
+        self.context = ssl_server_context(reloader.files, check=False)  # NOTE: loaded already
+        self.context.sni_callback = self._on_client_hello
+        self._current = self.context
+
+    def _on_client_hello(self, conn: Any, _server_name: str | None, _ctx: Any) -> None:
+        if self.reloader.changed() is not None:
+            try:
+                self._current = ssl_server_context(self.reloader.files, check=False)
+            except (OSError, ssl.SSLError) as exc:  # NOTE: changed again since it was read
+                LOGGER.warning("TLS files changed but cannot be used yet: %s", exc)
+        if self._current is not self.context:
+            conn.context = self._current
 
 
 def grpc_channel_credentials(
