@@ -164,7 +164,8 @@ def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = (),
         have = {o.name for o in m.graph.output}
         for name in extra_outputs:
             if name not in have:
-                m.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+                m.graph.output.append(
+                    helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return ort.InferenceSession(m.SerializeToString(), calibrate.session_options(threads),
                                 providers=["CPUExecutionProvider"])
 
