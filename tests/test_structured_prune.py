@@ -224,3 +224,37 @@ def test_cli_prints_the_table_and_refuses_clearly(tmp_path: Path,
                "--head-sparsity", "0.5", "--calibration", str(cal_mlp)])
     err = capsys.readouterr().err
     assert rc == 2 and "attention not recognised" in err and not (tmp_path / "y.onnx").exists()
+
+
+def test_masked_variant_equals_the_sliced_model() -> None:
+    """The one-session form the sweep measures with gives the sliced model's outputs."""
+    from runtime.sparsity.structure_diff import compare_structure
+    from runtime.sparsity.structured import masked_weights
+    from runtime.sparsity.structured_prune import MaskedModel, plan_stages, sweep
+
+    model = tiny_bert(style="concat")
+    feeds = bert_inputs()
+    config = StructuredConfig(ffn_sparsity=0.5, head_sparsity=0.5, refit=True, progress=False)
+    edits, _ = sweep(model, plan_stages(model, config), feeds, config)
+    weights = masked_weights(edits)
+    assert weights is not None
+    masked = MaskedModel(model, list(weights)).outputs(feeds, weights, 8)
+    sliced = apply_edits(model, edits)
+    np.testing.assert_allclose(masked, run(sliced, feeds).reshape(len(masked), -1), atol=1e-4)
+    assert compare_structure(model, sliced).params < compare_structure(model, model).params
+
+
+def test_target_speedup_reports_what_it_measured(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    model_path = tmp_path / "bert.onnx"
+    onnx.save(tiny_bert(hidden=32, heads=4, ffn=128), str(model_path))
+    cal = _write_npz(tmp_path / "cal.npz", bert_inputs(n=30, hidden=32))
+    rc = main(["prune", str(model_path), "-o", str(tmp_path / "t.onnx"), "--structured",
+               "--target-speedup", "1.3", "--refit", "--calibration", str(cal),
+               "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "measured onnxruntime CPU speed-up" in text and "target 1.3x" in text
+    rc = main(["prune", str(model_path), "-o", str(tmp_path / "u.onnx"), "--structured",
+               "--target-speedup", "0.9", "--calibration", str(cal)])
+    assert rc == 2 and "must be > 1" in capsys.readouterr().err

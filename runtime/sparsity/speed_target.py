@@ -43,6 +43,7 @@ from runtime.sparsity.structured import (
     head_columns,
 )
 from runtime.sparsity.structured_prune import (
+    MaskedModel,
     Stage,
     StructuredConfig,
     StructuredReport,
@@ -50,6 +51,7 @@ from runtime.sparsity.structured_prune import (
     _rows,
     model_outputs,
     plan_stages,
+    projection_names,
     prune_block,
     prune_structured,
     session,
@@ -182,6 +184,8 @@ def prune_to_speed(model: onnx.ModelProto, config: StructuredConfig, target: flo
     with _single_threaded_blas():
         moments = dense_moments(model, stages, calibration, config.batch_size, held_from)
     ref = model_outputs(model, holdout, config.batch_size)
+    fed = projection_names(stages)
+    masked = MaskedModel(model, fed) if fed else None
     losses: dict[int, list[float]] = {}
     savings: dict[int, list[float]] = {}
     for i, stage in enumerate(stages):
@@ -191,9 +195,11 @@ def prune_to_speed(model: onnx.ModelProto, config: StructuredConfig, target: flo
             with _single_threaded_blas():
                 edit, _ = prune_block(model, replace(stage, amount=amount), fit, held,
                                       config.refit)
-            d = deviation(ref, model_outputs(apply_edits(model, [edit]), holdout,
-                                             config.batch_size))
-            losses[i].append(1.0 - d.cosine)
+            if masked is not None and edit.masked is not None:
+                out = masked.outputs(holdout, edit.masked, config.batch_size)
+            else:
+                out = model_outputs(apply_edits(model, [edit]), holdout, config.batch_size)
+            losses[i].append(1.0 - deviation(ref, out).cosine)
             savings[i].append(slopes[stage.kind] * amount)
     needed = dense_ms * (1.0 - 1.0 / target)
     choice = allocate(losses, savings, needed)

@@ -460,6 +460,26 @@ class Edit:
     """Reshape node name -> new shape values (None: leave that position as it is)."""
     new_bias: tuple[str, str, np.ndarray] | None = None
     """(MatMul output to add it after, new initializer name, bias) when there was no bias."""
+    masked: dict[str, np.ndarray] | None = None
+    """The same block at full shape: output-projection rows of removed units zeroed, the
+    new bias. Equal outputs, so many variants can run in one session; None where the
+    block has no bias to carry the compensation."""
+
+
+def masked_weights(edits: Iterable[Edit]) -> dict[str, np.ndarray] | None:
+    """Full-shape weights equivalent to `edits` (None if some edit has no masked form)."""
+    out: dict[str, np.ndarray] = {}
+    for edit in edits:
+        if edit.masked is None:
+            return None
+        out.update(edit.masked)
+    return out
+
+
+def _masked(rows: int, keep: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    full = np.zeros((rows, kept.shape[1]), dtype=kept.dtype)
+    full[keep] = kept
+    return full
 
 
 def ffn_edit(block: FFNBlock, keep: np.ndarray, w1: np.ndarray, b1: np.ndarray | None,
@@ -475,6 +495,9 @@ def ffn_edit(block: FFNBlock, keep: np.ndarray, w1: np.ndarray, b1: np.ndarray |
             edit.weights[block.b2] = b2_new
         else:
             edit.new_bias = (block.mm2_output, f"{block.w2}.compensation_bias", b2_new)
+    if block.b2 is not None and b2_new is not None:
+        edit.masked = {block.w2: _masked(block.hidden, keep, edit.weights[block.w2]),
+                       block.b2: b2_new}
     return edit
 
 
@@ -507,6 +530,9 @@ def attention_edit(block: AttentionBlock, keep_heads: Sequence[int],
             edit.weights[block.bo] = bo_new
         else:
             edit.new_bias = (block.wo_output, f"{block.wo}.compensation_bias", bo_new)
+    if block.bo is not None and bo_new is not None:
+        edit.masked = {block.wo: _masked(block.heads * block.head_dim, cols,
+                                         edit.weights[block.wo]), block.bo: bo_new}
     return edit
 
 

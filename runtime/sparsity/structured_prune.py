@@ -10,7 +10,7 @@ moments of one activation, so memory does not grow with the calibration set.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +31,13 @@ from runtime.sparsity.compensate import (
 )
 from runtime.sparsity.heads import greedy_heads
 from runtime.sparsity.inputs import Feeds, iter_batches, num_samples, take
-from runtime.sparsity.prune import Deviation, _single_threaded_blas, deviation, float_outputs
+from runtime.sparsity.prune import (
+    Deviation,
+    WeightFedModel,
+    _single_threaded_blas,
+    deviation,
+    float_outputs,
+)
 from runtime.sparsity.structured import (
     AttentionBlock,
     Edit,
@@ -42,6 +48,7 @@ from runtime.sparsity.structured import (
     find_attention_blocks,
     find_ffn_blocks,
     head_columns,
+    masked_weights,
 )
 
 HEAD_GREEDY_DAMPING = 1.0
@@ -187,26 +194,60 @@ def _rows(act: np.ndarray, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
     return act.reshape(-1, act.shape[-1])
 
 
-def collect(model: onnx.ModelProto, tensor: str, width: int, calibration: Feeds,
+def collect(run_act: Callable[[Feeds], np.ndarray], width: int, calibration: Feeds,
             batch_size: int, held_out_from: int | None) -> tuple[Moments, Moments]:
-    """Moments of `tensor` over calibration samples [0, held_out_from) and the rest."""
-    sess = session(model, [tensor])
+    """Moments of one activation over calibration samples [0, held_out_from) and the rest."""
     fit, held = Moments(width), Moments(width)
     n = num_samples(calibration)
     cut = n if held_out_from is None else held_out_from
     for start in range(0, n, batch_size):
         batch = take(calibration, slice(start, start + batch_size))
-        act = sess.run([tensor], batch)[0]
-        rows_mask = np.arange(start, min(start + batch_size, n)) < cut
-        if rows_mask.all():
-            fit.add(_rows(act, batch))
-        elif not rows_mask.any():
-            held.add(_rows(act, batch))
-        else:
-            k = int(rows_mask.sum())
+        act = run_act(batch)
+        k = max(0, min(act.shape[0], cut - start))
+        if k:
             fit.add(_rows(act[:k], take(batch, slice(0, k))))
+        if k < act.shape[0]:
             held.add(_rows(act[k:], take(batch, slice(k, None))))
     return fit, held
+
+
+class MaskedModel:
+    """One session for many pruned variants: the blocks' output projections fed as inputs.
+
+    Why: slicing a block and building a session costs a model copy and a graph
+    optimisation each time; zeroing the removed rows of the output projection gives
+    the same outputs (see `Edit.masked`), so sweeps and sensitivity checks run as
+    many variants as they like through one session.
+    """
+
+    def __init__(self, model: onnx.ModelProto, fed: Sequence[str],
+                 extra_outputs: Sequence[str] = ()) -> None:
+        inits = {i.name: i for i in model.graph.initializer}
+        self.dense = {n: numpy_helper.to_array(inits[n]) for n in dict.fromkeys(fed)}
+        self.runner = WeightFedModel(model, list(self.dense), extra_outputs)
+
+    def run(self, feeds: Feeds, weights: Mapping[str, np.ndarray],
+            outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        return self.runner.run(feeds, {**self.dense, **weights}, outputs)
+
+    def outputs(self, feeds: Feeds, weights: Mapping[str, np.ndarray],
+                batch_size: int) -> np.ndarray:
+        """Float model outputs [samples, F] with `weights` in place of the dense ones."""
+        names = self.runner.outputs
+        return np.concatenate([float_outputs(self.run(b, weights, names), names)
+                               for b in iter_batches(feeds, batch_size)], axis=0)
+
+
+def projection_names(stages: Sequence[Stage]) -> list[str] | None:
+    """Output projection weights and biases of the stages; None if one has no bias."""
+    names: list[str] = []
+    for s in stages:
+        b = s.block
+        w, bias = (b.w2, b.b2) if isinstance(b, FFNBlock) else (b.wo, b.bo)
+        if bias is None:
+            return None
+        names += [w, bias]
+    return names
 
 
 def _init(model: onnx.ModelProto, name: str | None) -> np.ndarray | None:
@@ -265,18 +306,31 @@ def sweep(model: onnx.ModelProto, stages: Sequence[Stage], calibration: Feeds,
     held_from = None
     if config.refit and n >= 2:
         held_from = n - max(1, int(round(n * config.held_out_fraction)))
+    active = [s for s in stages if s.amount > 0]
+    fed = projection_names(active)
+    masked = MaskedModel(model, fed, [s.activation for s in active]) if fed else None
+    weights: dict[str, np.ndarray] = {}
     current = model
     edits: list[Edit] = []
     rows: list[BlockRow] = []
-    for stage in tqdm(stages, desc="structured", disable=not config.progress):
-        if stage.amount <= 0:
-            continue
+    for stage in tqdm(active, desc="structured", disable=not config.progress):
         width = stage.block.hidden if isinstance(stage.block, FFNBlock) else (
             stage.block.heads * stage.block.head_dim)
-        fit, held = collect(current, stage.activation, width, calibration, config.batch_size,
-                            held_from)
-        edit, row = prune_block(current, stage, fit, held, config.refit)
-        current = apply_edits(current, [edit])
+        if masked is not None:
+            def run_act(batch: Feeds, name: str = stage.activation) -> np.ndarray:
+                return masked.run(batch, weights, [name])[name]  # type: ignore[union-attr]
+        else:
+            sess = session(current, [stage.activation])
+
+            def run_act(batch: Feeds, name: str = stage.activation,
+                        sess: ort.InferenceSession = sess) -> np.ndarray:
+                return sess.run([name], batch)[0]
+        fit, held = collect(run_act, width, calibration, config.batch_size, held_from)
+        edit, row = prune_block(model, stage, fit, held, config.refit)
+        if masked is not None and edit.masked is not None:
+            weights.update(edit.masked)
+        else:
+            current = apply_edits(current, [edit])
         edits.append(edit)
         rows.append(row)
     return edits, rows
@@ -344,7 +398,13 @@ def _stop_condition(model: onnx.ModelProto, edits: Sequence[Edit], rows: Sequenc
         def ok(d: Deviation) -> bool:
             return d.rel_l2 <= config.max_deviation  # type: ignore[operator]
 
+    fed = [n for e in edits for n in (e.masked or {})]
+    masked = MaskedModel(model, fed) if all(e.masked for e in edits) else None
+
     def measure(chosen: Sequence[Edit]) -> Deviation:
+        weights = masked_weights(chosen)
+        if masked is not None and weights is not None:
+            return deviation(ref, masked.outputs(holdout, weights, config.batch_size))
         return deviation(ref, model_outputs(apply_edits(model, chosen), holdout,
                                             config.batch_size))
 
