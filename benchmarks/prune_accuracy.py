@@ -104,44 +104,68 @@ def structured_rows(model: onnx.ModelProto, cal: Feeds, ev: Feeds, dense: np.nda
     variants: dict[str, onnx.ModelProto] = {}
     rows: list[dict[str, object]] = []
 
+    def saved(name: str) -> Path:
+        return args.model.parent / f"model_{name.replace(' ', '_')}.onnx"
+
+    def reuse(name: str) -> onnx.ModelProto | None:
+        return onnx.load(str(saved(name))) if args.reuse_models and saved(name).exists() \
+            else None
+
     def add(name: str, pruned: onnx.ModelProto, extra: dict[str, object]) -> None:
         metrics = compare(dense, embed(pruned, ev))
         variants[name] = pruned
         rows.append({"variant": name, **metrics, **extra})
+        if args.save_models:
+            onnx.save(pruned, str(saved(name)))
         print(f"  {name:24s} cos {metrics['mean_cosine']:.4f} (min {metrics['min_cosine']:.4f}) "
               f"spearman {metrics['spearman_pairwise']:.4f} nn {metrics['nn_agreement']:.3f} "
               + " ".join(f"{k} {v:.1f}" for k, v in extra.items() if k.endswith("seconds")),
               flush=True)
 
     for name, ffn, heads, refit in STRUCTURED:
+        about: dict[str, object] = {"ffn_sparsity": ffn,
+                                    "heads_removed_per_layer": round(heads * 12), "refit": refit}
+        old = reuse(name)
+        if old is not None:
+            add(name, old, {**about, "reused": True})
+            continue
         config = StructuredConfig(ffn_sparsity=ffn, head_sparsity=heads, refit=refit,
                                   progress=False)
         t0, c0 = time.perf_counter(), time.process_time()
         pruned, report = prune_structured(model, config, cal, cal)
-        add(name, pruned, {"ffn_sparsity": ffn, "heads_removed_per_layer": round(heads * 12),
-                           "refit": refit, "prune_wall_seconds": report.prune_seconds,
+        add(name, pruned, {**about, "prune_wall_seconds": report.prune_seconds,
                            "total_wall_seconds": time.perf_counter() - t0,
                            "total_cpu_seconds": time.process_time() - c0})
-        if args.save_models:
-            onnx.save(pruned, str(args.model.parent / f"model_{name.replace(' ', '_')}.onnx"))
-    fit, held = split_holdout(cal)
-    t0, c0 = time.perf_counter(), time.process_time()
-    target, report = prune_to_speed(model, StructuredConfig(refit=True, progress=False), 1.5,
-                                    fit, held, held)
-    add("target-speedup 1.5 refit", target, {
-        "prune_wall_seconds": report.prune_seconds,
-        "total_wall_seconds": time.perf_counter() - t0,
-        "total_cpu_seconds": time.process_time() - c0,
-        "own_measured_speedup": report.speed["speedup"] if report.speed else None,
-        "predicted_speedup": report.speed["predicted"] if report.speed else None,
-        "blocks": [f"{r.block} {r.kind} {r.before}->{r.after}" for r in report.rows]})
+    name = "target-speedup 1.5 refit"
+    target = reuse(name)
+    if target is not None:
+        add(name, target, {"reused": True})
+    else:
+        fit, held = split_holdout(cal)
+        t0, c0 = time.perf_counter(), time.process_time()
+        target, report = prune_to_speed(model, StructuredConfig(refit=True, progress=False), 1.5,
+                                        fit, held, held)
+        add(name, target, {
+            "prune_wall_seconds": report.prune_seconds,
+            "total_wall_seconds": time.perf_counter() - t0,
+            "total_cpu_seconds": time.process_time() - c0,
+            "own_measured_speedup": report.speed["speedup"] if report.speed else None,
+            "predicted_speedup": report.speed["predicted"] if report.speed else None})
+    from runtime.sparsity.structure_diff import compare_structure
+
+    rows[-1]["blocks"] = [f"{b.block} {b.kind} {b.parent}->{b.now}"
+                          for b in compare_structure(model, target).blocks]
+    print("   " + "; ".join(str(b) for b in rows[-1]["blocks"]))  # type: ignore[union-attr]
     qconfig = QuantizeConfig(mode="dynamic", progress=False)
-    add("int8 (dense)", quantize_model(model, qconfig, None, take_rows(ev, 8))[0], {})
-    add("ffn50+4heads refit+int8",
-        quantize_model(variants["ffn50+4heads refit"], qconfig, None, take_rows(ev, 8))[0], {})
+    for name, base in (("int8 (dense)", model),
+                       ("ffn50+4heads refit+int8", variants["ffn50+4heads refit"])):
+        old = reuse(name)
+        add(name, old if old is not None else
+            quantize_model(base, qconfig, None, take_rows(ev, 8))[0], {})
 
     print(f"\nonnxruntime CPU speed-up vs dense (sequence 128, load avg "
-          f"{os.getloadavg()[0]:.1f}):")
+          f"{os.getloadavg()[0]:.1f}; 1 thread: CPU time per run, 2 threads: lower-quartile "
+          "wall time):")
     timed = {k: v for k, v in variants.items() if k != "ffn50 bias-comp"
              and k != "ffn50+4heads bias-comp"}  # NOTE: same shapes as their refit rows
     for threads, batch in SPEED_POINTS:
@@ -188,6 +212,9 @@ def main() -> int:
                         help="24 (magnitude/Wanda/SparseGPT 2:4), structured, or both")
     parser.add_argument("--speed-rounds", type=int, default=5,
                         help="alternating timing windows per (threads, batch)")
+    parser.add_argument("--reuse-models", action="store_true",
+                        help="structured: load variants saved by an earlier --save-models run "
+                             "instead of pruning again (no pruning times then)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
 

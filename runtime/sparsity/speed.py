@@ -34,12 +34,17 @@ def speed_inputs(model: onnx.ModelProto, batch: int, sequence: int) -> Feeds:
 
 def interleaved_latency(models: Mapping[str, onnx.ModelProto | bytes], feeds: Feeds,
                         threads: int = 1, rounds: int = 5, runs: int = 5,
-                        warmup: int = 2) -> dict[str, float]:
-    """Lower-quartile seconds per run of each model, timed in alternating windows.
+                        warmup: int = 2, clock: str = "wall") -> dict[str, float]:
+    """Seconds per run of each model, timed in alternating windows.
 
-    # NOTE: the lower quartile, not the median: on a loaded host most runs are
-    # slowed by other processes, and the slowdown is not shared evenly.
+    clock "wall": the lower quartile of wall time per run (on a loaded host most runs
+    are slowed by other processes, and not evenly). clock "cpu": the median CPU time
+    of this process per run, which other processes barely touch; it equals latency
+    only with one onnxruntime thread (then onnxruntime computes on the calling thread).
     """
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be wall or cpu, got {clock!r}")
+    tick = time.perf_counter if clock == "wall" else time.process_time
     sessions = {name: cpu_session(m, threads) for name, m in models.items()}
     for sess in sessions.values():
         for _ in range(warmup):
@@ -48,18 +53,25 @@ def interleaved_latency(models: Mapping[str, onnx.ModelProto | bytes], feeds: Fe
     for _ in range(rounds):
         for name, sess in sessions.items():
             for _ in range(runs):
-                t0 = time.perf_counter()
+                t0 = tick()
                 sess.run(None, feeds)
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(tick() - t0)
+    if clock == "cpu":
+        return {name: statistics.median(t) for name, t in times.items()}
     return {name: statistics.quantiles(t, n=4)[0] for name, t in times.items()}
 
 
 def speedups(dense: onnx.ModelProto, variants: Mapping[str, onnx.ModelProto | bytes],
              threads: int = 1, batch: int = 1, sequence: int = 128, rounds: int = 5,
-             runs: int = 5) -> dict[str, float]:
-    """Dense time / variant time (lower quartiles), each variant timed beside the dense model."""
+             runs: int = 5, clock: str | None = None) -> dict[str, float]:
+    """Dense time / variant time, each variant timed beside the dense model.
+
+    `clock` defaults to "cpu" with one thread and "wall" otherwise (see
+    `interleaved_latency`); "__dense_ms__" in the result is the dense model's time.
+    """
+    clock = clock or ("cpu" if threads == 1 else "wall")
     feeds = speed_inputs(dense, batch, sequence)
-    lat = interleaved_latency({"__dense__": dense, **variants}, feeds, threads, rounds, runs)
+    lat = interleaved_latency({"__dense__": dense, **variants}, feeds, threads, rounds, runs,
+                              clock=clock)
     return {name: lat["__dense__"] / lat[name] for name in variants} | {
         "__dense_ms__": lat["__dense__"] * 1e3}
-
