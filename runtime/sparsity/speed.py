@@ -39,12 +39,14 @@ def interleaved_latency(models: Mapping[str, onnx.ModelProto | bytes], feeds: Fe
 
     clock "wall": the lower quartile of wall time per run (on a loaded host most runs
     are slowed by other processes, and not evenly). clock "cpu": the median CPU time
-    of this process per run, which other processes barely touch; it equals latency
-    only with one onnxruntime thread (then onnxruntime computes on the calling thread).
+    of the calling thread per run, which other processes barely touch; it is the
+    latency only with one onnxruntime thread (onnxruntime then computes on the calling
+    thread). The thread's, not the process's: idle BLAS threads spinning after numpy
+    work were counted into every run and pulled the ratios toward 1.
     """
     if clock not in ("wall", "cpu"):
         raise ValueError(f"clock must be wall or cpu, got {clock!r}")
-    tick = time.perf_counter if clock == "wall" else time.process_time
+    tick = time.perf_counter if clock == "wall" else time.thread_time
     sessions = {name: cpu_session(m, threads) for name, m in models.items()}
     for sess in sessions.values():
         for _ in range(warmup):
