@@ -258,3 +258,6 @@ def test_target_speedup_reports_what_it_measured(tmp_path: Path,
     rc = main(["prune", str(model_path), "-o", str(tmp_path / "u.onnx"), "--structured",
                "--target-speedup", "0.9", "--calibration", str(cal)])
     assert rc == 2 and "must be > 1" in capsys.readouterr().err
+    rc = main(["prune", str(model_path), "-o", str(tmp_path / "v.onnx"), "--structured",
+               "--target-speedup", "1.5", "--ffn-sparsity", "0.5", "--calibration", str(cal)])
+    assert rc == 2 and "chooses each block's amount itself" in capsys.readouterr().err

@@ -94,6 +94,9 @@ def run(args: argparse.Namespace, model: onnx.ModelProto, calibration: Feeds | N
             min_cosine=args.min_cosine, progress=not args.no_progress,
         )
         config.validate()
+        if args.target_speedup is not None and (config.ffn_sparsity or config.head_sparsity):
+            raise ConfigError("--target-speedup chooses each block's amount itself: leave out "
+                              "--ffn-sparsity and --head-sparsity")
         if args.target_speedup is None and not (config.ffn_sparsity or config.head_sparsity):
             raise ConfigError("--structured needs --ffn-sparsity, --head-sparsity or "
                               "--target-speedup")
