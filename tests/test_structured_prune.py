@@ -261,3 +261,19 @@ def test_target_speedup_reports_what_it_measured(tmp_path: Path,
     rc = main(["prune", str(model_path), "-o", str(tmp_path / "v.onnx"), "--structured",
                "--target-speedup", "1.5", "--ffn-sparsity", "0.5", "--calibration", str(cal)])
     assert rc == 2 and "chooses each block's amount itself" in capsys.readouterr().err
+
+
+def test_max_deviation_keeps_the_bound_on_held_out_rows() -> None:
+    model = tiny_bert()
+    cal, hold = bert_inputs(n=40, seed=1), bert_inputs(n=16, seed=2)
+    loose = StructuredConfig(ffn_sparsity=0.5, head_sparsity=0.5, refit=True, progress=False)
+    _, free = prune_structured(model, loose, cal, hold, hold)
+    bound = free.deviation.rel_l2 / 2
+    strict = StructuredConfig(ffn_sparsity=0.5, head_sparsity=0.5, refit=True, progress=False,
+                              max_deviation=bound)
+    pruned, report = prune_structured(model, strict, cal, hold, hold)
+    assert report.deviation.rel_l2 <= bound + 1e-9
+    assert report.stop_metric.startswith("relative L2")
+    kept_dense = [r for r in report.rows if not r.pruned]
+    assert kept_dense and all(r.after == r.before for r in kept_dense)
+    onnx.checker.check_model(pruned)
