@@ -277,3 +277,18 @@ def test_max_deviation_keeps_the_bound_on_held_out_rows() -> None:
     kept_dense = [r for r in report.rows if not r.pruned]
     assert kept_dense and all(r.after == r.before for r in kept_dense)
     onnx.checker.check_model(pruned)
+
+
+def test_fp16_model_with_nodes_out_of_order() -> None:
+    """The fp16 converter appends its input Casts at the end of the node list."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    dense32 = tiny_bert()
+    model = convert_float_to_float16(dense32, keep_io_types=True)
+    feeds = bert_inputs()
+    config = StructuredConfig(ffn_sparsity=0.5, head_sparsity=0.5, refit=True, progress=False)
+    pruned, report = prune_structured(model, config, feeds, feeds)
+    _, report32 = prune_structured(dense32, config, feeds, feeds)
+    assert inits(pruned)[find_ffn_blocks(model)[0].w1].dtype == np.float16
+    assert run(pruned, feeds).shape == (24, 6, 16)
+    assert report.deviation.cosine > report32.deviation.cosine - 0.05

@@ -615,19 +615,27 @@ def _add_bias_after(model: onnx.ModelProto, mm_output: str, bias_name: str,
 
 
 def _drop_dead_nodes(model: onnx.ModelProto) -> None:
+    """Remove nodes no graph output depends on (in any node order), then unused initializers."""
     g = model.graph
-    needed = {o.name for o in g.output}
-    keep = []
-    for node in reversed(list(g.node)):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    keep.reverse()
-    if len(keep) != len(g.node):
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+    live: set[int] = set()
+    stack = [o.name for o in g.output]
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        idx = producer.get(name)
+        if idx is None or idx in live:
+            continue
+        live.add(idx)
+        stack.extend(i for i in g.node[idx].input if i)
+    if len(live) != len(g.node):
+        keep = [n for i, n in enumerate(g.node) if i in live]
         del g.node[:]
         g.node.extend(keep)
     used = {i for n in g.node for i in n.input}
-    dead = [i for i in g.initializer if i.name not in used and
-            i.name not in {x.name for x in g.input}]
-    for init in dead:
+    graph_inputs = {x.name for x in g.input}
+    for init in [i for i in g.initializer if i.name not in used and i.name not in graph_inputs]:
         g.initializer.remove(init)

@@ -169,10 +169,13 @@ def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = (),
         m = onnx.ModelProto()
         m.CopyFrom(model)
         have = {o.name for o in m.graph.output}
+        # NOTE: activations take the weights' float type (an fp16 model has fp16 activations)
+        elem = next((i.data_type for i in m.graph.initializer if i.data_type in (
+            onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)),
+            onnx.TensorProto.FLOAT)
         for name in extra_outputs:
             if name not in have:
-                m.graph.output.append(
-                    helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+                m.graph.output.append(helper.make_tensor_value_info(name, elem, None))
     return ort.InferenceSession(m.SerializeToString(), calibrate.session_options(threads),
                                 providers=["CPUExecutionProvider"])
 
