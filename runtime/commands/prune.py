@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from runtime.commands import positive_int
+from runtime.commands import positive_int, prune_structured
 from runtime.errors import ConfigError, ModelLoadError
 from runtime.fileio import output_problem, read_model, write_atomic
 from runtime.sparsity.inputs import (
@@ -57,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     parser.add_argument("--no-progress", action="store_true")
+    prune_structured.add_arguments(parser)
 
 
 def _calibration(args: argparse.Namespace, model: onnx.ModelProto) -> Feeds | None:
@@ -135,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
             except Exception as exc:  # noqa: BLE001 - protobuf raises several types
                 raise ModelLoadError(f"{args.model}: not a valid ONNX model ({exc})") from exc
         calibration = _calibration(args, model)
+        if args.structured:
+            return prune_structured.run(args, model, calibration)
         holdout = None
         if calibration is not None and (args.max_deviation or args.min_cosine):
             calibration, holdout = split_holdout(calibration)
