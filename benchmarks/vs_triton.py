@@ -113,7 +113,7 @@ def start_ours(repo: Path, work: Path, frontend: str, flags: str, index: int,
     """`python -m runtime serve` on free ports; its ports and the frontend its log names."""
     port_file, log = work / f"ours-{index}.json", work / f"ours-{index}.log"
     cmd = [sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo),
-           "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+           "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
            "--port-file", str(port_file), "--grpc-frontend", frontend,
            *shlex.split(flags)]  # fmt: skip
     with log.open("wb") as out:
@@ -124,7 +124,7 @@ def start_ours(repo: Path, work: Path, frontend: str, flags: str, index: int,
         ports = wait_port_file(proc, port_file, log)
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}:\n{log.read_text(errors='replace')[-3000:]}") from None
-    found = re.search(r"\((\w+) frontend\)", log.read_text(errors="replace"))
+    found = re.search(r"\((\w+) frontend[,)]", log.read_text(errors="replace"))
     return {**ports, "pid": proc.pid, "frontend": found.group(1) if found else frontend}
 
 
@@ -283,7 +283,7 @@ def run(args: argparse.Namespace, work: Path, started: list[subprocess.Popen]) -
                 targets.append(Target(label, "ours", "http", f"{loopback}:{info['http']}",
                                       info["pid"], info["metrics"], flags))  # fmt: skip
         if not any(t.kind == "ours" and t.protocol == "http" for t in targets):
-            notes.append("--http: our server has no HTTP endpoint yet; Triton HTTP measured alone")
+            notes.append("--http: our server reported no HTTP port; Triton HTTP measured alone")
     for note in notes:
         print(f"note: {note}", flush=True)
 
