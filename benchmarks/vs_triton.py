@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.serve_bench import PERF_ANALYZER, wait_port_file  # noqa: E402
-from benchmarks.triton import peer  # noqa: E402
+from benchmarks.triton_peer import peer  # noqa: E402
 
 # generated compute-bound models: name -> MLP layer widths (fp32, ReLU between)
 GENERATED = {"mlp_wide2048": (256, 2048, 2048, 2048, 256)}

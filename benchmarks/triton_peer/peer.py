@@ -2,7 +2,7 @@
 
 The `nvidia-pytriton` wheel ships a real `tritonserver` (2.51 in 0.7.0) with the python
 backend but no onnxruntime backend, so each model runs in a python-backend `model.py`
-(benchmarks/triton/onnx_model.py) that calls onnxruntime with default session options,
+(benchmarks/triton_peer/onnx_model.py) that calls onnxruntime with default session options,
 as Triton's onnxruntime backend does. The Triton config is made from ours: the same
 max_batch_size, inputs, outputs, dynamic batching, instance groups and parameters.
 How tritonserver starts from the wheel: ../shared/README.md, "Real Triton as a
