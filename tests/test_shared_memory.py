@@ -221,6 +221,33 @@ def test_a_key_that_links_out_of_dev_shm_is_refused(
         link.unlink()
 
 
+@pytest.mark.parametrize("what", ["fifo", "other-user", "semaphore", "nul"])
+def test_only_regular_files_of_the_servers_user_can_be_registered(
+    regions: Regions, kind: str, what: str
+) -> None:
+    """A network client must not name other processes' /dev/shm files (another user's
+    segments, POSIX semaphores, FIFOs) just because the server's user could open them."""
+    name = f"sparse_runtime_test_{what}_{uuid.uuid4().hex[:8]}"
+    path = Path("/dev/shm") / ("sem." + name if what == "semaphore" else name)
+    if what == "fifo":
+        os.mkfifo(path)
+    elif what != "nul":
+        path.write_bytes(b"\0" * 4096)
+    if what == "other-user":
+        if os.geteuid() != 0:
+            path.unlink()
+            pytest.skip("needs root to give a file to another user")
+        os.chown(path, 65534, 65534)
+    key = "/" + path.name + ("\0x" if what == "nul" else "")
+    try:
+        expect_invalid(kind, lambda: regions.client.register_system_shared_memory(
+            "foreign", key, 4096), "Unable to open shared memory region")  # fmt: skip
+    finally:
+        if path.exists():
+            path.unlink()
+    assert "foreign" not in status_names(regions.client, kind)
+
+
 def test_a_region_the_client_shrinks_is_an_error_not_a_crash(
     server: ServerProcess, regions: Regions, kind: str
 ) -> None:

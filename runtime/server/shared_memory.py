@@ -144,14 +144,28 @@ class SystemSharedMemory:
         path = os.path.join(SHM_DIR, key.lstrip("/"))
         if "/" in key.lstrip("/") or not key.strip("/"):
             raise InvalidArgument(f"Unable to open shared memory region: '{key}'")
+        if key.lstrip("/").startswith("sem."):
+            raise InvalidArgument(  # NOTE: POSIX named semaphores (ours or others'), not data
+                f"Unable to open shared memory region: '{key}' (a semaphore, not a region)"
+            )
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
         try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)  # NOTE: no links out of /dev/shm
-        except OSError as exc:
+            fd = os.open(path, flags)  # NOTE: no links out of /dev/shm; a FIFO must not block
+        except (OSError, ValueError) as exc:  # NOTE: ValueError: a NUL in the key
             raise InvalidArgument(  # NOTE: Triton's wording, then why
-                f"Unable to open shared memory region: '{key}' ({exc.strerror})"
+                f"Unable to open shared memory region: '{key}' "
+                f"({getattr(exc, 'strerror', None) or exc})"
             ) from None
         try:
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                # NOTE: network clients may name only segments this server's user made,
+                # not other processes' files that happen to be readable and writable
+                raise InvalidArgument(
+                    f"Unable to open shared memory region: '{key}' (not a regular file "
+                    "owned by the server's user)"
+                )
+            size = info.st_size
             if byte_size == 0 or offset + byte_size > size:
                 raise InvalidArgument(
                     f"failed to register shared memory region '{name}': offset {offset} + "
