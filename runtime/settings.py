@@ -36,6 +36,14 @@ class Settings:
     http_address: str = field(
         default="", metadata={"help": "address the HTTP/REST port binds (empty: --host)"}
     )
+    http_max_input_size: int = field(
+        default=64 * 2**20,
+        metadata={
+            "help": "largest HTTP/REST request body in bytes, as tritonserver's flag (a larger "
+            "one is answered 400 before it is read whole)",
+            "range": (1, 2**40),
+        },
+    )
     metrics_port: int = field(
         default=8002, metadata={"help": "Prometheus port, -1 disables", "range": (-1, 65535)}
     )

@@ -289,3 +289,40 @@ def test_http_off_and_a_clean_stop(sample_repo: Path, tmp_path: Path) -> None:
     assert client.infer("mlp_dense", [inp]).as_numpy("y").shape == (1, 256)
     assert on.stop() == 0
     assert "Traceback" not in on.log_text()
+
+
+def test_bodies_over_http_max_input_size_get_400_and_tritons_wording(
+    sample_repo: Path, tmp_path: Path
+) -> None:
+    """--http-max-input-size (tritonserver's flag, 64 MiB by default) bounds every HTTP body,
+    with or without Content-Length; before it the limit was gRPC's 2 GiB, and a JSON body
+    is decoded on the event loop at ~10x its size."""
+    import http.client
+
+    repo = tmp_path / "repo"
+    copy_repo(sample_repo, repo)
+    srv = start_server(repo, tmp_path, ["--http-max-input-size", "8192"])
+    try:
+        path = "/v2/models/mlp_dense/infer"
+        small = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 256],
+                             "data": [0] * 256}]}  # fmt: skip
+        assert call(srv, path, json.dumps(small).encode())[0] == 200
+        big = json.dumps({**small, "pad": "x" * 10_000}).encode()
+        status, message = error_of(srv, path, big)
+        assert status == 400, message  # NOTE: tritonserver's status and wording
+        assert message == (
+            f"Request size of {len(big)} bytes exceeds the maximum allowed value of 8192 "
+            "bytes. Use --http-max-input-size to increase the limit."
+        )
+        status, message = error_of(srv, "/v2/repository/index", big)
+        assert status == 400 and "--http-max-input-size" in message
+        conn = http.client.HTTPConnection(srv.http_url, timeout=30)  # chunked: no length
+        conn.request("POST", path, body=iter([big[:5000], big[5000:]]),
+                     encode_chunked=True)  # fmt: skip
+        resp = conn.getresponse()
+        assert resp.status == 400
+        assert "exceeds the maximum allowed value" in json.loads(resp.read())["error"]
+        conn.close()
+        assert call(srv, "/v2/health/live")[0] == 200
+    finally:
+        assert srv.stop() == 0

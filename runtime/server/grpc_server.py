@@ -213,7 +213,7 @@ class Server:
         if s.http_port >= 0:
             http_host = s.http_address or s.host
             self._http = HttpFrontend(
-                self.servicer, s.grpc_max_message_bytes,
+                self.servicer, s.http_max_input_size,
                 self._http_tls.context if self._http_tls else None, self._http_restricted,
             )  # fmt: skip
             try:

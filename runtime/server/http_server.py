@@ -93,6 +93,15 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(HTTP_STATUS.get(err.code, 400), err.details)
     except RuntimeServerError as err:
         return _error(HTTP_STATUS.get(err.code, 400), str(err))
+    except web.HTTPRequestEntityTooLarge:
+        # NOTE: tritonserver's code (400) and wording; aiohttp stops reading at the limit
+        size = request.content_length
+        return _error(400, (
+            f"Request size of {'over ' if size is None else ''}"
+            f"{request.client_max_size if size is None else size} bytes exceeds the maximum "
+            f"allowed value of {request.client_max_size} bytes. Use --http-max-input-size to "
+            "increase the limit."
+        ))
     except web.HTTPMethodNotAllowed:
         return _error(405, "Method Not Allowed")
     except web.HTTPNotFound:
