@@ -145,15 +145,49 @@ def test_http_files_default_to_the_grpc_ones(pki: dict, sample_repo: Path,
         srv.stop()
 
 
-def test_grpc_tls_with_plaintext_http_warns(pki: dict, sample_repo: Path, tmp_path: Path) -> None:
+def test_http_follows_grpc_tls_and_restrictions_when_not_told(
+    pki: dict, sample_repo: Path, tmp_path: Path
+) -> None:
+    """No --http-use-ssl* / --http-restricted-api: HTTP takes gRPC's mutual TLS (its files)
+    and its restricted protocols (header: the bare key), so the API is not open on 8000."""
     copy_repo(sample_repo / "mlp_dense", tmp_path / "repo" / "mlp_dense")
     server = pki["server"]
     srv = start_server(tmp_path / "repo", tmp_path, [
-        "--grpc-use-ssl", "true",
+        "--grpc-use-ssl-mutual", "true", "--grpc-root-cert", str(pki["ca"].path),
         "--grpc-server-cert", str(server.cert), "--grpc-server-key", str(server.key),
+        "--grpc-restricted-protocol", "inference:infer-key=s3cret",
     ])  # fmt: skip
     try:
-        assert "HTTP on port" in srv.log_text() and "is plaintext" in srv.log_text()
+        assert _refused(srv, pki["ca"].path, pki["client"], scheme="http")  # no plaintext
+        assert _refused(srv, pki["ca"].path)  # TLS without a client certificate
+        assert _refused(srv, pki["ca"].path, pki["stranger"])
+        status, body = _https(srv, "/v2/models/mlp_dense/infer", pki["ca"].path, pki["client"],
+                              INFER_BODY)  # fmt: skip
+        assert (status, json.loads(body)) == (403, {"error": EXPECT_INFER})
+        assert _https(srv, "/v2/models/mlp_dense/infer", pki["ca"].path, pki["client"],
+                      INFER_BODY, {"infer-key": "s3cret"})[0] == 200  # fmt: skip
+        assert "(mutual TLS), metrics" in srv.log_text()
+        assert "is plaintext" not in srv.log_text()
+    finally:
+        srv.stop()
+
+
+def test_explicit_plaintext_unrestricted_http_beside_secured_grpc_warns(
+    pki: dict, sample_repo: Path, tmp_path: Path
+) -> None:
+    copy_repo(sample_repo / "mlp_dense", tmp_path / "repo" / "mlp_dense")
+    server = pki["server"]
+    srv = start_server(tmp_path / "repo", tmp_path, [
+        "--grpc-use-ssl", "true", "--http-use-ssl", "false",
+        "--grpc-server-cert", str(server.cert), "--grpc-server-key", str(server.key),
+        "--grpc-restricted-protocol", "inference:infer-key=s3cret",
+        "--http-restricted-api", "none",
+    ])  # fmt: skip
+    try:
+        assert _call(srv, "/v2/models/mlp_dense/infer", INFER_BODY)[0] == 200
+        log = srv.log_text()
+        assert "HTTP on port" in log and "is plaintext" in log
+        assert "restricts nothing" in log
     finally:
         srv.stop()
 

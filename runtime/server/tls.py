@@ -159,8 +159,12 @@ def http_files(settings: Any) -> TlsFiles | None:
     """The HTTP/REST endpoint's TLS files, or None for plaintext. tritonserver has no HTTP
     TLS flags; ours mirror the gRPC ones, and each --http-* file flag left unset takes the
     matching --grpc-* file (one host certificate for both ports is the usual case). Errors
-    name the flag whose file was used. --http-use-ssl-mutual implies --http-use-ssl."""
-    if not (settings.http_use_ssl or settings.http_use_ssl_mutual):
+    name the flag whose file was used. --http-use-ssl-mutual implies --http-use-ssl; each
+    left unset follows gRPC's (runtime.settings.http_use_ssl)."""
+    from runtime.settings import http_use_ssl
+
+    use_ssl, mutual = http_use_ssl(settings)
+    if not use_ssl:
         return None
 
     def pick(name: str) -> tuple[Path | None, str]:
@@ -175,7 +179,7 @@ def http_files(settings: Any) -> TlsFiles | None:
     if cert is None or key is None:
         raise TlsConfigError("--http-use-ssl needs --http-server-cert and --http-server-key "
                              "(or --grpc-server-cert and --grpc-server-key)")  # fmt: skip
-    return TlsFiles(cert, key, root, settings.http_use_ssl_mutual, cert_flag, key_flag, root_flag)
+    return TlsFiles(cert, key, root, mutual, cert_flag, key_flag, root_flag)
 
 
 def metrics_context(settings: Any) -> ssl.SSLContext | None:
