@@ -292,3 +292,60 @@ def test_bad_restricted_api_value_exits_2(tmp_path: Path) -> None:
     done = _serve_fails(tmp_path, "--http-restricted-api", "bogus:k=v")
     assert done.returncode == 2 and "--http-restricted-api" in done.stderr, done.stderr
     assert "unknown protocol 'bogus'" in done.stderr
+
+
+def _client_context(ca: Path, pair: Pair, version: ssl.TLSVersion) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(str(pair.cert), str(pair.key))
+    context.minimum_version = context.maximum_version = version
+    return context
+
+
+def _handshake(port: int, context: ssl.SSLContext,
+               session: ssl.SSLSession | None = None) -> ssl.SSLSession | None:  # fmt: skip
+    """One HTTPS GET /v2/health/live, resuming `session` if given; the session to resume
+    next time, or None when the server refused the connection."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as tls:
+            tls.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := tls.recv(4096):
+                reply += chunk
+            if not reply.startswith(b"HTTP/1.1 200"):
+                return None
+            return tls.session
+    except (OSError, ssl.SSLError):
+        return None
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_client_cut_off_by_ca_rotation_cannot_resume_its_session(
+    pki: dict, sample_repo: Path, tmp_path: Path, version: ssl.TLSVersion
+) -> None:
+    """Rotating --http-root-cert to another CA cuts off the old CA's clients: no session
+    ticket (OP_NO_TICKET, num_tickets = 0) or cached TLS 1.2 session made before the rotation
+    lets them skip the certificate check."""
+    copy_repo(sample_repo / "mlp_dense", tmp_path / "repo" / "mlp_dense")
+    root = tmp_path / "root.crt"
+    shutil.copy(pki["ca"].path, root)
+    server = pki["server"]
+    srv = start_server(tmp_path / "repo", tmp_path, [
+        "--http-use-ssl-mutual", "true", "--http-root-cert", str(root),
+        "--http-server-cert", str(server.cert), "--http-server-key", str(server.key),
+    ])  # fmt: skip
+    try:
+        client = _client_context(pki["ca"].path, pki["client"], version)
+        session = _handshake(srv.http_port, client)
+        assert session is not None
+        assert _handshake(srv.http_port, client, session) is not None  # no rotation: served
+        shutil.copy(pki["other"].path, root.with_suffix(".new"))
+        os.replace(root.with_suffix(".new"), root)
+        resumed = _handshake(srv.http_port, client, session)
+        assert resumed is None, "resumed a session past the CA rotation"
+        stranger = _client_context(pki["ca"].path, pki["stranger"], version)
+        assert _handshake(srv.http_port, stranger) is not None  # the new CA's client
+    finally:
+        srv.stop()
