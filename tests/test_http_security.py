@@ -232,7 +232,8 @@ def restricted_srv(
     copy_repo(sample_repo / "mlp_dense", tmp / "repo" / "mlp_dense")
     srv = start_server(tmp / "repo", tmp, [
         "--http-restricted-api", "inference:infer-key=s3cret",
-        "--http-restricted-api", "model-repository,statistics,health:admin-key=adm1n",
+        "--http-restricted-api", "model-repository,statistics,health,shared-memory,"
+        "trace,logging:admin-key=adm1n",
     ])  # fmt: skip
     yield srv
     srv.stop()
@@ -286,6 +287,19 @@ def test_each_group_has_its_own_header(restricted_srv: ServerProcess) -> None:
     assert _call(restricted_srv, "/v2/models/mlp_dense")[0] == 200
     assert _call(restricted_srv, "/v2/models/mlp_dense/config")[0] == 200
     assert _call(restricted_srv, "/v2/nothing/here")[0] == 404
+
+
+@pytest.mark.parametrize("path", ["/v2/trace/setting", "/v2/logging",
+                                  "/v2/cudasharedmemory/status",
+                                  "/v2/systemsharedmemory/status"])  # fmt: skip
+def test_placeholder_routes_are_restricted_too(restricted_srv: ServerProcess, path: str) -> None:
+    """Routes with a regex placeholder ('/v2/trace/{tail:.*}') are restricted as the rest
+    (aiohttp names them '/v2/trace/{tail}'; the group lookup used to miss them)."""
+    status, data = _call(restricted_srv, path)
+    assert (status, json.loads(data)) == (
+        403, {"error": "This API is restricted, expecting header 'admin-key'"}
+    ), path
+    assert _call(restricted_srv, path, None, {"admin-key": "adm1n"})[0] != 403
 
 
 def test_bad_restricted_api_value_exits_2(tmp_path: Path) -> None:

@@ -166,7 +166,7 @@ class HttpFrontend:
         self.servicer = servicer
         self._ctx = _Context()
         self._ssl = ssl_context
-        self.groups: dict[str, str] = {}  # route path -> API group (restricted.PROTOCOLS)
+        self.groups: dict[str, str] = {}  # canonical path -> API group (restricted.PROTOCOLS)
         middlewares: list[Any] = [_errors]
         if restrictions:  # NOTE: no per-request cost unless something is restricted
             middlewares.insert(0, _restricting(self.groups, restrictions))
@@ -179,8 +179,10 @@ class HttpFrontend:
         r = self.app.router
 
         def add(method: str, path: str, handler: Handler, group: str) -> None:
-            r.add_route(method, path, handler)
-            self.groups[path] = group  # NOTE: tritonserver's RestrictedCategory per handler
+            route = r.add_route(method, path, handler)
+            # NOTE: keyed as the middleware looks it up: aiohttp's canonical form drops a
+            # placeholder's regex ('/v2/trace/{tail:.*}' -> '/v2/trace/{tail}')
+            self.groups[route.resource.canonical] = group  # tritonserver's RestrictedCategory
 
         m = "/v2/models/{model}"
         mv = "/v2/models/{model}/versions/{version}"
