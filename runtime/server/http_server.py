@@ -318,12 +318,13 @@ class HttpFrontend:
             raise InvalidArgument(
                 "shared memory register needs 'key' (string), 'offset' and 'byte_size' (integers)"
             )
-        await self.servicer.SystemSharedMemoryRegister(
-            pb.SystemSharedMemoryRegisterRequest(
+        try:
+            message = pb.SystemSharedMemoryRegisterRequest(
                 name=request.match_info["region"], key=key, offset=offset, byte_size=size
-            ),
-            self._ctx,
-        )
+            )
+        except ValueError as exc:  # NOTE: protobuf: an offset or size past uint64
+            raise InvalidArgument(f"shared memory register: {exc}") from None
+        await self.servicer.SystemSharedMemoryRegister(message, self._ctx)
         return web.Response(status=200)
 
     async def shm_unregister(self, request: web.Request) -> web.Response:
@@ -339,9 +340,13 @@ class HttpFrontend:
     async def infer(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version", "")
         body = await request.read()
-        parsed, binary_default, binary = http_codec.parse_infer_request(
-            body, request.headers.get(http_codec.HEADER_LENGTH), name, version
-        )
+        try:
+            parsed, binary_default, binary = http_codec.parse_infer_request(
+                body, request.headers.get(http_codec.HEADER_LENGTH), name, version
+            )
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            # NOTE: a safety net: every shape of bad body should get a 400, never a 500
+            raise InvalidArgument(f"failed to parse the request: {exc}") from None
 
         def encode(*args: Any) -> http_codec.HttpBody:
             model_name, model_version, request_id, outputs, names, in_shm = args
