@@ -315,6 +315,38 @@ def test_regions_shrunk_while_requests_run_never_kill_the_server(
     assert grpcclient.InferenceServerClient(server.url).is_server_live()
 
 
+def test_regions_unregistered_while_requests_run_fail_cleanly(
+    server: ServerProcess, regions: Regions, kind: str
+) -> None:
+    """Unregister closes the region's fd while requests may be reading it; each read goes
+    through its own duplicate, so a request sees the region or an error, never another
+    file that took the fd's number."""
+    rows = 8
+    in_name, in_key, in_handle = regions.make(rows * ROW_BYTES)
+    out_name, _, _ = regions.make(rows * ROW_BYTES)
+    shm.set_shared_memory_region(in_handle, [np.ones((rows, 256), np.float32)])
+    other = client_for(server, kind)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            other.unregister_system_shared_memory(in_name)
+            other.register_system_shared_memory(in_name, in_key, rows * ROW_BYTES)
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    try:
+        for _ in range(30):
+            try:
+                infer_with_shm(regions.client, kind, rows, in_name, out_name)
+            except InferenceServerException as exc:
+                assert exc.status() in ("StatusCode.INVALID_ARGUMENT", "400"), str(exc)
+    finally:
+        stop.set()
+        churner.join(10)
+    assert server.proc.poll() is None
+
+
 def test_cuda_shared_memory_stays_unimplemented(server: ServerProcess) -> None:
     with pytest.raises(InferenceServerException) as err:
         grpcclient.InferenceServerClient(server.url).get_cuda_shared_memory_status()

@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -52,6 +53,21 @@ class Region:
     """Kept open while registered: reads and writes go through it (pread/pwrite), never
     through a mapping, so a file shrunk by its client fails one request, not the server."""
     closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @contextmanager
+    def _file(self) -> Iterator[int]:
+        """A private duplicate of the region's fd for one read or write: an unregister
+        racing the request closes only the shared fd, whose number the kernel may hand to
+        another file at once; a read through it would read that file."""
+        with self._lock:
+            if self.closed:
+                raise self._truncated()
+            fd = os.dup(self.fd)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     def intact(self) -> bool:
         try:
@@ -62,8 +78,10 @@ class Region:
             return False
 
     def close(self) -> None:
-        # NOTE: a request reading right now gets EBADF (an error for it), never a crash
-        self.closed = True
+        with self._lock:  # NOTE: requests reading now keep their own duplicate fd
+            if self.closed:
+                return
+            self.closed = True
         try:
             os.close(self.fd)
         except OSError:
@@ -82,29 +100,31 @@ class Region:
         # (--host-buffer-reuse-bytes) instead of faulting in fresh ones on every call
         view = memoryview(np.empty(byte_size, np.uint8))
         start, done = self.offset + offset, 0
-        while done < byte_size:  # NOTE: one pread moves at most ~2 GiB on Linux
-            try:
-                got = os.preadv(self.fd, [view[done:]], start + done)
-            except OSError:
-                got = 0
-            if got <= 0:
-                raise self._truncated()
-            done += got
+        with self._file() as fd:
+            while done < byte_size:  # NOTE: one pread moves at most ~2 GiB on Linux
+                try:
+                    got = os.preadv(fd, [view[done:]], start + done)
+                except OSError:
+                    got = 0
+                if got <= 0:
+                    raise self._truncated()
+                done += got
         return view
 
     def write(self, offset: int, blob: memoryview) -> None:
         """Copy `blob` to `offset` within the registered window (checked by caller). The
         file's size is checked first: pwrite past its end would grow it, never SIGBUS."""
-        if not self.intact():
-            raise self._truncated()
         start, done = self.offset + offset, 0
-        while done < len(blob):
-            try:
-                done += os.pwrite(self.fd, blob[done:], start + done)
-            except OSError as exc:
-                raise InvalidArgument(
-                    f"failed to write shared memory region '{self.name}' ({exc.strerror})"
-                ) from None
+        with self._file() as fd:
+            if os.fstat(fd).st_size < self.offset + self.byte_size:
+                raise self._truncated()
+            while done < len(blob):
+                try:
+                    done += os.pwrite(fd, blob[done:], start + done)
+                except OSError as exc:
+                    raise InvalidArgument(
+                        f"failed to write shared memory region '{self.name}' ({exc.strerror})"
+                    ) from None
 
 
 @dataclass(frozen=True)
