@@ -36,6 +36,14 @@ class Settings:
     http_address: str = field(
         default="", metadata={"help": "address the HTTP/REST port binds (empty: --host)"}
     )
+    http_max_input_size: int = field(
+        default=64 * 2**20,
+        metadata={
+            "help": "largest HTTP/REST request body in bytes, as tritonserver's flag (a larger "
+            "one is answered 400 before it is read whole)",
+            "range": (1, 2**40),
+        },
+    )
     metrics_port: int = field(
         default=8002, metadata={"help": "Prometheus port, -1 disables", "range": (-1, 65535)}
     )
@@ -127,15 +135,18 @@ class Settings:
             "whole_items": True,
         },
     )
-    http_use_ssl: bool = field(
-        default=False,
+    http_use_ssl: bool | None = field(
+        default=None,
         metadata={"help": "serve HTTP/REST over TLS (HTTPS); cert and key: --http-server-cert "
-                  "and --http-server-key, else the --grpc-server-* files"},
+                  "and --http-server-key, else the --grpc-server-* files. Unset: as gRPC "
+                  "(--grpc-use-ssl / -mutual); false: plaintext even beside a TLS gRPC",
+                  "shown": "as gRPC"},
     )  # fmt: skip
-    http_use_ssl_mutual: bool = field(
-        default=False,
+    http_use_ssl_mutual: bool | None = field(
+        default=None,
         metadata={"help": "HTTPS with mutual TLS: clients need a certificate signed by "
-                  "--http-root-cert (else --grpc-root-cert); implies --http-use-ssl"},
+                  "--http-root-cert (else --grpc-root-cert); implies --http-use-ssl. Unset: "
+                  "as --grpc-use-ssl-mutual", "shown": "as gRPC"},
     )  # fmt: skip
     http_server_cert: Path | None = field(
         default=None,
@@ -150,12 +161,15 @@ class Settings:
         metadata={"help": "PEM CA certificate(s) that sign HTTPS client certificates "
                   "(unset: --grpc-root-cert)"},
     )  # fmt: skip
-    http_restricted_api: tuple[str, ...] = field(
-        default=(),
+    http_restricted_api: tuple[str, ...] | None = field(
+        default=None,
         metadata={
             "help": "<apis>:<key>=<value>: those HTTP API groups (same names as "
-            "--grpc-restricted-protocol) need header <key>: <value>, else 403; may repeat",
+            "--grpc-restricted-protocol) need header <key>: <value>, else 403; may repeat. "
+            "Unset: the --grpc-restricted-protocol groups, key and value; 'none': nothing "
+            "restricted on HTTP",
             "whole_items": True,
+            "shown": "as --grpc-restricted-protocol",
         },
     )
     metrics_ssl_cert: Path | None = field(
@@ -181,6 +195,28 @@ class Settings:
     )
 
 
+def http_use_ssl(settings: Settings) -> tuple[bool, bool]:
+    """(TLS, mutual) for the HTTP/REST port. Each --http-use-ssl* flag left unset follows its
+    gRPC twin, so securing gRPC never leaves the same API open in plaintext on 8000; an
+    explicit `--http-use-ssl false` keeps HTTP plaintext (serve logs a warning)."""
+    grpc_tls = settings.grpc_use_ssl or settings.grpc_use_ssl_mutual
+    on = grpc_tls if settings.http_use_ssl is None else settings.http_use_ssl
+    mutual = settings.http_use_ssl_mutual
+    if mutual is None:
+        mutual = on and settings.grpc_use_ssl_mutual
+    return on or mutual, mutual
+
+
+def http_restricted_api(settings: Settings) -> tuple[tuple[str, ...], str]:
+    """(specs, the flag they came from) for the HTTP/REST port: --http-restricted-api when
+    given ('none' alone: nothing), else the --grpc-restricted-protocol ones, so a gRPC
+    restriction is not bypassed over HTTP (header: the bare key, as tritonserver's HTTP)."""
+    if settings.http_restricted_api is None:
+        return settings.grpc_restricted_protocol, "--grpc-restricted-protocol"
+    specs = tuple(s for s in settings.http_restricted_api if s.strip().lower() != "none")
+    return specs, "--http-restricted-api"
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -203,7 +239,7 @@ def _parse(raw: str, annotation: str) -> object:
             return float(raw)
         except ValueError:
             raise ValueError(f"expected a number; got {raw!r}") from None
-    if annotation == "bool":
+    if annotation.startswith("bool"):  # NOTE: `bool | None`: unset (None) is the default
         if raw.strip().lower() not in _BOOLS:
             raise ValueError(f"expected true or false; got {raw!r}")
         return _BOOLS[raw.strip().lower()]
@@ -218,6 +254,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         env = ENV_PREFIX + f.name.upper()
         shown = ",".join(f.default) if isinstance(f.default, tuple) else f.default
         shown = "none" if shown in ("", None) else shown
+        shown = f.metadata.get("shown", shown)
         help_text = f"{f.metadata['help']} [default: {shown}; env {env}]"
         kwargs: dict[str, object] = {"dest": f.name, "default": None, "help": help_text}
         if "choices" in f.metadata:

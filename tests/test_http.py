@@ -289,3 +289,82 @@ def test_http_off_and_a_clean_stop(sample_repo: Path, tmp_path: Path) -> None:
     assert client.infer("mlp_dense", [inp]).as_numpy("y").shape == (1, 256)
     assert on.stop() == 0
     assert "Traceback" not in on.log_text()
+
+
+def test_bodies_over_http_max_input_size_get_400_and_tritons_wording(
+    sample_repo: Path, tmp_path: Path
+) -> None:
+    """--http-max-input-size (tritonserver's flag, 64 MiB by default) bounds every HTTP body,
+    with or without Content-Length; before it the limit was gRPC's 2 GiB, and a JSON body
+    is decoded on the event loop at ~10x its size."""
+    import http.client
+
+    repo = tmp_path / "repo"
+    copy_repo(sample_repo, repo)
+    srv = start_server(repo, tmp_path, ["--http-max-input-size", "8192"])
+    try:
+        path = "/v2/models/mlp_dense/infer"
+        small = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 256],
+                             "data": [0] * 256}]}  # fmt: skip
+        assert call(srv, path, json.dumps(small).encode())[0] == 200
+        big = json.dumps({**small, "pad": "x" * 10_000}).encode()
+        status, message = error_of(srv, path, big)
+        assert status == 400, message  # NOTE: tritonserver's status and wording
+        assert message == (
+            f"Request size of {len(big)} bytes exceeds the maximum allowed value of 8192 "
+            "bytes. Use --http-max-input-size to increase the limit."
+        )
+        status, message = error_of(srv, "/v2/repository/index", big)
+        assert status == 400 and "--http-max-input-size" in message
+        conn = http.client.HTTPConnection(srv.http_url, timeout=30)  # chunked: no length
+        conn.request("POST", path, body=iter([big[:5000], big[5000:]]),
+                     encode_chunked=True)  # fmt: skip
+        resp = conn.getresponse()
+        assert resp.status == 400
+        assert "exceeds the maximum allowed value" in json.loads(resp.read())["error"]
+        conn.close()
+        assert call(srv, "/v2/health/live")[0] == 200
+    finally:
+        assert srv.stop() == 0
+
+
+@pytest.mark.parametrize(("tensor", "header", "fragment"), [
+    ({}, {"parameters": "x"}, "the request's 'parameters' must be a JSON object"),
+    ({"parameters": [1]}, {}, "'parameters' of input 'x' must be a JSON object"),
+    ({}, {"outputs": 5}, "'outputs' must be a list"),
+    ({}, {"outputs": [{"name": "y", "parameters": 7}]}, "'parameters' of output 'y'"),
+    ({"shape": [1, 2**63]}, {}, "'shape' must be a list of 64-bit integers"),
+    ({"shape": [1, True]}, {}, "'shape' must be a list of 64-bit integers"),
+    ({}, {"parameters": {"priority": 2**64}}, "does not fit a 64-bit integer"),
+    ({}, {"parameters": {"binary_data_output": "false"}},
+     "attempt to access JSON non-boolean as boolean"),
+    ({}, {"outputs": [{"name": "y", "parameters": {"binary_data": "false"}}]},
+     "attempt to access JSON non-boolean as boolean"),
+    ({"parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 2**70}}, {},
+     "does not fit a 64-bit integer"),
+])  # fmt: skip
+def test_malformed_infer_bodies_get_400_not_a_traceback(
+    server: ServerProcess, tensor: dict, header: dict, fragment: str
+) -> None:
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 256], "data": [0] * 256,
+                        **tensor}], **header}  # fmt: skip
+    status, message = error_of(server, "/v2/models/mlp_dense/infer", json.dumps(body).encode())
+    assert status == 400 and fragment in message, (status, message)
+
+
+def test_deep_data_and_odd_register_bodies_get_400(server: ServerProcess) -> None:
+    """`data` nested 900 deep (json.loads takes it; counting its leaves recursively did
+    not), a NUL in a shared-memory key, an offset past uint64: 400, no traceback."""
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1] * 900}]})
+    body = body[:-3] + ', "data": ' + "[" * 900 + "0" + "]" * 900 + "}]}"
+    status, message = error_of(server, "/v2/models/mlp_dense/infer", body.encode())
+    assert status == 400 and "unable to parse 'data' of input 'x'" in message, (status, message)
+    for register, fragment in (
+        ({"key": "/sparse_runtime_test_nul\0x", "offset": 0, "byte_size": 64},
+         "Unable to open shared memory region"),
+        ({"key": "/k", "offset": 2**64, "byte_size": 64}, "shared memory register"),
+    ):  # fmt: skip
+        status, message = error_of(server, "/v2/systemsharedmemory/region/r/register",
+                                   json.dumps(register).encode())  # fmt: skip
+        assert status == 400 and fragment in message, (status, message)
+    assert "unhandled error" not in server.log_text()

@@ -145,15 +145,49 @@ def test_http_files_default_to_the_grpc_ones(pki: dict, sample_repo: Path,
         srv.stop()
 
 
-def test_grpc_tls_with_plaintext_http_warns(pki: dict, sample_repo: Path, tmp_path: Path) -> None:
+def test_http_follows_grpc_tls_and_restrictions_when_not_told(
+    pki: dict, sample_repo: Path, tmp_path: Path
+) -> None:
+    """No --http-use-ssl* / --http-restricted-api: HTTP takes gRPC's mutual TLS (its files)
+    and its restricted protocols (header: the bare key), so the API is not open on 8000."""
     copy_repo(sample_repo / "mlp_dense", tmp_path / "repo" / "mlp_dense")
     server = pki["server"]
     srv = start_server(tmp_path / "repo", tmp_path, [
-        "--grpc-use-ssl", "true",
+        "--grpc-use-ssl-mutual", "true", "--grpc-root-cert", str(pki["ca"].path),
         "--grpc-server-cert", str(server.cert), "--grpc-server-key", str(server.key),
+        "--grpc-restricted-protocol", "inference:infer-key=s3cret",
     ])  # fmt: skip
     try:
-        assert "HTTP on port" in srv.log_text() and "is plaintext" in srv.log_text()
+        assert _refused(srv, pki["ca"].path, pki["client"], scheme="http")  # no plaintext
+        assert _refused(srv, pki["ca"].path)  # TLS without a client certificate
+        assert _refused(srv, pki["ca"].path, pki["stranger"])
+        status, body = _https(srv, "/v2/models/mlp_dense/infer", pki["ca"].path, pki["client"],
+                              INFER_BODY)  # fmt: skip
+        assert (status, json.loads(body)) == (403, {"error": EXPECT_INFER})
+        assert _https(srv, "/v2/models/mlp_dense/infer", pki["ca"].path, pki["client"],
+                      INFER_BODY, {"infer-key": "s3cret"})[0] == 200  # fmt: skip
+        assert "(mutual TLS), metrics" in srv.log_text()
+        assert "is plaintext" not in srv.log_text()
+    finally:
+        srv.stop()
+
+
+def test_explicit_plaintext_unrestricted_http_beside_secured_grpc_warns(
+    pki: dict, sample_repo: Path, tmp_path: Path
+) -> None:
+    copy_repo(sample_repo / "mlp_dense", tmp_path / "repo" / "mlp_dense")
+    server = pki["server"]
+    srv = start_server(tmp_path / "repo", tmp_path, [
+        "--grpc-use-ssl", "true", "--http-use-ssl", "false",
+        "--grpc-server-cert", str(server.cert), "--grpc-server-key", str(server.key),
+        "--grpc-restricted-protocol", "inference:infer-key=s3cret",
+        "--http-restricted-api", "none",
+    ])  # fmt: skip
+    try:
+        assert _call(srv, "/v2/models/mlp_dense/infer", INFER_BODY)[0] == 200
+        log = srv.log_text()
+        assert "HTTP on port" in log and "is plaintext" in log
+        assert "restricts nothing" in log
     finally:
         srv.stop()
 
@@ -198,7 +232,8 @@ def restricted_srv(
     copy_repo(sample_repo / "mlp_dense", tmp / "repo" / "mlp_dense")
     srv = start_server(tmp / "repo", tmp, [
         "--http-restricted-api", "inference:infer-key=s3cret",
-        "--http-restricted-api", "model-repository,statistics,health:admin-key=adm1n",
+        "--http-restricted-api", "model-repository,statistics,health,shared-memory,"
+        "trace,logging:admin-key=adm1n",
     ])  # fmt: skip
     yield srv
     srv.stop()
@@ -254,7 +289,77 @@ def test_each_group_has_its_own_header(restricted_srv: ServerProcess) -> None:
     assert _call(restricted_srv, "/v2/nothing/here")[0] == 404
 
 
+@pytest.mark.parametrize("path", ["/v2/trace/setting", "/v2/logging",
+                                  "/v2/cudasharedmemory/status",
+                                  "/v2/systemsharedmemory/status"])  # fmt: skip
+def test_placeholder_routes_are_restricted_too(restricted_srv: ServerProcess, path: str) -> None:
+    """Routes with a regex placeholder ('/v2/trace/{tail:.*}') are restricted as the rest
+    (aiohttp names them '/v2/trace/{tail}'; the group lookup used to miss them)."""
+    status, data = _call(restricted_srv, path)
+    assert (status, json.loads(data)) == (
+        403, {"error": "This API is restricted, expecting header 'admin-key'"}
+    ), path
+    assert _call(restricted_srv, path, None, {"admin-key": "adm1n"})[0] != 403
+
+
 def test_bad_restricted_api_value_exits_2(tmp_path: Path) -> None:
     done = _serve_fails(tmp_path, "--http-restricted-api", "bogus:k=v")
     assert done.returncode == 2 and "--http-restricted-api" in done.stderr, done.stderr
     assert "unknown protocol 'bogus'" in done.stderr
+
+
+def _client_context(ca: Path, pair: Pair, version: ssl.TLSVersion) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(str(pair.cert), str(pair.key))
+    context.minimum_version = context.maximum_version = version
+    return context
+
+
+def _handshake(port: int, context: ssl.SSLContext,
+               session: ssl.SSLSession | None = None) -> ssl.SSLSession | None:  # fmt: skip
+    """One HTTPS GET /v2/health/live, resuming `session` if given; the session to resume
+    next time, or None when the server refused the connection."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as tls:
+            tls.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := tls.recv(4096):
+                reply += chunk
+            if not reply.startswith(b"HTTP/1.1 200"):
+                return None
+            return tls.session
+    except (OSError, ssl.SSLError):
+        return None
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_client_cut_off_by_ca_rotation_cannot_resume_its_session(
+    pki: dict, sample_repo: Path, tmp_path: Path, version: ssl.TLSVersion
+) -> None:
+    """Rotating --http-root-cert to another CA cuts off the old CA's clients: no session
+    ticket (OP_NO_TICKET, num_tickets = 0) or cached TLS 1.2 session made before the rotation
+    lets them skip the certificate check."""
+    copy_repo(sample_repo / "mlp_dense", tmp_path / "repo" / "mlp_dense")
+    root = tmp_path / "root.crt"
+    shutil.copy(pki["ca"].path, root)
+    server = pki["server"]
+    srv = start_server(tmp_path / "repo", tmp_path, [
+        "--http-use-ssl-mutual", "true", "--http-root-cert", str(root),
+        "--http-server-cert", str(server.cert), "--http-server-key", str(server.key),
+    ])  # fmt: skip
+    try:
+        client = _client_context(pki["ca"].path, pki["client"], version)
+        session = _handshake(srv.http_port, client)
+        assert session is not None
+        assert _handshake(srv.http_port, client, session) is not None  # no rotation: served
+        shutil.copy(pki["other"].path, root.with_suffix(".new"))
+        os.replace(root.with_suffix(".new"), root)
+        resumed = _handshake(srv.http_port, client, session)
+        assert resumed is None, "resumed a session past the CA rotation"
+        stranger = _client_context(pki["ca"].path, pki["stranger"], version)
+        assert _handshake(srv.http_port, stranger) is not None  # the new CA's client
+    finally:
+        srv.stop()

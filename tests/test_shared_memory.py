@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,6 +221,33 @@ def test_a_key_that_links_out_of_dev_shm_is_refused(
         link.unlink()
 
 
+@pytest.mark.parametrize("what", ["fifo", "other-user", "semaphore", "nul"])
+def test_only_regular_files_of_the_servers_user_can_be_registered(
+    regions: Regions, kind: str, what: str
+) -> None:
+    """A network client must not name other processes' /dev/shm files (another user's
+    segments, POSIX semaphores, FIFOs) just because the server's user could open them."""
+    name = f"sparse_runtime_test_{what}_{uuid.uuid4().hex[:8]}"
+    path = Path("/dev/shm") / ("sem." + name if what == "semaphore" else name)
+    if what == "fifo":
+        os.mkfifo(path)
+    elif what != "nul":
+        path.write_bytes(b"\0" * 4096)
+    if what == "other-user":
+        if os.geteuid() != 0:
+            path.unlink()
+            pytest.skip("needs root to give a file to another user")
+        os.chown(path, 65534, 65534)
+    key = "/" + path.name + ("\0x" if what == "nul" else "")
+    try:
+        expect_invalid(kind, lambda: regions.client.register_system_shared_memory(
+            "foreign", key, 4096), "Unable to open shared memory region")  # fmt: skip
+    finally:
+        if path.exists():
+            path.unlink()
+    assert "foreign" not in status_names(regions.client, kind)
+
+
 def test_a_region_the_client_shrinks_is_an_error_not_a_crash(
     server: ServerProcess, regions: Regions, kind: str
 ) -> None:
@@ -229,6 +257,93 @@ def test_a_region_the_client_shrinks_is_an_error_not_a_crash(
     expect_invalid(kind, lambda: infer_with_shm(regions.client, kind, 1, in_name, out_name),
                    f"shared memory region '{in_name}' is smaller than registered")  # fmt: skip
     assert grpcclient.InferenceServerClient(server.url).is_server_live()
+    assert server.proc.poll() is None
+
+
+def test_an_output_region_the_client_shrinks_is_an_error_not_a_crash(
+    server: ServerProcess, regions: Regions, kind: str
+) -> None:
+    in_name, _, _ = regions.make(ROW_BYTES)
+    out_name, out_key, _ = regions.make(ROW_BYTES)
+    os.truncate("/dev/shm" + out_key, 0)
+    expect_invalid(kind, lambda: infer_with_shm(regions.client, kind, 1, in_name, out_name),
+                   f"shared memory region '{out_name}' is smaller than registered")  # fmt: skip
+    assert server.proc.poll() is None
+
+
+def test_regions_shrunk_while_requests_run_never_kill_the_server(
+    server: ServerProcess, regions: Regions, kind: str
+) -> None:
+    """The reviewer's SIGBUS: a file truncated between the server's size check and its use
+    of the bytes. Inputs are read with pread and outputs written with pwrite (no mapping),
+    so each request either succeeds or gets INVALID_ARGUMENT, and the server stays up."""
+    rows = 8
+    in_name, in_key, in_handle = regions.make(rows * ROW_BYTES)
+    out_name, out_key, _ = regions.make(rows * ROW_BYTES)
+    shm.set_shared_memory_region(in_handle, [np.ones((rows, 256), np.float32)])
+    stop = threading.Event()
+
+    def shrink_and_regrow() -> None:
+        fds = [os.open("/dev/shm" + key, os.O_RDWR) for key in (in_key, out_key)]
+        try:
+            while not stop.is_set():
+                for fd in fds:
+                    os.ftruncate(fd, 0)
+                for fd in fds:
+                    os.ftruncate(fd, rows * ROW_BYTES)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    toggler = threading.Thread(target=shrink_and_regrow, daemon=True)
+    toggler.start()
+    outcomes = {"ok": 0, "invalid": 0}
+    try:
+        for _ in range(40):
+            try:
+                infer_with_shm(regions.client, kind, rows, in_name, out_name)
+                outcomes["ok"] += 1
+            except InferenceServerException as exc:
+                assert exc.status() in ("StatusCode.INVALID_ARGUMENT", "400"), str(exc)
+                assert "is smaller than registered" in str(exc), str(exc)
+                outcomes["invalid"] += 1
+    finally:
+        stop.set()
+        toggler.join(10)
+    assert outcomes["invalid"] > 0, outcomes
+    assert server.proc.poll() is None
+    assert grpcclient.InferenceServerClient(server.url).is_server_live()
+
+
+def test_regions_unregistered_while_requests_run_fail_cleanly(
+    server: ServerProcess, regions: Regions, kind: str
+) -> None:
+    """Unregister closes the region's fd while requests may be reading it; each read goes
+    through its own duplicate, so a request sees the region or an error, never another
+    file that took the fd's number."""
+    rows = 8
+    in_name, in_key, in_handle = regions.make(rows * ROW_BYTES)
+    out_name, _, _ = regions.make(rows * ROW_BYTES)
+    shm.set_shared_memory_region(in_handle, [np.ones((rows, 256), np.float32)])
+    other = client_for(server, kind)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            other.unregister_system_shared_memory(in_name)
+            other.register_system_shared_memory(in_name, in_key, rows * ROW_BYTES)
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    try:
+        for _ in range(30):
+            try:
+                infer_with_shm(regions.client, kind, rows, in_name, out_name)
+            except InferenceServerException as exc:
+                assert exc.status() in ("StatusCode.INVALID_ARGUMENT", "400"), str(exc)
+    finally:
+        stop.set()
+        churner.join(10)
     assert server.proc.poll() is None
 
 

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_mod.from_args(args)
         restricted.parse(settings.grpc_restricted_protocol)
-        restricted.parse(settings.http_restricted_api, "--http-restricted-api", "")
+        restricted.parse(*settings_mod.http_restricted_api(settings), "")
         if settings.trusted_keys is not None:  # NOTE: a typo here must not refuse every model
             from runtime.signing import load_trusted
 

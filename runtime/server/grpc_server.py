@@ -28,7 +28,7 @@ from runtime.server.http_server import HTTP_EXTENSIONS, HttpFrontend
 from runtime.server.native_frontend import NativeFrontend, load_bridge
 from runtime.server.servicer import InferenceServicer
 from runtime.server.shared_memory import SystemSharedMemory
-from runtime.settings import Settings
+from runtime.settings import Settings, http_restricted_api, http_use_ssl
 
 LOGGER = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Server:
             tls.RotatingServerContext(tls.CertificateReloader(http_files)) if http_files else None
         )
         self._http_restricted = restricted.parse(
-            settings.http_restricted_api, "--http-restricted-api", header_prefix=""
+            *http_restricted_api(settings), header_prefix=""
         )  # NOTE: tritonserver's HTTP header is the bare key
         self.grpc_port = 0
         self.metrics_port = -1  # -1: metrics disabled (as the flag says)
@@ -213,7 +213,7 @@ class Server:
         if s.http_port >= 0:
             http_host = s.http_address or s.host
             self._http = HttpFrontend(
-                self.servicer, s.grpc_max_message_bytes,
+                self.servicer, s.http_max_input_size,
                 self._http_tls.context if self._http_tls else None, self._http_restricted,
             )  # fmt: skip
             try:
@@ -234,13 +234,18 @@ class Server:
         security = ("mutual TLS" if s.grpc_use_ssl_mutual else "TLS") if self._tls else "plaintext"
         http_at = f"on {s.http_address or s.host}:{self.http_port}" if self._http else "disabled"
         if self._http is not None:
-            http_security = ("mutual TLS" if s.http_use_ssl_mutual else "TLS") if self._http_tls \
+            http_security = ("mutual TLS" if http_use_ssl(s)[1] else "TLS") if self._http_tls \
                 else "plaintext"  # fmt: skip
             http_at += f" ({http_security})"
             if self._tls is not None and self._http_tls is None:
                 LOGGER.warning(
-                    "gRPC uses TLS but HTTP on port %d is plaintext: set --http-use-ssl true, "
-                    "or --http-port -1", self.http_port,
+                    "gRPC uses TLS but HTTP on port %d is plaintext (--http-use-ssl false): "
+                    "drop that flag to serve HTTPS, or --http-port -1", self.http_port,
+                )  # fmt: skip
+            if self._restricted and not self._http_restricted:
+                LOGGER.warning(
+                    "gRPC protocols are restricted but HTTP on port %d restricts nothing "
+                    "(--http-restricted-api none)", self.http_port,
                 )  # fmt: skip
         LOGGER.info(
             "gRPC on %s:%d (%s frontend, %s), HTTP %s, metrics %s, repository %s (control mode %s)",

@@ -87,6 +87,36 @@ def model_metadata_json(response: pb.ModelMetadataResponse) -> dict[str, Any]:
     }
 
 
+_INT64_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _int64(value: int) -> bool:
+    return _INT64_RANGE[0] <= value <= _INT64_RANGE[1]
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    """An optional JSON object (absent or null: empty); anything else is a 400."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what} must be a JSON object, got {type(value).__name__}")
+    return dict(value)
+
+
+def _flag(params: dict[str, Any], key: str, where: str) -> bool | None:
+    """Pop a boolean parameter; a non-boolean one is refused, as tritonserver's JSON reader
+    does (bool("false") would be true)."""
+    if key not in params:
+        return None
+    value = params.pop(key)
+    if not isinstance(value, bool):
+        raise InvalidArgument(
+            f"attempt to access JSON non-boolean as boolean: '{key}' of {where} must be true "
+            f"or false, got {json.dumps(value)}"
+        )
+    return value
+
+
 def parameters_message(values: Mapping[str, Any], target: Any, where: str) -> None:
     """JSON parameters into an InferParameter map (bool, int, string; as Triton takes them)."""
     for key, value in values.items():
@@ -94,6 +124,10 @@ def parameters_message(values: Mapping[str, Any], target: Any, where: str) -> No
         if isinstance(value, bool):
             param.bool_param = value
         elif isinstance(value, int):
+            if not _int64(value):
+                raise InvalidArgument(
+                    f"parameter '{key}' does not fit a 64-bit integer: {value} ({where})"
+                )
             param.int64_param = value
         elif isinstance(value, str):
             param.string_param = value
@@ -140,10 +174,15 @@ def _json_data(name: str, datatype: str, shape: list[int], data: Any) -> bytes:
 
 
 def _json_count(data: Any) -> int:
-    """Leaf values in nested JSON lists."""
-    if isinstance(data, list):
-        return sum(_json_count(v) for v in data)
-    return 1
+    """Leaf values in nested JSON lists (without recursion: any depth json.loads took)."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        else:
+            count += 1
+    return count
 
 
 def parse_infer_request(
@@ -171,8 +210,8 @@ def parse_infer_request(
     message = pb.ModelInferRequest(model_name=model_name, model_version=model_version)
     if isinstance(header.get("id"), str):
         message.id = header["id"]
-    params = dict(header.get("parameters") or {})
-    binary_output = bool(params.pop("binary_data_output", False))
+    params = _object(header.get("parameters"), "the request's 'parameters'")
+    binary_output = bool(_flag(params, "binary_data_output", "the request"))
     parameters_message(params, message.parameters, "request")
     raw: list[bytes | memoryview] = []
     offset = size
@@ -185,16 +224,22 @@ def parse_infer_request(
         name = item["name"]
         datatype = str(item.get("datatype", ""))
         shape = item.get("shape", [])
-        if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
-            raise InvalidArgument(f"input '{name}': 'shape' must be a list of integers")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and _int64(d) for d in shape
+        ):
+            raise InvalidArgument(
+                f"input '{name}': 'shape' must be a list of 64-bit integers, got "
+                f"{json.dumps(shape)[:200]}"
+            )
         tensor = message.inputs.add(name=name, datatype=datatype, shape=shape)
-        tensor_params = dict(item.get("parameters") or {})
+        tensor_params = _object(item.get("parameters"), f"'parameters' of input '{name}'")
         binary_size = tensor_params.pop(BINARY_SIZE, None)
         parameters_message(tensor_params, tensor.parameters, f"input '{name}'")
         if any(k in tensor_params for k in codec.SHM_KEYS):
             continue  # NOTE: read by codec from the region
         if binary_size is not None:
-            if not isinstance(binary_size, int) or binary_size < 0:
+            if not isinstance(binary_size, int) or isinstance(binary_size, bool) \
+                    or binary_size < 0:  # fmt: skip
                 raise InvalidArgument(f"input '{name}': {BINARY_SIZE} must be an integer >= 0")
             if offset + binary_size > len(body):
                 raise InvalidArgument(
@@ -216,12 +261,17 @@ def parse_infer_request(
             f"{len(body) - offset} bytes after the last input"
         )
     binary_outputs: dict[str, bool] = {}
-    for item in header.get("outputs") or []:
+    outputs = header.get("outputs")
+    if outputs is not None and not isinstance(outputs, list):
+        raise InvalidArgument(f"'outputs' must be a list, got {type(outputs).__name__}")
+    for item in outputs or []:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidArgument("each requested output needs a 'name'")
-        out_params = dict(item.get("parameters") or {})
-        if "binary_data" in out_params:
-            binary_outputs[item["name"]] = bool(out_params.pop("binary_data"))
+        out_where = f"output '{item['name']}'"
+        out_params = _object(item.get("parameters"), f"'parameters' of {out_where}")
+        binary = _flag(out_params, "binary_data", out_where)
+        if binary is not None:
+            binary_outputs[item["name"]] = binary
         out = message.outputs.add(name=item["name"])
         parameters_message(out_params, out.parameters, f"output '{item['name']}'")
     return codec.ParsedInferRequest(message, raw), binary_output, binary_outputs  # type: ignore[arg-type]

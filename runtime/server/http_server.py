@@ -93,6 +93,15 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(HTTP_STATUS.get(err.code, 400), err.details)
     except RuntimeServerError as err:
         return _error(HTTP_STATUS.get(err.code, 400), str(err))
+    except web.HTTPRequestEntityTooLarge:
+        # NOTE: tritonserver's code (400) and wording; aiohttp stops reading at the limit
+        size = request.content_length
+        return _error(400, (
+            f"Request size of {'over ' if size is None else ''}"
+            f"{request.client_max_size if size is None else size} bytes exceeds the maximum "
+            f"allowed value of {request.client_max_size} bytes. Use --http-max-input-size to "
+            "increase the limit."
+        ))
     except web.HTTPMethodNotAllowed:
         return _error(405, "Method Not Allowed")
     except web.HTTPNotFound:
@@ -157,7 +166,7 @@ class HttpFrontend:
         self.servicer = servicer
         self._ctx = _Context()
         self._ssl = ssl_context
-        self.groups: dict[str, str] = {}  # route path -> API group (restricted.PROTOCOLS)
+        self.groups: dict[str, str] = {}  # canonical path -> API group (restricted.PROTOCOLS)
         middlewares: list[Any] = [_errors]
         if restrictions:  # NOTE: no per-request cost unless something is restricted
             middlewares.insert(0, _restricting(self.groups, restrictions))
@@ -170,8 +179,10 @@ class HttpFrontend:
         r = self.app.router
 
         def add(method: str, path: str, handler: Handler, group: str) -> None:
-            r.add_route(method, path, handler)
-            self.groups[path] = group  # NOTE: tritonserver's RestrictedCategory per handler
+            route = r.add_route(method, path, handler)
+            # NOTE: keyed as the middleware looks it up: aiohttp's canonical form drops a
+            # placeholder's regex ('/v2/trace/{tail:.*}' -> '/v2/trace/{tail}')
+            self.groups[route.resource.canonical] = group  # tritonserver's RestrictedCategory
 
         m = "/v2/models/{model}"
         mv = "/v2/models/{model}/versions/{version}"
@@ -307,12 +318,13 @@ class HttpFrontend:
             raise InvalidArgument(
                 "shared memory register needs 'key' (string), 'offset' and 'byte_size' (integers)"
             )
-        await self.servicer.SystemSharedMemoryRegister(
-            pb.SystemSharedMemoryRegisterRequest(
+        try:
+            message = pb.SystemSharedMemoryRegisterRequest(
                 name=request.match_info["region"], key=key, offset=offset, byte_size=size
-            ),
-            self._ctx,
-        )
+            )
+        except ValueError as exc:  # NOTE: protobuf: an offset or size past uint64
+            raise InvalidArgument(f"shared memory register: {exc}") from None
+        await self.servicer.SystemSharedMemoryRegister(message, self._ctx)
         return web.Response(status=200)
 
     async def shm_unregister(self, request: web.Request) -> web.Response:
@@ -328,9 +340,13 @@ class HttpFrontend:
     async def infer(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version", "")
         body = await request.read()
-        parsed, binary_default, binary = http_codec.parse_infer_request(
-            body, request.headers.get(http_codec.HEADER_LENGTH), name, version
-        )
+        try:
+            parsed, binary_default, binary = http_codec.parse_infer_request(
+                body, request.headers.get(http_codec.HEADER_LENGTH), name, version
+            )
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            # NOTE: a safety net: every shape of bad body should get a 400, never a 500
+            raise InvalidArgument(f"failed to parse the request: {exc}") from None
 
         def encode(*args: Any) -> http_codec.HttpBody:
             model_name, model_version, request_id, outputs, names, in_shm = args

@@ -1,19 +1,23 @@
 """System shared memory (Triton's extension): clients register POSIX shared-memory regions
 (/dev/shm/KEY) and name them, with an offset and byte size, in place of tensor bytes.
 
-Why: a co-located client then moves no tensor bytes through the socket; inputs are read
-straight from the mapped region and outputs written into it. Every offset and size is
-checked against the registered range before anything is read or written, so a bad request
-gets INVALID_ARGUMENT, never a read outside the region.
+Why: a co-located client then moves no tensor bytes through the socket. Inputs are copied
+out of the region's file with pread at decode time and outputs copied in with pwrite; the
+file is never mapped: a client that shrinks its file while a request is in flight would
+make any touch of a mapped page past the new end kill the whole server (SIGBUS), whereas
+a short pread is an error for that one request. Every offset and size is checked against
+the registered range first, so a bad request gets INVALID_ARGUMENT, never a read outside
+the region.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
+import stat
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -39,39 +43,88 @@ class AlreadyExists(RuntimeServerError):
 
 @dataclass
 class Region:
-    """One registered region: the client's key, the registered window, its mapping."""
+    """One registered region: the client's key, the registered window, its open file."""
 
     name: str
     key: str
     offset: int
     byte_size: int
-    mapping: mmap.mmap
     fd: int
-    """Kept open to check the file's size before each use: touching pages of a file the
-    client shrank since would kill the server (SIGBUS)."""
+    """Kept open while registered: reads and writes go through it (pread/pwrite), never
+    through a mapping, so a file shrunk by its client fails one request, not the server."""
+    closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @contextmanager
+    def _file(self) -> Iterator[int]:
+        """A private duplicate of the region's fd for one read or write: an unregister
+        racing the request closes only the shared fd, whose number the kernel may hand to
+        another file at once; a read through it would read that file."""
+        with self._lock:
+            if self.closed:
+                raise self._truncated()
+            fd = os.dup(self.fd)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     def intact(self) -> bool:
         try:
-            return not self.mapping.closed and os.fstat(self.fd).st_size >= (
+            return not self.closed and os.fstat(self.fd).st_size >= (
                 self.offset + self.byte_size
             )
         except OSError:
             return False
 
     def close(self) -> None:
-        try:
-            self.mapping.close()
-        except BufferError:
-            pass  # NOTE: a request still reads it; unmapped when its views are gone
+        with self._lock:  # NOTE: requests reading now keep their own duplicate fd
+            if self.closed:
+                return
+            self.closed = True
         try:
             os.close(self.fd)
         except OSError:
             pass
 
-    def view(self, offset: int, byte_size: int) -> memoryview:
-        """`byte_size` bytes at `offset` within the registered window (checked by caller)."""
-        start = self.offset + offset
-        return memoryview(self.mapping)[start : start + byte_size]
+    def _truncated(self) -> InvalidArgument:
+        return InvalidArgument(
+            f"shared memory region '{self.name}' is smaller than registered: its file "
+            f"'{self.key}' was truncated or closed; register it again"
+        )
+
+    def read(self, offset: int, byte_size: int) -> memoryview:
+        """A fresh copy of `byte_size` bytes at `offset` within the registered window
+        (checked by caller); a short read (file shrunk since) is INVALID_ARGUMENT."""
+        # NOTE: np.empty, not bytearray: no zero fill, and heap pages are reused
+        # (--host-buffer-reuse-bytes) instead of faulting in fresh ones on every call
+        view = memoryview(np.empty(byte_size, np.uint8))
+        start, done = self.offset + offset, 0
+        with self._file() as fd:
+            while done < byte_size:  # NOTE: one pread moves at most ~2 GiB on Linux
+                try:
+                    got = os.preadv(fd, [view[done:]], start + done)
+                except OSError:
+                    got = 0
+                if got <= 0:
+                    raise self._truncated()
+                done += got
+        return view
+
+    def write(self, offset: int, blob: memoryview) -> None:
+        """Copy `blob` to `offset` within the registered window (checked by caller). The
+        file's size is checked first: pwrite past its end would grow it, never SIGBUS."""
+        start, done = self.offset + offset, 0
+        with self._file() as fd:
+            if os.fstat(fd).st_size < self.offset + self.byte_size:
+                raise self._truncated()
+            while done < len(blob):
+                try:
+                    done += os.pwrite(fd, blob[done:], start + done)
+                except OSError as exc:
+                    raise InvalidArgument(
+                        f"failed to write shared memory region '{self.name}' ({exc.strerror})"
+                    ) from None
 
 
 @dataclass(frozen=True)
@@ -111,29 +164,37 @@ class SystemSharedMemory:
         path = os.path.join(SHM_DIR, key.lstrip("/"))
         if "/" in key.lstrip("/") or not key.strip("/"):
             raise InvalidArgument(f"Unable to open shared memory region: '{key}'")
+        if key.lstrip("/").startswith("sem."):
+            raise InvalidArgument(  # NOTE: POSIX named semaphores (ours or others'), not data
+                f"Unable to open shared memory region: '{key}' (a semaphore, not a region)"
+            )
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
         try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)  # NOTE: no links out of /dev/shm
-        except OSError as exc:
+            fd = os.open(path, flags)  # NOTE: no links out of /dev/shm; a FIFO must not block
+        except (OSError, ValueError) as exc:  # NOTE: ValueError: a NUL in the key
             raise InvalidArgument(  # NOTE: Triton's wording, then why
-                f"Unable to open shared memory region: '{key}' ({exc.strerror})"
+                f"Unable to open shared memory region: '{key}' "
+                f"({getattr(exc, 'strerror', None) or exc})"
             ) from None
         try:
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                # NOTE: network clients may name only segments this server's user made,
+                # not other processes' files that happen to be readable and writable
+                raise InvalidArgument(
+                    f"Unable to open shared memory region: '{key}' (not a regular file "
+                    "owned by the server's user)"
+                )
+            size = info.st_size
             if byte_size == 0 or offset + byte_size > size:
                 raise InvalidArgument(
                     f"failed to register shared memory region '{name}': offset {offset} + "
                     f"byte_size {byte_size} must be > 0 and within '{key}' ({size} bytes)"
                 )
-            mapping = mmap.mmap(fd, offset + byte_size)
-        except OSError as exc:
-            os.close(fd)
-            raise InvalidArgument(
-                f"Unable to map shared memory region: '{key}' ({exc.strerror})"
-            ) from None
         except InvalidArgument:
             os.close(fd)
             raise
-        region = Region(name, key, offset, byte_size, mapping, fd)
+        region = Region(name, key, offset, byte_size, fd)
         with self._lock:
             if name in self._regions:
                 region.close()
@@ -179,10 +240,7 @@ class SystemSharedMemory:
             # other bad shared-memory window (issue 18 asks for it)
             raise InvalidArgument(f"Unable to find shared memory region: '{region_name}'")
         if not region.intact():
-            raise InvalidArgument(
-                f"shared memory region '{region_name}' is smaller than registered: its file "
-                f"'{region.key}' was truncated or closed; register it again"
-            )
+            raise region._truncated()
         if offset < 0 or byte_size < 0 or offset + byte_size > region.byte_size:
             raise InvalidArgument(  # NOTE: Triton's wording, then the numbers
                 f"Invalid offset + byte size for shared memory region: '{region_name}' "
@@ -193,7 +251,7 @@ class SystemSharedMemory:
 
     def input_view(self, parameters: Mapping[str, Any], name: str, model: str) -> memoryview:
         region, offset, byte_size = self._window(parameters, f"input '{name}'")
-        return region.view(offset, byte_size)
+        return region.read(offset, byte_size)
 
     def output_targets(self, request: Any) -> dict[str, OutputTarget]:
         """Requested outputs placed in shared memory, checked before the model runs."""
@@ -226,10 +284,5 @@ class SystemSharedMemory:
             blobs[name] = blob
         for name, blob in blobs.items():
             target = targets[name]
-            if not target.region.intact():
-                raise InvalidArgument(
-                    f"shared memory region '{target.region.name}' is smaller than registered: "
-                    f"its file '{target.region.key}' was truncated or closed; register it again"
-                )
-            target.region.view(target.offset, len(blob))[:] = memoryview(blob).cast("B")
+            target.region.write(target.offset, memoryview(blob).cast("B"))
         return list(blobs)

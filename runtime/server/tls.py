@@ -15,6 +15,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,8 +160,12 @@ def http_files(settings: Any) -> TlsFiles | None:
     """The HTTP/REST endpoint's TLS files, or None for plaintext. tritonserver has no HTTP
     TLS flags; ours mirror the gRPC ones, and each --http-* file flag left unset takes the
     matching --grpc-* file (one host certificate for both ports is the usual case). Errors
-    name the flag whose file was used. --http-use-ssl-mutual implies --http-use-ssl."""
-    if not (settings.http_use_ssl or settings.http_use_ssl_mutual):
+    name the flag whose file was used. --http-use-ssl-mutual implies --http-use-ssl; each
+    left unset follows gRPC's (runtime.settings.http_use_ssl)."""
+    from runtime.settings import http_use_ssl
+
+    use_ssl, mutual = http_use_ssl(settings)
+    if not use_ssl:
         return None
 
     def pick(name: str) -> tuple[Path | None, str]:
@@ -175,7 +180,7 @@ def http_files(settings: Any) -> TlsFiles | None:
     if cert is None or key is None:
         raise TlsConfigError("--http-use-ssl needs --http-server-cert and --http-server-key "
                              "(or --grpc-server-cert and --grpc-server-key)")  # fmt: skip
-    return TlsFiles(cert, key, root, settings.http_use_ssl_mutual, cert_flag, key_flag, root_flag)
+    return TlsFiles(cert, key, root, mutual, cert_flag, key_flag, root_flag)
 
 
 def metrics_context(settings: Any) -> ssl.SSLContext | None:
@@ -217,6 +222,10 @@ def ssl_server_context(files: TlsFiles, check: bool = True) -> ssl.SSLContext:
         load(files)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # NOTE: no session resumption (tickets in TLS 1.2 and 1.3): a resumed session skips the
+    # client certificate check, so a client cut off by rotating the CA could come back
+    context.options |= ssl.OP_NO_TICKET
+    context.num_tickets = 0
     context.load_cert_chain(str(files.cert), str(files.key))
     if files.root is not None:
         context.load_verify_locations(cafile=str(files.root))
@@ -241,15 +250,25 @@ class RotatingServerContext:
         self.context = ssl_server_context(reloader.files, check=False)  # NOTE: loaded already
         self.context.sni_callback = self._on_client_hello
         self._current = self.context
+        self._rotated_at = 0.0  # NOTE: time.time() of the last rotation
 
-    def _on_client_hello(self, conn: Any, _server_name: str | None, _ctx: Any) -> None:
+    def _on_client_hello(self, conn: Any, _server_name: str | None, _ctx: Any) -> int | None:
         if self.reloader.changed() is not None:
             try:
                 self._current = ssl_server_context(self.reloader.files, check=False)
+                self._rotated_at = time.time()
             except (OSError, ssl.SSLError) as exc:  # NOTE: changed again since it was read
                 LOGGER.warning("TLS files changed but cannot be used yet: %s", exc)
         if self._current is not self.context:
             conn.context = self._current
+        if conn.session_reused:
+            # NOTE: TLS 1.2 resumes from OpenSSL's server session cache, which Python cannot
+            # turn off; a session made before the files last changed would skip the check
+            # of the client certificate against the new CA, so it is refused
+            session = conn.session
+            if session is None or session.time <= self._rotated_at:
+                return ssl.ALERT_DESCRIPTION_ACCESS_DENIED
+        return None
 
 
 def grpc_channel_credentials(
