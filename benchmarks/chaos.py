@@ -111,7 +111,7 @@ class Server:
         self.port_file = tmp / f"ports-{time.monotonic_ns()}.json"
         self.log = tmp / f"server-{time.monotonic_ns()}.log"
         cmd = [sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo),
-               "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+               "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
                "--port-file", str(self.port_file), *flags]  # fmt: skip
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log.open("wb"),
                                      stderr=subprocess.STDOUT)  # fmt: skip
