@@ -435,6 +435,13 @@ int64_t NowNs() {
 }
 
 // Protobuf wire format, just what a ModelInferRequest needs; every failure means "fall back".
+constexpr uint64_t kMaxFieldNumber = (uint64_t(1) << 29) - 1;
+// NOTE: the lane's models have a few inputs and outputs of a few dims; past these caps a
+// request goes to the Python path before the parser allocates per entry (a body of empty
+// input entries, 2 bytes each, would otherwise ask ~100 GB on the completion-queue thread)
+constexpr size_t kMaxTensors = 64;
+constexpr size_t kMaxDims = 64;
+
 class WireReader {
  public:
   WireReader(const uint8_t* p, size_t n) : p_(p), end_(p + n) {}
@@ -455,6 +462,8 @@ class WireReader {
   bool Next(uint32_t* field, int* type, uint64_t* value, const uint8_t** data, size_t* len) {
     uint64_t key;
     if (!Varint(&key)) return false;
+    // NOTE: field numbers end at 2^29-1; a wider one must not wrap onto a known field
+    if ((key >> 3) > kMaxFieldNumber) return false;
     *field = static_cast<uint32_t>(key >> 3);
     *type = static_cast<int>(key & 7);
     if (*field == 0) return false;
@@ -508,6 +517,7 @@ struct ParsedRequest {
 bool ParseShape(int type, uint64_t value, const uint8_t* data, size_t len,
                 std::vector<int64_t>* shape) {
   if (type == 0) {
+    if (shape->size() >= kMaxDims) return false;
     shape->push_back(static_cast<int64_t>(value));
     return true;
   }
@@ -515,7 +525,7 @@ bool ParseShape(int type, uint64_t value, const uint8_t* data, size_t len,
   WireReader packed(data, len);
   while (!packed.done()) {
     uint64_t v;
-    if (!packed.Varint(&v)) return false;
+    if (shape->size() >= kMaxDims || !packed.Varint(&v)) return false;
     shape->push_back(static_cast<int64_t>(v));
   }
   return true;
@@ -608,14 +618,17 @@ bool ParseRequest(const std::string& body, ParsedRequest* out) {
         if (!ParameterIgnored(d, n)) return false;
         break;
       case 5:
+        if (out->inputs.size() >= kMaxTensors) return false;
         out->inputs.emplace_back();
         if (!ParseInput(base, d, n, &out->inputs.back())) return false;
         break;
       case 6:
+        if (out->outputs.size() >= kMaxTensors) return false;
         out->outputs.emplace_back();
         if (!ParseOutput(d, n, &out->outputs.back())) return false;
         break;
       case 7:
+        if (out->raw.size() >= kMaxTensors) return false;
         out->raw.emplace_back(static_cast<size_t>(d - base), n);
         break;
       default:
@@ -654,8 +667,10 @@ void PutString(std::string* out, uint32_t field, const std::string& s) {
 
 // Typed contents (InferTensorContents) of the datatypes the lane decodes, as little-endian
 // bytes: FP32 (fp32_contents, 6), FP64 (fp64_contents, 7), INT64 (int64_contents, 3), INT32
-// (int_contents, 2); packed or not. Any other field, or another datatype: Python's path.
-bool DecodeTyped(const uint8_t* data, size_t len, const std::string& datatype, std::string* out) {
+// (int_contents, 2); packed or not. Any other field, or another datatype, or more than
+// `limit` bytes (stopped as soon as it is passed: 1-byte varints grow 8-fold): Python's path.
+bool DecodeTyped(const uint8_t* data, size_t len, const std::string& datatype, size_t limit,
+                 std::string* out) {
   uint32_t want;
   int width;  // bytes per element; 0 = a varint
   if (datatype == "FP32") {
@@ -686,7 +701,7 @@ bool DecodeTyped(const uint8_t* data, size_t len, const std::string& datatype, s
     size_t n = 0;
     if (!r.Next(&field, &type, &value, &d, &n) || field != want) return false;
     if (type == 2 && width > 0) {  // packed fixed-width
-      if (n % width) return false;
+      if (n % width || n > limit - out->size()) return false;
       out->append(reinterpret_cast<const char*>(d), n);
     } else if (type == 2) {  // packed varints
       WireReader packed(d, n);
@@ -694,6 +709,7 @@ bool DecodeTyped(const uint8_t* data, size_t len, const std::string& datatype, s
         uint64_t v;
         if (!packed.Varint(&v)) return false;
         put_varint(v);
+        if (out->size() > limit) return false;
       }
     } else if ((type == 5 && width == 4) || (type == 1 && width == 8)) {
       out->append(reinterpret_cast<const char*>(d), n);
@@ -702,6 +718,7 @@ bool DecodeTyped(const uint8_t* data, size_t len, const std::string& datatype, s
     } else {
       return false;
     }
+    if (out->size() > limit) return false;
   }
   return true;
 }
@@ -788,9 +805,12 @@ class Lane : public std::enable_shared_from_this<Lane> {
         count *= static_cast<uint64_t>(got);
       }
       if (typed) {
+        // NOTE: every element takes at least one byte of contents: more claimed is an error
+        // for the Python path to word, and no decoded size may pass the shape's
+        if (count > in.contents_len) return false;
         const uint8_t* base = reinterpret_cast<const uint8_t*>(p->body.data());
         if (!DecodeTyped(base + in.contents_offset, in.contents_len, spec.datatype,
-                         &p->typed[i]) ||
+                         count * spec.itemsize, &p->typed[i]) ||
             p->typed[i].size() != count * spec.itemsize) {
           return false;
         }
@@ -1236,7 +1256,13 @@ void Bridge::RemoveLane(Lane* lane) {
 bool Bridge::TryFast(Call* call, std::string& body) {
   static const std::string kModelInfer = "/inference.GRPCInferenceService/ModelInfer";
   if (call->method() != kModelInfer) return false;
-  if (!TakeFast(call, body)) {
+  bool taken = false;
+  try {
+    taken = TakeFast(call, body);
+  } catch (...) {  // NOTE: e.g. bad_alloc: the completion-queue thread must not terminate
+    taken = false;
+  }
+  if (!taken) {
     python_infers_++;
     return false;
   }
@@ -1258,8 +1284,14 @@ bool Bridge::TakeFast(Call* call, std::string& body) {
   }
   p->call = call;
   p->body = std::move(body);  // NOTE: parsed positions are offsets: they survive the move
-  if (lane->Accepts(p.get()) && lane->Admit(p)) return true;
-  body = std::move(p->body);
+  bool taken = false;
+  try {
+    taken = lane->Accepts(p.get()) && lane->Admit(p);
+  } catch (...) {  // the body goes back for the Python path (TryFast)
+    taken = false;
+  }
+  if (taken) return true;
+  if (p) body = std::move(p->body);
   return false;
 }
 
