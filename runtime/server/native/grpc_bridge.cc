@@ -1014,6 +1014,16 @@ class Batch {
     }
   }
 
+  // Fail the requests with no outcome yet (answers already encoded stay as they are).
+  void FailUnanswered(int code, const std::string& message) {
+    for (auto& p : requests_) {
+      if (p->outcome != -1) continue;
+      p->status = grpc::Status(static_cast<grpc::StatusCode>(code), message);
+      p->response.clear();
+      p->outcome = kFailedByPython;
+    }
+  }
+
   // Per request: 0 answered, 1 failed (by Python), 2 its caller is gone, 3 too large.
   std::vector<int> Outcomes() {
     std::vector<int> out;
@@ -1510,12 +1520,14 @@ PYBIND11_MODULE(_grpc_bridge, m) {
       .def_property_readonly("row_counts", &Batch::row_counts)
       .def("answer", &Batch::Answer, py::arg("outputs"), py::arg("index") = -1)
       .def("fail", &Batch::Fail, py::arg("index"), py::arg("code"), py::arg("message"))
+      .def("fail_unanswered", &Batch::FailUnanswered, py::arg("code"), py::arg("message"))
       .def("outcomes", &Batch::Outcomes)
       .def("send", &Batch::Send);
   py::class_<Lane, std::shared_ptr<Lane>>(m, "Lane")
       .def_property_readonly("id", &Lane::id)
       .def("next_batch", &Lane::NextBatch)
       .def("close", &Lane::Close)
+      .def("open", &Lane::open)
       .def("stop", &Lane::Stop)
       .def("outstanding", &Lane::Outstanding)
       .def("queued", &Lane::Queued)
