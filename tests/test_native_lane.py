@@ -191,9 +191,14 @@ def _hostile() -> list[bytes]:
     raw = _field(7, x.tobytes())
     assert plain.endswith(raw)
     head = plain[: -len(raw)]
+    key = _field(1, b"\xff\xfe")  # a map entry: key (1), value (2)
     return [
         _field(1, b"mlp_dense") + b"\x2a\x00" * 1000,  # 1000 empty inputs
         head + _field((1 << 32) + 7, x.tobytes()),  # field 2^32+7 is no raw_input_contents
+        plain + _field(3, b"\xff\xfe"),  # an id that is no UTF-8
+        plain + _field(4, key + _field(2, b"\x08\x01")),  # a parameter key likewise
+        plain + _field(4, _field(1, b"k") + _field(2, _field(3, b"\xc3"))),  # a string value
+        plain + _field(4, _field(1, b"k") + _field(2, b"\x0a")),  # a value cut short
     ]
 
 

@@ -575,6 +575,33 @@ bool ParseOutput(const uint8_t* data, size_t len, std::string* name) {
   return true;
 }
 
+// NOTE: protobuf refuses string fields that are no UTF-8 (INVALID_ARGUMENT on the Python
+// path); the lane takes ASCII only and leaves the rest to Python to judge
+bool Ascii(const uint8_t* data, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    if (data[i] & 0x80) return false;
+  }
+  return true;
+}
+
+// An InferParameter, read as upb would accept it: bool (1), int64 (2), string (3), double
+// (4), uint64 (5); anything else (or a string that is not ASCII): Python's path.
+bool ParameterValueValid(const uint8_t* data, size_t len) {
+  WireReader r(data, len);
+  while (!r.done()) {
+    uint32_t field;
+    int type;
+    uint64_t value = 0;
+    const uint8_t* d = nullptr;
+    size_t n = 0;
+    if (!r.Next(&field, &type, &value, &d, &n)) return false;
+    bool ok = ((field == 1 || field == 2 || field == 5) && type == 0) ||
+              (field == 3 && type == 2 && Ascii(d, n)) || (field == 4 && type == 1);
+    if (!ok) return false;
+  }
+  return true;
+}
+
 // A request parameter (a map entry: 1 key, 2 value). The Python path reads only `timeout`
 // (and refuses one that is no integer); it ignores the rest, as perf_analyzer's
 // triton_enable_empty_final_response, and so does a lane.
@@ -586,9 +613,13 @@ bool ParameterIgnored(const uint8_t* data, size_t len) {
     uint64_t value = 0;
     const uint8_t* d = nullptr;
     size_t n = 0;
-    if (!r.Next(&field, &type, &value, &d, &n)) return false;
-    if (field == 1 && (type != 2 || std::string(reinterpret_cast<const char*>(d), n) == "timeout"))
+    if (!r.Next(&field, &type, &value, &d, &n) || type != 2) return false;
+    if (field == 1) {
+      if (!Ascii(d, n) || std::string(reinterpret_cast<const char*>(d), n) == "timeout")
+        return false;
+    } else if (field != 2 || !ParameterValueValid(d, n)) {
       return false;
+    }
   }
   return true;
 }
@@ -612,6 +643,7 @@ bool ParseRequest(const std::string& body, ParsedRequest* out) {
         out->version.assign(text, n);
         break;
       case 3:
+        if (!Ascii(d, n)) return false;
         out->id.assign(text, n);
         break;
       case 4:
