@@ -253,10 +253,13 @@ class Bridge {
     auto rule = restricted_.find(ctx.method());
     if (rule == restricted_.end()) return nullptr;
     const auto& metadata = ctx.client_metadata();
-    auto sent = metadata.find(rule->second.first);
-    if (sent != metadata.end() &&
-        std::string(sent->second.data(), sent->second.size()) == rule->second.second) {
-      return nullptr;
+    // NOTE: a header may be sent more than once; any matching value lets the call in, as
+    // the Python path's `refusal` does
+    auto [first, last] = metadata.equal_range(rule->second.first);
+    for (auto sent = first; sent != last; ++sent) {
+      if (std::string(sent->second.data(), sent->second.size()) == rule->second.second) {
+        return nullptr;
+      }
     }
     return &rule->second.first;
   }
@@ -1234,6 +1237,9 @@ py::object Lane::NextBatch() {
       queued_rows_ -= rows;
       in_batches_ += static_cast<int64_t>(batch.size());
       now = NowNs();
+      // NOTE: requests of other shapes (or past max_batch_size) left queued: another
+      // waiting engine thread may take them now
+      if (!queue_.empty()) cv_.notify_one();
     }
   }
   if (stopped) return py::none();
@@ -1247,6 +1253,8 @@ void Lane::Done(size_t size) {
   in_batches_ -= static_cast<int64_t>(size);
   // clients just answered tend to send again at once (closed-loop load)
   returning_ = size > 1 ? static_cast<int64_t>(size) : 0;
+  // NOTE: a thread waiting for returning clients of an earlier batch must re-decide
+  cv_.notify_one();
 }
 
 std::vector<int64_t> Lane::AbortQueued(int code, const std::string& message) {
