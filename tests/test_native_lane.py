@@ -158,6 +158,62 @@ def test_concurrent_requests_share_batches_and_count_exactly(
     )
 
 
+def _raw_call(srv: ServerProcess, body: bytes) -> pb.ModelInferResponse | grpc.RpcError:
+    """Hand-built request bytes, as a hostile client sends them."""
+    with grpc.insecure_channel(srv.url) as channel:
+        rpc = channel.unary_unary(
+            INFER, request_serializer=lambda b: b,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )  # fmt: skip
+        try:
+            return rpc(body, timeout=60)
+        except grpc.RpcError as err:
+            return err
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _hostile() -> list[bytes]:
+    """Requests the lane must leave to the Python path (which refuses each one)."""
+    x = np.ones((1, 256), np.float32)
+    plain = _request(x).SerializeToString()
+    raw = _field(7, x.tobytes())
+    assert plain.endswith(raw)
+    head = plain[: -len(raw)]
+    key = _field(1, b"\xff\xfe")  # a map entry: key (1), value (2)
+    return [
+        _field(1, b"mlp_dense") + b"\x2a\x00" * 1000,  # 1000 empty inputs
+        head + _field((1 << 32) + 7, x.tobytes()),  # field 2^32+7 is no raw_input_contents
+        plain + _field(3, b"\xff\xfe"),  # an id that is no UTF-8
+        plain + _field(4, key + _field(2, b"\x08\x01")),  # a parameter key likewise
+        plain + _field(4, _field(1, b"k") + _field(2, _field(3, b"\xc3"))),  # a string value
+        plain + _field(4, _field(1, b"k") + _field(2, b"\x0a")),  # a value cut short
+    ]
+
+
+def test_hostile_requests_get_the_python_paths_answers(
+    servers: dict[str, ServerProcess],
+) -> None:
+    for i, body in enumerate(_hostile()):
+        got = _raw_call(servers["native"], body)
+        assert isinstance(got, grpc.RpcError), (i, got)
+        assert got.code() == grpc.StatusCode.INVALID_ARGUMENT, (i, got.details())
+        _same(got, _raw_call(servers["python"], body))
+    x = np.ones((2, 256), np.float32)  # and the server still serves
+    assert isinstance(_call(servers["native"], _request(x)), pb.ModelInferResponse)
+
+
 def test_well_formed_requests_take_the_native_lane(servers: dict[str, ServerProcess]) -> None:
     """Run last in this module: it stops the native server to read its exit count."""
     srv = servers["native"]
@@ -166,6 +222,7 @@ def test_well_formed_requests_take_the_native_lane(servers: dict[str, ServerProc
                        srv.log_text())  # fmt: skip
     assert counts is not None, srv.log_text()
     # 7 well-formed (plain, version "1", outputs, ignored parameter, typed contents twice, and
-    # the reference request), 6 left to Python; the burst adds 96 to the lane
+    # the reference request), 6 left to Python; the burst adds 96 to the lane; the hostile
+    # requests go to Python and the request after them to the lane
     native, python = int(counts[1]), int(counts[2])
-    assert (native, python) == (7 + 96, 6)
+    assert (native, python) == (7 + 96 + 1, 6 + len(_hostile()))

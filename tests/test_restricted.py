@@ -15,6 +15,7 @@ import tritonclient.grpc as grpcclient
 from conftest import ROOT, ServerProcess, copy_repo, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_tls import FRONTENDS
+from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from runtime.server import restricted
@@ -53,6 +54,25 @@ def test_inference_needs_its_header(srv: ServerProcess) -> None:
             _infer(client, headers)
         assert err.value.status() == "StatusCode.UNAVAILABLE"
         assert err.value.message() == EXPECT_INFER
+
+
+def test_header_sent_twice_passes_with_any_matching_value(srv: ServerProcess) -> None:
+    req = pb.ModelInferRequest(model_name="mlp_dense")
+    req.inputs.add(name="x", datatype="FP32", shape=[1, 256])
+    req.raw_input_contents.append(np.ones((1, 256), "<f4").tobytes())
+    header = "triton-grpc-protocol-infer-key"
+    with grpc.insecure_channel(srv.url) as channel:
+        rpc = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        for values in (("wrong", "s3cret"), ("s3cret", "wrong")):
+            got = rpc(req, metadata=[(header, v) for v in values], timeout=20)
+            assert got.outputs[0].name == "y"
+        with pytest.raises(grpc.RpcError) as err:
+            rpc(req, metadata=[(header, "wrong"), (header, "worse")], timeout=20)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_stream_needs_its_header(srv: ServerProcess) -> None:

@@ -102,12 +102,25 @@ class NativeLane:
 
     # ---- engine threads -------------------------------------------------------------------
     def _work(self) -> None:
-        while (batch := self.lane.next_batch()) is not None:
+        while True:
+            try:
+                batch = self.lane.next_batch()
+            except Exception:  # NOTE: a thread that ends here leaves the lane without a consumer
+                LOGGER.exception("native lane: taking a batch failed")
+                if not self.lane.open():
+                    return
+                time.sleep(0.01)
+                continue
+            if batch is None:
+                return
             try:
                 self._serve(batch)
             except Exception:  # NOTE: a bug here must not end the thread or lose the batch
                 LOGGER.exception("native lane: batch failed")
-                batch.fail(-1, grpc.StatusCode.INTERNAL.value[0], "internal error; see server log")
+                # answers already encoded (and counted) stay: only the rest become INTERNAL
+                batch.fail_unanswered(
+                    grpc.StatusCode.INTERNAL.value[0], "internal error; see server log"
+                )
                 batch.send()
 
     def _listed(self, outputs: Mapping[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
@@ -164,7 +177,10 @@ class NativeLane:
         outcomes = batch.outcomes()
         end = time.perf_counter_ns()
         # NOTE: counted before the answers go out: a client reads its own request counted
-        self._record(timings, reasons, outcomes, batch.arrivals, batch.dispatch_ns, end)
+        try:
+            self._record(timings, reasons, outcomes, batch.arrivals, batch.dispatch_ns, end)
+        except Exception:  # NOTE: statistics must not turn answers into errors
+            LOGGER.exception("native lane: recording a batch's statistics failed")
         batch.send()
 
     @staticmethod

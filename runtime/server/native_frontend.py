@@ -155,6 +155,8 @@ def lane_inputs(model: ServedModel) -> tuple[LaneInputs, str]:
         return [], "BYTES outputs"
     if model.output_reshapes or any(s.reshape is not None for s in model.inputs.values()):
         return [], "config reshape"  # NOTE: the lane hands the engine what clients sent
+    if not model.inputs:
+        return [], "no inputs"  # NOTE: the lane takes a request's rows from its inputs
     specs = []
     for spec in model.inputs.values():
         if spec.optional or spec.datatype not in WIRE_ITEMSIZE:
@@ -411,7 +413,11 @@ class NativeFrontend:
     def _on_ready_final(self) -> None:
         """Calls read but not yet dispatched when stopping get UNAVAILABLE, not silence;
         open streams are cancelled and finish themselves."""
-        for call, _method, _payload, kind, stream_id in self._bridge.poll():
+        for call, method, payload, kind, stream_id in self._bridge.poll():
+            if kind == self._native.FAILED:  # NOTE: its id is a lane's, not a call's or stream's
+                if (lane := self._lanes.get(stream_id)) is not None:
+                    lane.record_failure(method, int(payload))
+                continue
             if kind == self._native.UNARY:
                 call.abort(grpc.StatusCode.UNAVAILABLE.value[0], "server is shutting down")
             elif stream_id not in self._streams:

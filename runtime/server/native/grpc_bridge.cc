@@ -253,10 +253,13 @@ class Bridge {
     auto rule = restricted_.find(ctx.method());
     if (rule == restricted_.end()) return nullptr;
     const auto& metadata = ctx.client_metadata();
-    auto sent = metadata.find(rule->second.first);
-    if (sent != metadata.end() &&
-        std::string(sent->second.data(), sent->second.size()) == rule->second.second) {
-      return nullptr;
+    // NOTE: a header may be sent more than once; any matching value lets the call in, as
+    // the Python path's `refusal` does
+    auto [first, last] = metadata.equal_range(rule->second.first);
+    for (auto sent = first; sent != last; ++sent) {
+      if (std::string(sent->second.data(), sent->second.size()) == rule->second.second) {
+        return nullptr;
+      }
     }
     return &rule->second.first;
   }
@@ -435,6 +438,13 @@ int64_t NowNs() {
 }
 
 // Protobuf wire format, just what a ModelInferRequest needs; every failure means "fall back".
+constexpr uint64_t kMaxFieldNumber = (uint64_t(1) << 29) - 1;
+// NOTE: the lane's models have a few inputs and outputs of a few dims; past these caps a
+// request goes to the Python path before the parser allocates per entry (a body of empty
+// input entries, 2 bytes each, would otherwise ask ~100 GB on the completion-queue thread)
+constexpr size_t kMaxTensors = 64;
+constexpr size_t kMaxDims = 64;
+
 class WireReader {
  public:
   WireReader(const uint8_t* p, size_t n) : p_(p), end_(p + n) {}
@@ -455,6 +465,8 @@ class WireReader {
   bool Next(uint32_t* field, int* type, uint64_t* value, const uint8_t** data, size_t* len) {
     uint64_t key;
     if (!Varint(&key)) return false;
+    // NOTE: field numbers end at 2^29-1; a wider one must not wrap onto a known field
+    if ((key >> 3) > kMaxFieldNumber) return false;
     *field = static_cast<uint32_t>(key >> 3);
     *type = static_cast<int>(key & 7);
     if (*field == 0) return false;
@@ -508,6 +520,7 @@ struct ParsedRequest {
 bool ParseShape(int type, uint64_t value, const uint8_t* data, size_t len,
                 std::vector<int64_t>* shape) {
   if (type == 0) {
+    if (shape->size() >= kMaxDims) return false;
     shape->push_back(static_cast<int64_t>(value));
     return true;
   }
@@ -515,7 +528,7 @@ bool ParseShape(int type, uint64_t value, const uint8_t* data, size_t len,
   WireReader packed(data, len);
   while (!packed.done()) {
     uint64_t v;
-    if (!packed.Varint(&v)) return false;
+    if (shape->size() >= kMaxDims || !packed.Varint(&v)) return false;
     shape->push_back(static_cast<int64_t>(v));
   }
   return true;
@@ -565,6 +578,33 @@ bool ParseOutput(const uint8_t* data, size_t len, std::string* name) {
   return true;
 }
 
+// NOTE: protobuf refuses string fields that are no UTF-8 (INVALID_ARGUMENT on the Python
+// path); the lane takes ASCII only and leaves the rest to Python to judge
+bool Ascii(const uint8_t* data, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    if (data[i] & 0x80) return false;
+  }
+  return true;
+}
+
+// An InferParameter, read as upb would accept it: bool (1), int64 (2), string (3), double
+// (4), uint64 (5); anything else (or a string that is not ASCII): Python's path.
+bool ParameterValueValid(const uint8_t* data, size_t len) {
+  WireReader r(data, len);
+  while (!r.done()) {
+    uint32_t field;
+    int type;
+    uint64_t value = 0;
+    const uint8_t* d = nullptr;
+    size_t n = 0;
+    if (!r.Next(&field, &type, &value, &d, &n)) return false;
+    bool ok = ((field == 1 || field == 2 || field == 5) && type == 0) ||
+              (field == 3 && type == 2 && Ascii(d, n)) || (field == 4 && type == 1);
+    if (!ok) return false;
+  }
+  return true;
+}
+
 // A request parameter (a map entry: 1 key, 2 value). The Python path reads only `timeout`
 // (and refuses one that is no integer); it ignores the rest, as perf_analyzer's
 // triton_enable_empty_final_response, and so does a lane.
@@ -576,9 +616,13 @@ bool ParameterIgnored(const uint8_t* data, size_t len) {
     uint64_t value = 0;
     const uint8_t* d = nullptr;
     size_t n = 0;
-    if (!r.Next(&field, &type, &value, &d, &n)) return false;
-    if (field == 1 && (type != 2 || std::string(reinterpret_cast<const char*>(d), n) == "timeout"))
+    if (!r.Next(&field, &type, &value, &d, &n) || type != 2) return false;
+    if (field == 1) {
+      if (!Ascii(d, n) || std::string(reinterpret_cast<const char*>(d), n) == "timeout")
+        return false;
+    } else if (field != 2 || !ParameterValueValid(d, n)) {
       return false;
+    }
   }
   return true;
 }
@@ -602,20 +646,24 @@ bool ParseRequest(const std::string& body, ParsedRequest* out) {
         out->version.assign(text, n);
         break;
       case 3:
+        if (!Ascii(d, n)) return false;
         out->id.assign(text, n);
         break;
       case 4:
         if (!ParameterIgnored(d, n)) return false;
         break;
       case 5:
+        if (out->inputs.size() >= kMaxTensors) return false;
         out->inputs.emplace_back();
         if (!ParseInput(base, d, n, &out->inputs.back())) return false;
         break;
       case 6:
+        if (out->outputs.size() >= kMaxTensors) return false;
         out->outputs.emplace_back();
         if (!ParseOutput(d, n, &out->outputs.back())) return false;
         break;
       case 7:
+        if (out->raw.size() >= kMaxTensors) return false;
         out->raw.emplace_back(static_cast<size_t>(d - base), n);
         break;
       default:
@@ -654,8 +702,10 @@ void PutString(std::string* out, uint32_t field, const std::string& s) {
 
 // Typed contents (InferTensorContents) of the datatypes the lane decodes, as little-endian
 // bytes: FP32 (fp32_contents, 6), FP64 (fp64_contents, 7), INT64 (int64_contents, 3), INT32
-// (int_contents, 2); packed or not. Any other field, or another datatype: Python's path.
-bool DecodeTyped(const uint8_t* data, size_t len, const std::string& datatype, std::string* out) {
+// (int_contents, 2); packed or not. Any other field, or another datatype, or more than
+// `limit` bytes (stopped as soon as it is passed: 1-byte varints grow 8-fold): Python's path.
+bool DecodeTyped(const uint8_t* data, size_t len, const std::string& datatype, size_t limit,
+                 std::string* out) {
   uint32_t want;
   int width;  // bytes per element; 0 = a varint
   if (datatype == "FP32") {
@@ -686,7 +736,7 @@ bool DecodeTyped(const uint8_t* data, size_t len, const std::string& datatype, s
     size_t n = 0;
     if (!r.Next(&field, &type, &value, &d, &n) || field != want) return false;
     if (type == 2 && width > 0) {  // packed fixed-width
-      if (n % width) return false;
+      if (n % width || n > limit - out->size()) return false;
       out->append(reinterpret_cast<const char*>(d), n);
     } else if (type == 2) {  // packed varints
       WireReader packed(d, n);
@@ -694,6 +744,7 @@ bool DecodeTyped(const uint8_t* data, size_t len, const std::string& datatype, s
         uint64_t v;
         if (!packed.Varint(&v)) return false;
         put_varint(v);
+        if (out->size() > limit) return false;
       }
     } else if ((type == 5 && width == 4) || (type == 1 && width == 8)) {
       out->append(reinterpret_cast<const char*>(d), n);
@@ -702,6 +753,7 @@ bool DecodeTyped(const uint8_t* data, size_t len, const std::string& datatype, s
     } else {
       return false;
     }
+    if (out->size() > limit) return false;
   }
   return true;
 }
@@ -788,9 +840,12 @@ class Lane : public std::enable_shared_from_this<Lane> {
         count *= static_cast<uint64_t>(got);
       }
       if (typed) {
+        // NOTE: every element takes at least one byte of contents: more claimed is an error
+        // for the Python path to word, and no decoded size may pass the shape's
+        if (count > in.contents_len) return false;
         const uint8_t* base = reinterpret_cast<const uint8_t*>(p->body.data());
         if (!DecodeTyped(base + in.contents_offset, in.contents_len, spec.datatype,
-                         &p->typed[i]) ||
+                         count * spec.itemsize, &p->typed[i]) ||
             p->typed[i].size() != count * spec.itemsize) {
           return false;
         }
@@ -994,6 +1049,16 @@ class Batch {
     }
   }
 
+  // Fail the requests with no outcome yet (answers already encoded stay as they are).
+  void FailUnanswered(int code, const std::string& message) {
+    for (auto& p : requests_) {
+      if (p->outcome != -1) continue;
+      p->status = grpc::Status(static_cast<grpc::StatusCode>(code), message);
+      p->response.clear();
+      p->outcome = kFailedByPython;
+    }
+  }
+
   // Per request: 0 answered, 1 failed (by Python), 2 its caller is gone, 3 too large.
   std::vector<int> Outcomes() {
     std::vector<int> out;
@@ -1172,6 +1237,9 @@ py::object Lane::NextBatch() {
       queued_rows_ -= rows;
       in_batches_ += static_cast<int64_t>(batch.size());
       now = NowNs();
+      // NOTE: requests of other shapes (or past max_batch_size) left queued: another
+      // waiting engine thread may take them now
+      if (!queue_.empty()) cv_.notify_one();
     }
   }
   if (stopped) return py::none();
@@ -1185,6 +1253,8 @@ void Lane::Done(size_t size) {
   in_batches_ -= static_cast<int64_t>(size);
   // clients just answered tend to send again at once (closed-loop load)
   returning_ = size > 1 ? static_cast<int64_t>(size) : 0;
+  // NOTE: a thread waiting for returning clients of an earlier batch must re-decide
+  cv_.notify_one();
 }
 
 std::vector<int64_t> Lane::AbortQueued(int code, const std::string& message) {
@@ -1236,7 +1306,13 @@ void Bridge::RemoveLane(Lane* lane) {
 bool Bridge::TryFast(Call* call, std::string& body) {
   static const std::string kModelInfer = "/inference.GRPCInferenceService/ModelInfer";
   if (call->method() != kModelInfer) return false;
-  if (!TakeFast(call, body)) {
+  bool taken = false;
+  try {
+    taken = TakeFast(call, body);
+  } catch (...) {  // NOTE: e.g. bad_alloc: the completion-queue thread must not terminate
+    taken = false;
+  }
+  if (!taken) {
     python_infers_++;
     return false;
   }
@@ -1258,8 +1334,14 @@ bool Bridge::TakeFast(Call* call, std::string& body) {
   }
   p->call = call;
   p->body = std::move(body);  // NOTE: parsed positions are offsets: they survive the move
-  if (lane->Accepts(p.get()) && lane->Admit(p)) return true;
-  body = std::move(p->body);
+  bool taken = false;
+  try {
+    taken = lane->Accepts(p.get()) && lane->Admit(p);
+  } catch (...) {  // the body goes back for the Python path (TryFast)
+    taken = false;
+  }
+  if (taken) return true;
+  if (p) body = std::move(p->body);
   return false;
 }
 
@@ -1478,12 +1560,14 @@ PYBIND11_MODULE(_grpc_bridge, m) {
       .def_property_readonly("row_counts", &Batch::row_counts)
       .def("answer", &Batch::Answer, py::arg("outputs"), py::arg("index") = -1)
       .def("fail", &Batch::Fail, py::arg("index"), py::arg("code"), py::arg("message"))
+      .def("fail_unanswered", &Batch::FailUnanswered, py::arg("code"), py::arg("message"))
       .def("outcomes", &Batch::Outcomes)
       .def("send", &Batch::Send);
   py::class_<Lane, std::shared_ptr<Lane>>(m, "Lane")
       .def_property_readonly("id", &Lane::id)
       .def("next_batch", &Lane::NextBatch)
       .def("close", &Lane::Close)
+      .def("open", &Lane::open)
       .def("stop", &Lane::Stop)
       .def("outstanding", &Lane::Outstanding)
       .def("queued", &Lane::Queued)
