@@ -280,6 +280,34 @@ def test_stream_answers_many_lane_requests_in_order(servers: dict[str, ServerPro
 STREAMED = 48
 
 
+def test_stream_answer_too_large_only_with_its_wrapper_is_the_same_error(
+    servers: dict[str, ServerProcess], tmp_path: Path
+) -> None:
+    """A limit the bare response fits and the stream's answer does not: the lane words the
+    in-band error as the servicer does, and the next message is still answered."""
+    big, small = _request(np.ones((4, 256), np.float32)), _request(np.ones((1, 256), np.float32))
+    bare = _call(servers["python"], big)
+    assert isinstance(bare, pb.ModelInferResponse)
+    limit = str(len(bare.SerializeToString()) + 8)
+    answers = {}
+    for frontend in ("native", "python"):
+        srv = start_server(
+            servers["python"].repo, tmp_path, ("--grpc-frontend", frontend, "--model-control-mode",
+                                               "explicit", "--load-model", "mlp_dense",
+                                               "--grpc-max-message-bytes", limit)
+        )  # fmt: skip
+        try:
+            answers[frontend] = _stream(srv, [big, small])
+        finally:
+            srv.stop()
+        if frontend == "native":  # both took the lane
+            assert "ModelInfer calls: 2 served by native lanes, 0 by" in srv.log_text()
+    assert answers["native"] == answers["python"]
+    first, second = (pb.ModelStreamInferResponse.FromString(b) for b in answers["native"])
+    assert "with the stream's wrapper" in first.error_message, first
+    assert not second.error_message and second.infer_response.raw_output_contents
+
+
 def test_well_formed_requests_take_the_native_lane(servers: dict[str, ServerProcess]) -> None:
     """Run last in this module: it stops the native server to read its exit count."""
     import queue
