@@ -22,6 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from runtime.server.native_frontend import load_bridge
@@ -184,4 +185,36 @@ def test_expired_deadlines_and_dropped_channels_leave_it_serving(native: ServerP
     client = grpcclient.InferenceServerClient(native.url)
     assert client.is_server_ready()
     assert client.infer("mlp_dense", [_input(np.ones((1, 256), np.float32))]).as_numpy("y").shape
+    assert "Traceback" not in native.log_text()
+
+
+def test_cancelled_streams_with_lane_requests_in_flight_leave_it_serving(
+    native: ServerProcess,
+) -> None:
+    """Streams cancelled while their messages are queued or computing in a native lane:
+    the answers go nowhere, the stream is freed, and the next stream is served in order."""
+    req = pb.ModelInferRequest(model_name="mlp_dense")
+    req.inputs.add(name="x", datatype="FP32", shape=[64, 256])
+    req.raw_input_contents.append(np.ones((64, 256), "<f4").tobytes())
+    body = req.SerializeToString()
+
+    async def scenario() -> None:
+        async with grpc.aio.insecure_channel(native.url) as channel:
+            rpc = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+            for _ in range(5):
+                call = rpc()
+                for _ in range(30):
+                    await call.write(body)
+                await call.read()
+                call.cancel()
+
+    asyncio.run(scenario())
+    client = grpcclient.InferenceServerClient(native.url)
+    results: list[object] = []
+    client.start_stream(callback=lambda result, error: results.append(error or result))
+    for k in range(8):
+        client.async_stream_infer("mlp_dense", [_input(np.ones((1, 256), np.float32))],
+                                  request_id=str(k))  # fmt: skip
+    client.stop_stream()
+    assert [r.get_response().id for r in results] == [str(k) for k in range(8)]  # type: ignore[attr-defined]
     assert "Traceback" not in native.log_text()

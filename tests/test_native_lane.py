@@ -22,6 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import InferenceServerException
 
 from runtime.server.native_frontend import load_bridge
 from tests.conftest import ServerProcess, copy_repo, start_server
@@ -214,10 +215,120 @@ def test_hostile_requests_get_the_python_paths_answers(
     assert isinstance(_call(servers["native"], _request(x)), pb.ModelInferResponse)
 
 
+STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def _stream(srv: ServerProcess, reqs: list[pb.ModelInferRequest]) -> list[bytes]:
+    """One ModelStreamInfer stream carrying `reqs`: its answers as raw bytes, in order."""
+    with grpc.insecure_channel(srv.url) as channel:
+        rpc = channel.stream_stream(
+            STREAM_INFER, request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=lambda b: b,
+        )  # fmt: skip
+        return list(rpc(iter(reqs), timeout=60))
+
+
+def _stats(srv: ServerProcess) -> tuple[int, ...]:
+    s = grpcclient.InferenceServerClient(srv.url).get_inference_statistics("mlp_dense")
+    m = s.model_stats[0]
+    return (m.inference_count, m.inference_stats.success.count, m.inference_stats.fail.count,
+            m.inference_stats.queue.count)  # fmt: skip
+
+
+def test_stream_answers_equal_the_python_paths_byte_for_byte(
+    servers: dict[str, ServerProcess],
+) -> None:
+    """Lane-eligible and Python-path messages mixed on one stream: the same bytes, in the
+    same order (in-band errors included), and the same statistics, as the grpc.aio server."""
+    reqs = _requests() * 3
+    before = {name: _stats(srv) for name, srv in servers.items()}
+    native, python = _stream(servers["native"], reqs), _stream(servers["python"], reqs)
+    assert len(native) == len(reqs)
+    assert native == python
+    errors = [pb.ModelStreamInferResponse.FromString(b).error_message for b in native]
+    assert sum(bool(e) for e in errors) >= 3 * 4, errors  # the bad ones, answered in-band
+    after = {name: _stats(srv) for name, srv in servers.items()}
+    deltas = {n: [a - b for a, b in zip(after[n], before[n], strict=True)] for n in servers}
+    assert deltas["native"] == deltas["python"]
+
+
+def test_stream_answers_many_lane_requests_in_order(servers: dict[str, ServerProcess]) -> None:
+    """tritonclient's stream: requests sharing batches still come back in request order."""
+    import queue
+
+    client = grpcclient.InferenceServerClient(servers["native"].url)
+    answers: queue.Queue[object] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    try:
+        for i in range(STREAMED):
+            inp = grpcclient.InferInput("x", [1 + i % 3, 256], "FP32")
+            inp.set_data_from_numpy(np.full((1 + i % 3, 256), i, np.float32))
+            client.async_stream_infer("mlp_dense", [inp], request_id=str(i))
+        got = [answers.get(timeout=60) for _ in range(STREAMED)]
+    finally:
+        client.stop_stream()
+    path = servers["native"].repo / "mlp_dense" / "1" / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for i, result in enumerate(got):
+        assert isinstance(result, grpcclient.InferResult), result
+        assert result.get_response().id == str(i)
+        x = np.full((1 + i % 3, 256), i, np.float32)
+        np.testing.assert_allclose(result.as_numpy("y"), session.run(None, {"x": x})[0],
+                                   rtol=1e-5, atol=1e-4)  # fmt: skip
+
+
+STREAMED = 48
+
+
+def test_stream_answer_too_large_only_with_its_wrapper_is_the_same_error(
+    servers: dict[str, ServerProcess], tmp_path: Path
+) -> None:
+    """A limit the bare response fits and the stream's answer does not: the lane words the
+    in-band error as the servicer does, and the next message is still answered."""
+    big, small = _request(np.ones((4, 256), np.float32)), _request(np.ones((1, 256), np.float32))
+    bare = _call(servers["python"], big)
+    assert isinstance(bare, pb.ModelInferResponse)
+    limit = str(len(bare.SerializeToString()) + 8)
+    answers = {}
+    for frontend in ("native", "python"):
+        srv = start_server(
+            servers["python"].repo, tmp_path, ("--grpc-frontend", frontend, "--model-control-mode",
+                                               "explicit", "--load-model", "mlp_dense",
+                                               "--grpc-max-message-bytes", limit)
+        )  # fmt: skip
+        try:
+            answers[frontend] = _stream(srv, [big, small])
+        finally:
+            srv.stop()
+        if frontend == "native":  # both took the lane
+            assert "ModelInfer calls: 2 served by native lanes, 0 by" in srv.log_text()
+    assert answers["native"] == answers["python"]
+    first, second = (pb.ModelStreamInferResponse.FromString(b) for b in answers["native"])
+    assert "with the stream's wrapper" in first.error_message, first
+    assert not second.error_message and second.infer_response.raw_output_contents
+
+
 def test_well_formed_requests_take_the_native_lane(servers: dict[str, ServerProcess]) -> None:
     """Run last in this module: it stops the native server to read its exit count."""
+    import queue
+
     srv = servers["native"]
-    assert srv.stop() == 0, srv.log_text()
+    # a stream whose only message took the lane, idle when the server stops: it ends with
+    # an error the client hears, as the Python path's streams do
+    client = grpcclient.InferenceServerClient(srv.url)
+    answers: queue.Queue[object] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    try:
+        inp = grpcclient.InferInput("x", [1, 256], "FP32")
+        inp.set_data_from_numpy(np.ones((1, 256), np.float32))
+        client.async_stream_infer("mlp_dense", [inp])
+        assert isinstance(answers.get(timeout=60), grpcclient.InferResult)
+        assert srv.stop() == 0, srv.log_text()
+        ended = answers.get(timeout=20)
+        assert isinstance(ended, InferenceServerException), ended
+        assert "shutting down" in str(ended)
+    finally:
+        client.stop_stream()
     counts = re.search(r"ModelInfer calls: (\d+) served by native lanes, (\d+) by the Python",
                        srv.log_text())  # fmt: skip
     assert counts is not None, srv.log_text()
@@ -225,4 +336,6 @@ def test_well_formed_requests_take_the_native_lane(servers: dict[str, ServerProc
     # the reference request), 6 left to Python; the burst adds 96 to the lane; the hostile
     # requests go to Python and the request after them to the lane
     native, python = int(counts[1]), int(counts[2])
-    assert (native, python) == (7 + 96 + 1, 6 + len(_hostile()))
+    # streams: 6 well-formed and 6 left to Python, three times; the ordered stream's all;
+    # the idle stream's one
+    assert (native, python) == (7 + 96 + 1 + 18 + STREAMED + 1, 6 + len(_hostile()) + 18)

@@ -317,6 +317,7 @@ class NativeFrontend:
                 self._abort_stream(stream, grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {exc}")
         elif kind == self._native.END:
             stream.requests.put_nowait(None)
+        # else OPEN: a native lane took its first message; the stream is served from here on
         elif kind == self._native.GONE:
             self._abort_stream(stream, grpc.StatusCode.CANCELLED, "the client went away")
 

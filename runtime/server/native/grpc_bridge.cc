@@ -54,7 +54,8 @@ namespace {
 
 // kFailed: a request the native lane answered with an error (queue full, cancelled while
 // queued): Python counts it against the model (id: lane id, method: reason, payload: ns).
-enum EventKind { kUnary = 0, kMessage = 1, kEnd = 2, kGone = 3, kFailed = 4 };
+// kOpen: a stream whose first message a native lane took (Python serves the stream's end).
+enum EventKind { kUnary = 0, kMessage = 1, kEnd = 2, kGone = 3, kFailed = 4, kOpen = 5 };
 
 class Bridge;
 class Call;
@@ -128,6 +129,14 @@ class Call : public Tagged {
     std::lock_guard<std::mutex> lock(mu_);
     lane_ = std::move(lane);
   }
+  // ModelStreamInfer, completion-queue thread: an answer slot for a message a native lane
+  // takes, in order with the Python path's answers (false: Python finished the stream).
+  bool AddLaneSlot(std::shared_ptr<Lane> lane, uint64_t* slot);
+  void DropLaneSlot(uint64_t slot);  // the lane did not take it after all (the last slot)
+  // Outbox (ops lock): a lane's answer for its slot; empty `skip`: none (cancelled).
+  void FillLane(uint64_t slot, std::string body, bool skip);
+  // Completion-queue thread: Python gets this message; its next answer fills this slot.
+  void AddPythonSlot();
   // Has the call ended (answered, cancelled by its client, or past its deadline)?
   bool Gone() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -136,6 +145,7 @@ class Call : public Tagged {
 
  private:
   void StartWrite();  // with mu_ held
+  void MoveSlots();   // with mu_ held: answers whose turn has come go to the writes
   bool Finished();    // with mu_ held: may the call be deleted?
 
   Bridge* bridge_;
@@ -160,6 +170,19 @@ class Call : public Tagged {
   grpc::Status status_;
   std::deque<std::string> writes_;
   std::shared_ptr<Lane> lane_;  // set when a native lane answers this call
+  // Streams: answers in message order, whichever path answers (see AddLaneSlot).
+  struct Slot {
+    uint64_t id;
+    bool lane;
+    bool filled;
+    std::string body;  // empty once filled: nothing to send (skipped)
+  };
+  std::deque<Slot> slots_;
+  uint64_t last_slot_ = 0;
+  int lane_pending_ = 0;  // slots a lane still owes (the call lives until they are filled)
+  bool ordered_ = false;    // ModelStreamInfer: one answer per message, in order
+  bool announced_ = false;  // Python knows of this stream
+  std::vector<std::shared_ptr<Lane>> stream_lanes_;  // lanes holding this stream's messages
 };
 
 void OpTag::Proceed(bool ok) { call_->OnOp(op_, ok); }
@@ -778,7 +801,38 @@ struct Pending {
   std::string response;
   grpc::Status status;
   int outcome = -1;  // see Batch::Outcomes
+  bool stream = false;  // a ModelStreamInfer message: answered in-band, in its slot
+  uint64_t slot = 0;
 };
+
+// ModelInferResponse.parameters {"triton_final_response": bool_param true}, serialized:
+// Python's stream answers end with it (codec.FINAL_RESPONSE_FLAG; protobuf merges it in).
+const std::string kFinalFlag =
+    std::string("\x22\x1b\x0a\x15triton_final_response\x12\x02\x08\x01", 29);
+
+// ModelStreamInferResponse{infer_response}, as codec.stream_response builds it.
+std::string StreamWrap(const std::string& response) {
+  std::string out;
+  out.reserve(response.size() + kFinalFlag.size() + 12);
+  PutVarint(&out, (2u << 3) | 2);
+  PutVarint(&out, response.size() + kFinalFlag.size());
+  out += response;
+  out += kFinalFlag;
+  return out;
+}
+
+// An in-band error, as the servicer's _stream_error words it.
+std::string StreamError(const ParsedRequest& req, const std::string& message) {
+  std::string inner;
+  if (!req.model.empty()) PutString(&inner, 1, req.model);
+  if (!req.version.empty()) PutString(&inner, 2, req.version);
+  if (!req.id.empty()) PutString(&inner, 3, req.id);
+  inner += kFinalFlag;
+  std::string out;
+  if (!message.empty()) PutString(&out, 1, message);
+  PutString(&out, 2, inner);
+  return out;
+}
 
 struct OutView {
   std::string name, datatype;
@@ -874,6 +928,8 @@ class Lane : public std::enable_shared_from_this<Lane> {
   bool Admit(std::unique_ptr<Pending>& p);
   // Completion-queue thread: the caller left; a request still queued leaves the queue.
   void Cancel(Call* call);
+  // Completion-queue thread: a stream's client left; its queued messages leave the queue.
+  void CancelStream(Call* call);
 
   // Python engine thread: the next batch (None once stopped and empty); GIL released while
   // it waits.
@@ -1026,14 +1082,23 @@ class Batch {
       Pending& p = *requests_[i];
       Encode(p, views, row, total);
       row += p.rows;
-      if (static_cast<int64_t>(p.response.size()) > limit) {
+      size_t size = p.response.size();
+      // NOTE: a stream's answer must fit with its wrapper, as the servicer checks it
+      size_t sent = p.stream ? size + kFinalFlag.size() + 1 +
+                                   VarintSize(size + kFinalFlag.size())
+                             : size;
+      if (static_cast<int64_t>(sent) > limit) {
         p.status = grpc::Status(
             grpc::StatusCode::RESOURCE_EXHAUSTED,
-            "response of " + std::to_string(p.response.size()) + " bytes exceeds the " +
-                std::to_string(limit) + "-byte limit (--grpc-max-message-bytes)");
+            "response of " + std::to_string(size) + " bytes" +
+                (p.stream ? " (" + std::to_string(sent) + " with the stream's wrapper)"
+                          : std::string()) +
+                " exceeds the " + std::to_string(limit) +
+                "-byte limit (--grpc-max-message-bytes)");
         p.response.clear();
         p.outcome = kTooLarge;
       } else {
+        if (p.stream) p.response = StreamWrap(p.response);
         p.outcome = kOk;
       }
     }
@@ -1149,7 +1214,14 @@ void Batch::Post() {
   Bridge* bridge = lane_->bridge();
   for (auto& p : requests_) {
     Call* call = p->call;
-    if (p->outcome == kOk) {
+    if (p->stream) {
+      std::string body = p->outcome == kOk ? std::move(p->response)
+                                           : StreamError(p->req, p->status.error_message());
+      uint64_t slot = p->slot;
+      bridge->Post([call, slot, body = std::move(body)]() mutable {
+        call->FillLane(slot, std::move(body), false);
+      });
+    } else if (p->outcome == kOk) {
       bridge->Post([call, body = std::move(p->response)]() mutable { call->Write(std::move(body)); });
     } else {
       grpc::Status status = p->status;
@@ -1167,7 +1239,7 @@ void Lane::ReportFailure(const char* reason, int64_t ns) {
 bool Lane::Admit(std::unique_ptr<Pending>& p) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!open_ || static_cast<int64_t>(queue_.size()) >= max_queue_) return false;
-  p->call->SetLane(shared_from_this());
+  if (!p->stream) p->call->SetLane(shared_from_this());
   bool was_empty = queue_.empty();
   queued_rows_ += p->rows;
   queue_.push_back(std::move(p));
@@ -1176,6 +1248,26 @@ bool Lane::Admit(std::unique_ptr<Pending>& p) {
   bool wake = was_empty || queued_rows_ >= target_rows_ || returning_ == 0;
   if (wake) cv_.notify_one();
   return true;
+}
+
+void Lane::CancelStream(Call* call) {
+  std::vector<std::unique_ptr<Pending>> gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if ((*it)->call == call) {
+        queued_rows_ -= (*it)->rows;
+        gone.push_back(std::move(*it));
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& p : gone) {
+    ReportFailure("CANCELED", NowNs() - p->arrival_ns);
+    call->FillLane(p->slot, std::string(), true);
+  }
 }
 
 void Lane::Cancel(Call* call) {
@@ -1268,7 +1360,14 @@ std::vector<int64_t> Lane::AbortQueued(int code, const std::string& message) {
   grpc::Status status(static_cast<grpc::StatusCode>(code), message);
   for (auto& p : queued) {
     Call* call = p->call;
-    bridge_->Post([call, status] { call->Finish(status); });
+    if (p->stream) {
+      uint64_t slot = p->slot;
+      bridge_->Post([call, slot, body = StreamError(p->req, message)]() mutable {
+        call->FillLane(slot, std::move(body), false);
+      });
+    } else {
+      bridge_->Post([call, status] { call->Finish(status); });
+    }
     arrivals.push_back(p->arrival_ns);
   }
   bridge_->Flush();
@@ -1305,7 +1404,8 @@ void Bridge::RemoveLane(Lane* lane) {
 
 bool Bridge::TryFast(Call* call, std::string& body) {
   static const std::string kModelInfer = "/inference.GRPCInferenceService/ModelInfer";
-  if (call->method() != kModelInfer) return false;
+  static const std::string kStreamInfer = "/inference.GRPCInferenceService/ModelStreamInfer";
+  if (call->method() != kModelInfer && call->method() != kStreamInfer) return false;
   bool taken = false;
   try {
     taken = TakeFast(call, body);
@@ -1335,12 +1435,24 @@ bool Bridge::TakeFast(Call* call, std::string& body) {
   p->call = call;
   p->body = std::move(body);  // NOTE: parsed positions are offsets: they survive the move
   bool taken = false;
+  bool slotted = false;  // a stream's message: its answer slot, given back unless taken
+  uint64_t slot = 0;
   try {
-    taken = lane->Accepts(p.get()) && lane->Admit(p);
+    if (lane->Accepts(p.get())) {
+      if (call->streaming()) {
+        p->stream = true;
+        slotted = call->AddLaneSlot(lane, &slot);
+        p->slot = slot;
+        taken = slotted && lane->Admit(p);
+      } else {
+        taken = lane->Admit(p);
+      }
+    }
   } catch (...) {  // the body goes back for the Python path (TryFast)
     taken = false;
   }
   if (taken) return true;
+  if (slotted) call->DropLaneSlot(slot);
   if (p) body = std::move(p->body);
   return false;
 }
@@ -1420,6 +1532,7 @@ void Call::Proceed(bool ok) {
   uint64_t id = bridge_->Register(this, streaming);
   std::lock_guard<std::mutex> lock(mu_);
   streaming_ = streaming;
+  ordered_ = streaming && ctx_.method() == "/inference.GRPCInferenceService/ModelStreamInfer";
   id_ = id;
   pending_++;
   stream_.Read(&request_, &read_tag_);
@@ -1428,14 +1541,17 @@ void Call::Proceed(bool ok) {
 void Call::OnOp(Op op, bool ok) {
   bool remove = false;
   bool hand_over = false;  // a unary request was read: a native lane or Python answers it
+  bool stream_message = false;  // a stream's message was read: the same, then read on
   std::string body;
   std::shared_ptr<Lane> cancel;  // a native lane's call whose caller left unanswered
+  std::vector<std::shared_ptr<Lane>> cancel_stream;  // lanes holding a gone stream's messages
   {
     std::lock_guard<std::mutex> lock(mu_);
     switch (op) {
       case Op::kDone:
         done_ = true;
         // NOTE: a unary call answered normally is done too; only an unanswered one is news
+        if (streaming_ && lane_pending_ > 0) cancel_stream = stream_lanes_;
         if (lane_ && !finish_requested_) {
           cancel = lane_;
         } else if (streaming_ || (delivered_ && !finish_requested_)) {
@@ -1456,9 +1572,11 @@ void Call::OnOp(Op op, bool ok) {
                            &finish_tag_);
           }
         } else if (ok) {
-          bridge_->Push({nullptr, id_, kMessage, ctx_.method(), Drain(&request_)});
+          // NOTE: the next read starts once this message is placed (see below), so
+          // messages take their answer slots in order
+          stream_message = true;
+          body = Drain(&request_);
           pending_++;
-          stream_.Read(&request_, &read_tag_);
         } else {
           bridge_->Push({nullptr, id_, kEnd, ctx_.method(), {}});
         }
@@ -1481,7 +1599,22 @@ void Call::OnOp(Op op, bool ok) {
   if (hand_over && !bridge_->TryFast(this, body)) {
     bridge_->Push({this, id_, kUnary, ctx_.method(), std::move(body)});
   }
+  if (stream_message) {
+    bool taken = bridge_->TryFast(this, body);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!taken) {
+      // NOTE: once Python finished the stream it writes no more: no slot to wait for
+      if (ordered_ && !finish_requested_) slots_.push_back({++last_slot_, false, false, {}});
+      bridge_->Push({nullptr, id_, kMessage, ctx_.method(), std::move(body)});
+      announced_ = true;
+    } else if (!announced_) {  // Python serves the stream's end, and stops it
+      bridge_->Push({nullptr, id_, kOpen, ctx_.method(), {}});
+      announced_ = true;
+    }
+    stream_.Read(&request_, &read_tag_);
+  }
   if (cancel) cancel->Cancel(this);
+  for (auto& lane : cancel_stream) lane->CancelStream(this);
   if (!remove) return;
   if (streaming_) {
     // NOTE: the ops lock is Python's only way in: re-check and unregister under it
@@ -1493,7 +1626,48 @@ void Call::OnOp(Op op, bool ok) {
   delete this;
 }
 
-bool Call::Finished() { return done_ && pending_ == 0 && finish_started_; }
+bool Call::Finished() { return done_ && pending_ == 0 && finish_started_ && lane_pending_ == 0; }
+
+bool Call::AddLaneSlot(std::shared_ptr<Lane> lane, uint64_t* slot) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!ordered_ || finish_requested_ || done_) return false;
+  *slot = ++last_slot_;
+  slots_.push_back({*slot, true, false, {}});
+  lane_pending_++;
+  if (std::find(stream_lanes_.begin(), stream_lanes_.end(), lane) == stream_lanes_.end()) {
+    stream_lanes_.push_back(std::move(lane));
+  }
+  return true;
+}
+
+void Call::DropLaneSlot(uint64_t slot) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!slots_.empty() && slots_.back().id == slot) slots_.pop_back();
+  lane_pending_--;
+}
+
+void Call::FillLane(uint64_t slot, std::string body, bool skip) {
+  std::lock_guard<std::mutex> lock(mu_);
+  lane_pending_--;
+  for (Slot& s : slots_) {
+    if (s.id == slot) {
+      s.filled = true;
+      if (!skip) s.body = std::move(body);
+      break;
+    }
+  }
+  MoveSlots();
+  StartWrite();
+}
+
+void Call::MoveSlots() {
+  while (!slots_.empty() && slots_.front().filled) {
+    if (!slots_.front().body.empty() && !write_failed_) {
+      writes_.push_back(std::move(slots_.front().body));
+    }
+    slots_.pop_front();
+  }
+}
 
 void Call::Write(std::string body) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -1506,7 +1680,21 @@ void Call::Write(std::string body) {
     stream_.WriteAndFinish(response_, grpc::WriteOptions(), grpc::Status::OK, &finish_tag_);
     return;
   }
-  writes_.push_back(std::move(body));
+  if (!slots_.empty()) {  // a stream answer: the oldest slot Python owes, else the last
+    bool placed = false;
+    for (Slot& s : slots_) {
+      if (!s.lane && !s.filled) {
+        s.filled = true;
+        s.body = std::move(body);
+        placed = true;
+        break;
+      }
+    }
+    if (!placed) slots_.push_back({++last_slot_, false, true, std::move(body)});
+    MoveSlots();
+  } else {
+    writes_.push_back(std::move(body));
+  }
   StartWrite();
 }
 
@@ -1515,6 +1703,10 @@ void Call::Finish(grpc::Status status) {
   if (finish_requested_) return;
   finish_requested_ = true;
   status_ = std::move(status);
+  for (Slot& s : slots_) {  // Python answers no more; lanes' answers are still sent first
+    if (!s.lane) s.filled = true;
+  }
+  MoveSlots();
   StartWrite();
 }
 
@@ -1527,7 +1719,7 @@ void Call::StartWrite() {
     write_in_flight_ = true;
     pending_++;
     stream_.Write(response_, &write_tag_);
-  } else if (finish_requested_) {
+  } else if (finish_requested_ && slots_.empty()) {
     finish_started_ = true;
     pending_++;
     stream_.Finish(status_, &finish_tag_);
@@ -1542,6 +1734,7 @@ PYBIND11_MODULE(_grpc_bridge, m) {
   m.attr("MESSAGE") = static_cast<int>(kMessage);
   m.attr("END") = static_cast<int>(kEnd);
   m.attr("GONE") = static_cast<int>(kGone);
+  m.attr("OPEN") = static_cast<int>(kOpen);
   py::class_<CallHandle>(m, "Call")
       .def("finish", &CallHandle::Finish, py::arg("response"))
       .def("abort", &CallHandle::Abort, py::arg("code"), py::arg("message"))
