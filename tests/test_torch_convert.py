@@ -69,7 +69,10 @@ def test_encoder_sample_matches_onnxruntime(prune: bool) -> None:
     model = encoder_model(layers=2, hidden=64, heads=4, ffn=128, vocab=100, seq=16,
                           prune_24=prune)  # fmt: skip
     ids = np.random.default_rng(3).integers(0, 100, (3, 16)).astype(np.int64)
-    _check(model, {"input_ids": ids})
+    # NOTE: 5e-4, not 1e-4: usually 1e-6 apart, but one clean-clone run under load differed by
+    # 1.2e-4 on one of 192 values (not reproduced in reruns); two fp32 layers with LayerNorm
+    # amplify GEMM rounding, and torch's CPU GEMMs are not bit-reproducible run to run
+    _check(model, {"input_ids": ids}, atol=5e-4)
     graph = convert(model)
     assert len(graph.linears) == 12
     eligible = [not sparse_eligibility(lin.weight) for lin in graph.linears.values()]
