@@ -14,7 +14,7 @@ import contextlib
 import fnmatch
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,6 +88,19 @@ class Deviation:
         """JSON-ready form."""
         return {"max_abs": self.max_abs, "rel_l2": self.rel_l2, "cosine": self.cosine,
                 "min_cosine": self.min_cosine}
+
+
+def stop_bound(
+    min_cosine: float | None, max_deviation: float | None
+) -> tuple[str, Callable[[Deviation], float], Callable[[Deviation], bool]]:
+    """The stop condition's (description, measured value, holds) for --min-cosine, else
+    --max-deviation: one bound for the 2:4 and the structured greedy passes."""
+    if min_cosine is not None:
+        bound = min_cosine
+        return (f"mean cosine >= {bound:g}", lambda d: d.cosine, lambda d: d.cosine >= bound)
+    assert max_deviation is not None
+    limit = max_deviation
+    return (f"relative L2 <= {limit:g}", lambda d: d.rel_l2, lambda d: d.rel_l2 <= limit)
 
 
 @dataclass(frozen=True)
@@ -521,22 +534,7 @@ def _apply_stop_condition(
 ) -> tuple[dict[str, np.ndarray], list[LayerResult], str]:
     """Greedy: least sensitive layers first; a layer that breaks the bound stays dense."""
     ev = _Evaluator(runner, holdout, config.batch_size, dense)
-    if config.min_cosine is not None:
-        metric = f"mean cosine >= {config.min_cosine:g}"
-
-        def value(d: Deviation) -> float:
-            return d.cosine
-
-        def ok(d: Deviation) -> bool:
-            return d.cosine >= config.min_cosine  # type: ignore[operator]
-    else:
-        metric = f"relative L2 <= {config.max_deviation:g}"
-
-        def value(d: Deviation) -> float:
-            return d.rel_l2
-
-        def ok(d: Deviation) -> bool:
-            return d.rel_l2 <= config.max_deviation  # type: ignore[operator]
+    metric, value, ok = stop_bound(config.min_cosine, config.max_deviation)
 
     sens: dict[str, float] = {}
     for layer in tqdm(layers, desc="sensitivity", disable=not config.progress):

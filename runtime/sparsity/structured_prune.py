@@ -37,6 +37,7 @@ from runtime.sparsity.prune import (
     _single_threaded_blas,
     deviation,
     float_outputs,
+    stop_bound,
 )
 from runtime.sparsity.structured import (
     AttentionBlock,
@@ -384,22 +385,7 @@ def _stop_condition(model: onnx.ModelProto, edits: Sequence[Edit], rows: Sequenc
                     ) -> tuple[list[Edit], list[BlockRow], str]:
     """Greedy: least sensitive blocks first; a block that breaks the bound stays dense."""
     ref = model_outputs(model, holdout, config.batch_size)
-    if config.min_cosine is not None:
-        metric = f"mean cosine >= {config.min_cosine:g}"
-
-        def value(d: Deviation) -> float:
-            return d.cosine
-
-        def ok(d: Deviation) -> bool:
-            return d.cosine >= config.min_cosine  # type: ignore[operator]
-    else:
-        metric = f"relative L2 <= {config.max_deviation:g}"
-
-        def value(d: Deviation) -> float:
-            return d.rel_l2
-
-        def ok(d: Deviation) -> bool:
-            return d.rel_l2 <= config.max_deviation  # type: ignore[operator]
+    metric, value, ok = stop_bound(config.min_cosine, config.max_deviation)
 
     fed = [n for e in edits for n in (e.masked or {})]
     masked = MaskedModel(model, fed) if all(e.masked for e in edits) else None
