@@ -72,17 +72,23 @@ def test_out_of_range_flag_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+# A child-process prelude: the native bridge cannot be imported, as where it was never built
+HIDE_BRIDGE = (
+    "import sys, importlib.abc\n"
+    "class Hide(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path, target=None):\n"
+    "        if name.endswith('_grpc_bridge'):\n"
+    "            raise ImportError('hidden by the test')\n"
+    "sys.meta_path.insert(0, Hide())\n"
+    "from runtime.cli import main\n"
+)
+
+
 def test_native_frontend_not_built_is_a_clear_error(tmp_path: Path) -> None:
     """Where the bridge is missing, asking for it says how to get it; no traceback."""
     code = (
-        "import sys, importlib.abc\n"
-        "class Hide(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name.endswith('_grpc_bridge'):\n"
-        "            raise ImportError('hidden by the test')\n"
-        "sys.meta_path.insert(0, Hide())\n"
-        "from runtime.cli import main\n"
-        f"sys.exit(main(['serve', '--model-repository', {str(tmp_path)!r}, '--host', '127.0.0.1',"
+        HIDE_BRIDGE
+        + f"sys.exit(main(['serve', '--model-repository', {str(tmp_path)!r}, '--host', '127.0.0.1',"
         " '--grpc-port', '0', '--metrics-port', '-1', '--http-port', '-1',"
         " '--grpc-frontend', 'native']))\n"
     )
@@ -100,14 +106,8 @@ def test_default_frontend_falls_back_to_grpc_aio_where_the_bridge_is_missing(
     how to build it."""
     port_file = tmp_path / "ports.json"
     code = (
-        "import sys, importlib.abc\n"
-        "class Hide(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name.endswith('_grpc_bridge'):\n"
-        "            raise ImportError('hidden by the test')\n"
-        "sys.meta_path.insert(0, Hide())\n"
-        "from runtime.cli import main\n"
-        f"sys.exit(main(['serve', '--model-repository', {str(tmp_path)!r}, '--host', '127.0.0.1',"
+        HIDE_BRIDGE
+        + f"sys.exit(main(['serve', '--model-repository', {str(tmp_path)!r}, '--host', '127.0.0.1',"
         f" '--grpc-port', '0', '--metrics-port', '-1', '--port-file', {str(port_file)!r}]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "SPARSE_RUNTIME_GRPC_FRONTEND"}
