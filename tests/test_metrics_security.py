@@ -81,7 +81,7 @@ def test_bad_auth_file_names_it_and_exits_1(tmp_path: Path) -> None:
 
 
 def test_real_prometheus_scrapes_through_tls_and_basic_auth(secured: dict) -> None:
-    from test_prometheus import Prometheus, binary, free_port
+    from test_prometheus import binary, running_prometheus
 
     exe = binary("prometheus")
     srv, ca, tmp = secured["srv"], secured["ca"], secured["tmp"]
@@ -98,27 +98,10 @@ def test_real_prometheus_scrapes_through_tls_and_basic_auth(secured: dict) -> No
     check = subprocess.run([binary("promtool"), "check", "config", str(tmp / "prometheus.yml")],
                            capture_output=True, text=True, timeout=60)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
-    port = free_port()
-    log = tmp / "prometheus.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [exe, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=fh, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    prom = Prometheus(port, proc, log)
-    try:
-        prom.poll("Prometheus to be ready", lambda: prom.api("status/buildinfo"), timeout=30)
+    with running_prometheus(exe, tmp) as prom:
         targets = prom.poll(
             "the TLS + basic auth target to be up",
             lambda: [t for t in prom.api("targets")["activeTargets"] if t["health"] == "up"],
         )
         assert targets[0]["scrapeUrl"].startswith("https://")
         assert prom.poll("a scraped sample", lambda: prom.query('up{job="sparse-runtime"} == 1'))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)

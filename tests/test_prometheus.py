@@ -10,6 +10,7 @@ installed it, they fail, so CI never passes without them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -175,6 +176,14 @@ def prometheus(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pro
     (job,) = config["scrape_configs"]
     job["static_configs"][0]["targets"] = [f"127.0.0.1:{server.metrics_port}"]
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with running_prometheus(exe, tmp) as prom:
+        yield prom
+
+
+@contextlib.contextmanager
+def running_prometheus(exe: str, tmp: Path) -> Iterator[Prometheus]:
+    """A real Prometheus on a free loopback port with `tmp/prometheus.yml`, once it answers;
+    stopped on exit."""
     port = free_port()
     log = tmp / "prometheus.log"
     with log.open("wb") as fh:
