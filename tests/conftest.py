@@ -31,6 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_REPO = ROOT / "model_repo"
 
 
+
+def native_bridge_missing() -> str:
+    """Why the native gRPC bridge cannot be imported here ('' where it is built): the reason
+    the native-frontend tests skip with."""
+    from runtime.server.native_frontend import load_bridge
+
+    try:
+        load_bridge()
+    except ImportError as exc:
+        return str(exc)
+    return ""
+
 @dataclass
 class ServerProcess:
     """A running server: its process, ports and log file."""

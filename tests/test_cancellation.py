@@ -17,14 +17,16 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from runtime.server.native_frontend import load_bridge
-from tests.conftest import ServerProcess, copy_repo, metric, parse_metrics, start_server
+from tests.conftest import (
+    ServerProcess,
+    copy_repo,
+    metric,
+    native_bridge_missing,
+    parse_metrics,
+    start_server,
+)
 
-try:
-    load_bridge()
-    NATIVE_MISSING = ""
-except ImportError as exc:
-    NATIVE_MISSING = str(exc)
+NATIVE_MISSING = native_bridge_missing()
 
 BLOCKERS = 48  # a queue long enough (~0.2 s of engine time even on a fast host) to expire in
 GONE = 16

@@ -25,14 +25,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from runtime.server.native_frontend import load_bridge
-from tests.conftest import ServerProcess, copy_repo, metric, parse_metrics, start_server
+from tests.conftest import (
+    ServerProcess,
+    copy_repo,
+    metric,
+    native_bridge_missing,
+    parse_metrics,
+    start_server,
+)
 
-try:
-    load_bridge()
-    NOT_BUILT = ""
-except ImportError as exc:
-    NOT_BUILT = str(exc)
+NOT_BUILT = native_bridge_missing()
 
 pytestmark = pytest.mark.skipif(bool(NOT_BUILT), reason=NOT_BUILT)
 NATIVE = ("--grpc-frontend", "native")

@@ -24,14 +24,9 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from runtime.server.native_frontend import load_bridge
-from tests.conftest import ServerProcess, copy_repo, start_server
+from tests.conftest import ServerProcess, copy_repo, native_bridge_missing, start_server
 
-try:
-    load_bridge()
-    NOT_BUILT = ""
-except ImportError as exc:
-    NOT_BUILT = str(exc)
+NOT_BUILT = native_bridge_missing()
 
 pytestmark = pytest.mark.skipif(bool(NOT_BUILT), reason=NOT_BUILT)
 INFER = "/inference.GRPCInferenceService/ModelInfer"

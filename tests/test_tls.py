@@ -14,24 +14,20 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import ROOT, ServerProcess, copy_repo, start_server, wait_for
+from conftest import (
+    ROOT,
+    ServerProcess,
+    copy_repo,
+    native_bridge_missing,
+    start_server,
+    wait_for,
+)
 from tls_certs import Ca, Pair
 from tritonclient.utils import InferenceServerException
 
-from runtime.server.native_frontend import load_bridge
-
-
-def _native_built() -> bool:
-    try:
-        load_bridge()
-    except ImportError:
-        return False
-    return True
-
-
 FRONTENDS = [
     "python",
-    pytest.param("native", marks=pytest.mark.skipif(not _native_built(),
+    pytest.param("native", marks=pytest.mark.skipif(bool(native_bridge_missing()),
                                                     reason="native bridge not built")),
 ]  # fmt: skip
 
