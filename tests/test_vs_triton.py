@@ -6,8 +6,6 @@ Triton itself is not started here (it needs the nvidia-pytriton venv; `make benc
 from __future__ import annotations
 
 import ast
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -15,21 +13,14 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from tests.test_benchmark_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def vs_triton() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_vs_triton", ROOT / "benchmarks" /
-                                                  "vs_triton.py")  # fmt: skip
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # NOTE: dataclasses look their module up here
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+    return load_script("vs_triton.py")
 
 
 def test_triton_config_keeps_our_batching(vs_triton: ModuleType, tmp_path: Path) -> None:
