@@ -490,15 +490,21 @@ def ffn_edit(block: FFNBlock, keep: np.ndarray, w1: np.ndarray, b1: np.ndarray |
     if block.b1 is not None and b1 is not None:
         edit.weights[block.b1] = np.ascontiguousarray(b1[keep])
     edit.weights[block.w2] = np.ascontiguousarray(w2_kept)
-    if b2_new is not None:
-        if block.b2 is not None:
-            edit.weights[block.b2] = b2_new
-        else:
-            edit.new_bias = (block.mm2_output, f"{block.w2}.compensation_bias", b2_new)
-    if block.b2 is not None and b2_new is not None:
-        edit.masked = {block.w2: _masked(block.hidden, keep, edit.weights[block.w2]),
-                       block.b2: b2_new}
+    _compensate_bias(edit, block.w2, block.b2, block.mm2_output, b2_new, block.hidden, keep)
     return edit
+
+
+def _compensate_bias(edit: Edit, weight: str, bias: str | None, output: str,
+                     new_bias: np.ndarray | None, rows: int, keep: np.ndarray) -> None:
+    """The compensated bias after a sliced projection `weight`: into its bias when it has one
+    (and then the masked form too), else as a new Add on `output`."""
+    if new_bias is None:
+        return
+    if bias is None:
+        edit.new_bias = (output, f"{weight}.compensation_bias", new_bias)
+        return
+    edit.weights[bias] = new_bias
+    edit.masked = {weight: _masked(rows, keep, edit.weights[weight]), bias: new_bias}
 
 
 def head_columns(keep_heads: Iterable[int], head_dim: int) -> np.ndarray:
@@ -525,14 +531,8 @@ def attention_edit(block: AttentionBlock, keep_heads: Sequence[int],
     m = block.merge.values
     edit.reshapes[block.merge.reshape] = (None, None,
                                           n * block.head_dim if m[2] not in (-1, None) else None)
-    if bo_new is not None:
-        if block.bo is not None:
-            edit.weights[block.bo] = bo_new
-        else:
-            edit.new_bias = (block.wo_output, f"{block.wo}.compensation_bias", bo_new)
-    if block.bo is not None and bo_new is not None:
-        edit.masked = {block.wo: _masked(block.heads * block.head_dim, cols,
-                                         edit.weights[block.wo]), block.bo: bo_new}
+    _compensate_bias(edit, block.wo, block.bo, block.wo_output, bo_new,
+                     block.heads * block.head_dim, cols)
     return edit
 
 
