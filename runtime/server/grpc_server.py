@@ -217,7 +217,15 @@ class Server:
                 self._http_tls.context if self._http_tls else None, self._http_restricted,
             )  # fmt: skip
             try:
-                self.http_port = await self._http.start(http_host, s.http_port)
+                if self._native is not None and self._http_tls is None:
+                    # NOTE: no TLS in the C++ front: HTTPS stays aiohttp's (ssl module)
+                    upstream = await self._http.start_unix()
+                    self.http_port = self._native.serve_http(
+                        http_host, s.http_port, upstream, s.http_max_input_size,
+                        self._http_restricted.get("inference"),
+                    )  # fmt: skip
+                else:
+                    self.http_port = await self._http.start(http_host, s.http_port)
             except OSError as exc:
                 raise OSError(f"cannot bind HTTP port {http_host}:{s.http_port}: {exc}") from exc
         await self._health.update(False)
@@ -236,7 +244,8 @@ class Server:
         if self._http is not None:
             http_security = ("mutual TLS" if http_use_ssl(s)[1] else "TLS") if self._http_tls \
                 else "plaintext"  # fmt: skip
-            http_at += f" ({http_security})"
+            front = "native" if self._native is not None and self._http_tls is None else "python"
+            http_at += f" via the {front} front ({http_security})"
             if self._tls is not None and self._http_tls is None:
                 LOGGER.warning(
                     "gRPC uses TLS but HTTP on port %d is plaintext (--http-use-ssl false): "

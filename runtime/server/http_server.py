@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import ssl
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -173,6 +176,7 @@ class HttpFrontend:
         self.app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
         self._routes()
         self._runner: web.AppRunner | None = None
+        self._socket_dir: Path | None = None
         self.port = -1
 
     def _routes(self) -> None:
@@ -211,24 +215,41 @@ class HttpFrontend:
 
     # ---- lifecycle ------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:
+        """Serve on host:port; returns the bound port."""
+        runner = await self._serve(
+            lambda r: web.TCPSite(
+                r, host, port, shutdown_timeout=1.0, reuse_address=True, ssl_context=self._ssl
+            )
+        )
+        self.port = int(runner.addresses[0][1])
+        return self.port
+
+    async def start_unix(self) -> str:
+        """Serve on a private Unix socket, behind the native HTTP front (http_front.h, which
+        forwards what it does not serve itself); returns the socket's path."""
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="sparse-runtime-http-"))  # mode 0700
+        path = str(self._socket_dir / "aiohttp.sock")
+        await self._serve(lambda r: web.UnixSite(r, path, shutdown_timeout=1.0))
+        return path
+
+    async def _serve(self, site_of: Callable[[web.AppRunner], web.BaseSite]) -> web.AppRunner:
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(
-            runner, host, port, shutdown_timeout=1.0, reuse_address=True, ssl_context=self._ssl
-        )
         try:
-            await site.start()
+            await site_of(runner).start()
         except OSError:
             await runner.cleanup()
             raise
         self._runner = runner
-        self.port = int(runner.addresses[0][1])
-        return self.port
+        return runner
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
 
     # ---- routes -----------------------------------------------------------------------
     async def live(self, request: web.Request) -> web.Response:

@@ -257,6 +257,20 @@ class NativeFrontend:
             if id(lane) not in live and not lane.lane.outstanding():
                 del self._lanes[key]
 
+    def serve_http(
+        self, host: str, port: int, upstream: str, max_body: int, restriction: Any = None
+    ) -> int:
+        """KServe v2 HTTP on host:port in the bridge (http_front.h): binary infer requests
+        for models with a native lane are served there, everything else is forwarded to the
+        aiohttp app on the Unix socket `upstream`. Returns the bound port (OSError when the
+        address is taken). `restriction`: the inference group's, when --http-restricted-api
+        restricts it (a request without its header is forwarded, and aiohttp refuses it)."""
+        header, value = (restriction.header, restriction.value) if restriction else ("", "")
+        try:
+            return int(self._bridge.serve_http(host, port, upstream, max_body, header, value))
+        except RuntimeError as exc:
+            raise OSError(str(exc)) from exc
+
     def stop_lanes(self) -> None:
         """The server is stopping: new requests go to the Python path, which refuses them."""
         self._bridge.set_fast(False)
@@ -410,6 +424,10 @@ class NativeFrontend:
         native, python = self._bridge.infer_counts()
         LOGGER.info("ModelInfer calls: %d served by native lanes, %d by the Python path",
                     native, python)  # fmt: skip
+        native, python = self._bridge.http_counts()
+        if native or python:
+            LOGGER.info("HTTP infer requests: %d served by native lanes, %d by the Python path",
+                        native, python)  # fmt: skip
 
     def _on_ready_final(self) -> None:
         """Calls read but not yet dispatched when stopping get UNAVAILABLE, not silence;

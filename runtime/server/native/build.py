@@ -17,6 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "grpc_bridge.cc"
+HEADERS = (HERE / "http_front.h", HERE / "json_lite.h")  # included by SOURCE
 MODULE = "_grpc_bridge"
 
 
@@ -55,7 +56,8 @@ def compile_command(out: Path) -> list[str]:
 def build(force: bool = False) -> tuple[Path | None, str]:
     """(module path, '') when built or up to date; (None, reason) otherwise."""
     out = target()
-    if not force and out.exists() and out.stat().st_mtime >= SOURCE.stat().st_mtime:
+    newest = max(path.stat().st_mtime for path in (SOURCE, *HEADERS))
+    if not force and out.exists() and out.stat().st_mtime >= newest:
         return out, ""
     reason = missing()
     if reason:

@@ -29,6 +29,8 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "json_lite.h"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -59,7 +61,9 @@ enum EventKind { kUnary = 0, kMessage = 1, kEnd = 2, kGone = 3, kFailed = 4, kOp
 
 class Bridge;
 class Call;
+class HttpFront;
 class Lane;
+struct Pending;
 
 // Something a completion-queue tag points at.
 class Tagged {
@@ -301,6 +305,17 @@ class Bridge {
   // Completion-queue thread: a lane takes this ModelInfer call (true), or Python gets it.
   bool TryFast(Call* call, std::string& body);
   bool TakeFast(Call* call, std::string& body);
+  // An HTTP connection's thread: a lane takes this binary infer request (true: its answer
+  // comes through p->http), or it goes to the Python frontend (p untouched).
+  bool TakeHttp(std::unique_ptr<Pending>& p);
+  // KServe v2 HTTP on host:port (see http_front.h): binary infers for lanes served here,
+  // the rest forwarded to the Python frontend's aiohttp on the Unix socket `upstream`.
+  int ServeHttp(const std::string& host, int port, const std::string& upstream,
+                uint64_t max_body, const std::string& restrict_header,
+                const std::string& restrict_value);
+  // HTTP infer requests served natively, and forwarded to aiohttp.
+  std::pair<uint64_t, uint64_t> HttpCounts() const;
+  void StopHttp();
   // ModelInfer calls taken by a native lane, and left to Python (for tests and benchmarks)
   std::pair<uint64_t, uint64_t> InferCounts() const { return {native_infers_, python_infers_}; }
 
@@ -380,6 +395,7 @@ class Bridge {
   }
 
   void Shutdown(double grace_s) {
+    StopHttp();
     if (!server_) return;
     Flush();  // answers queued and not yet flushed still go out
     {
@@ -434,6 +450,7 @@ class Bridge {
   uint64_t last_lane_id_ = 0;
   bool fast_ = true;
   std::atomic<uint64_t> native_infers_{0}, python_infers_{0};
+  std::shared_ptr<HttpFront> http_;
 };
 
 void WakeTag::Proceed(bool) { bridge_->RunOutbox(); }
@@ -787,10 +804,54 @@ struct LaneInput {
   std::vector<int64_t> dims;  // without the batch dim; -1 = any
 };
 
+// Where a lane's answer to an HTTP infer request goes: the connection's thread waits here
+// (http_front.h) and writes it. Error bodies are Triton's {"error": "..."}.
+struct HttpReply {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  int status = 0;
+  std::string body;
+  size_t header_length = 0;  // of the JSON before the binary outputs; 0: all JSON (an error)
+
+  void Deliver(int code, std::string data, size_t json_length) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (done) return;
+      status = code, body = std::move(data), header_length = json_length, done = true;
+    }
+    cv.notify_all();
+  }
+};
+
+// The HTTP status Triton's HTTP frontend answers for a gRPC status code (HttpCodeFromError).
+int HttpStatusOf(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::NOT_FOUND: return 404;
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return 503;
+    case grpc::StatusCode::UNIMPLEMENTED: return 501;
+    case grpc::StatusCode::INTERNAL: return 500;
+    default: return 400;
+  }
+}
+
+// {"error": "..."}, as the Python frontend's json_response writes it.
+std::string HttpErrorBody(const std::string& message) {
+  std::string out = "{\"error\": ";
+  if (!json_lite::Quote(message, &out)) {
+    out.resize(10);
+    json_lite::Quote("internal error; see server log", &out);
+  }
+  out += "}";
+  return out;
+}
+
 // One request the lane holds: its bytes (the raw inputs stay in them), where they are, and
-// what it asked for.
+// what it asked for. It came as a gRPC call (`call`) or over HTTP (`http`).
 struct Pending {
   Call* call = nullptr;
+  std::shared_ptr<HttpReply> http;
   std::string body;
   ParsedRequest req;
   std::vector<size_t> raw_of_input;  // lane input index -> index into req.inputs (and req.raw)
@@ -803,6 +864,7 @@ struct Pending {
   int outcome = -1;  // see Batch::Outcomes
   bool stream = false;  // a ModelStreamInfer message: answered in-band, in its slot
   uint64_t slot = 0;
+  size_t http_header_length = 0;  // HTTP: the answer's JSON header, before binary outputs
 };
 
 // ModelInferResponse.parameters {"triton_final_response": bool_param true}, serialized:
@@ -1083,6 +1145,10 @@ class Batch {
       Encode(p, views, row, total);
       row += p.rows;
       size_t size = p.response.size();
+      if (p.http) {  // NOTE: HTTP has no message limit (the Python frontend checks none)
+        p.outcome = kOk;
+        continue;
+      }
       // NOTE: a stream's answer must fit with its wrapper, as the servicer checks it
       size_t sent = p.stream ? size + kFinalFlag.size() + 1 +
                                    VarintSize(size + kFinalFlag.size())
@@ -1129,7 +1195,7 @@ class Batch {
     std::vector<int> out;
     for (auto& p : requests_) {
       int o = p->outcome < 0 ? kFailedByPython : p->outcome;
-      if (p->call->Gone()) o = kGoneOutcome;
+      if (p->call != nullptr && p->call->Gone()) o = kGoneOutcome;
       out.push_back(o);
     }
     return out;
@@ -1159,6 +1225,8 @@ class Batch {
 
  private:
   void Encode(Pending& p, const std::vector<OutView>& views, int64_t row, int64_t total);
+  void EncodeHttp(Pending& p, const std::vector<const OutView*>& chosen, int64_t row,
+                  int64_t total);
   void Post();
 
   std::shared_ptr<Lane> lane_;
@@ -1183,6 +1251,10 @@ void Batch::Encode(Pending& p, const std::vector<OutView>& views, int64_t row, i
         if (v.name == name) chosen.push_back(&v);
       }
     }
+  }
+  if (p.http) {
+    EncodeHttp(p, chosen, row, total);
+    return;
   }
   size_t size = 64 + p.req.id.size();
   for (const OutView* v : chosen) size += 64 + v->nbytes / std::max<int64_t>(total, 1);
@@ -1209,12 +1281,55 @@ void Batch::Encode(Pending& p, const std::vector<OutView>& views, int64_t row, i
   }
 }
 
+// The Python frontend's answer to a binary infer request (http_codec.encode_response): JSON
+// header, then each output's rows; the lane takes only requests that want every output binary.
+void Batch::EncodeHttp(Pending& p, const std::vector<const OutView*>& chosen, int64_t row,
+                       int64_t total) {
+  std::string& out = p.response;
+  out = "{\"model_name\":";
+  json_lite::Quote(lane_->name(), &out);
+  out += ",\"model_version\":";
+  json_lite::Quote(lane_->version(), &out);
+  if (!p.req.id.empty()) {
+    out += ",\"id\":";
+    json_lite::Quote(p.req.id, &out);
+  }
+  out += ",\"outputs\":[";
+  size_t binary = 0;
+  for (const OutView* v : chosen) {
+    size_t row_bytes = v->nbytes / static_cast<size_t>(std::max<int64_t>(total, 1));
+    if (v != chosen.front()) out += ",";
+    out += "{\"name\":";
+    json_lite::Quote(v->name, &out);
+    out += ",\"datatype\":";
+    json_lite::Quote(v->datatype, &out);
+    out += ",\"shape\":[" + std::to_string(p.rows);
+    for (size_t d = 1; d < v->shape.size(); d++) out += "," + std::to_string(v->shape[d]);
+    out += "],\"parameters\":{\"binary_data_size\":" + std::to_string(row_bytes * p.rows) + "}}";
+    binary += row_bytes * p.rows;
+  }
+  out += "]}";
+  p.http_header_length = out.size();
+  out.reserve(out.size() + binary);
+  for (const OutView* v : chosen) {
+    size_t row_bytes = v->nbytes / static_cast<size_t>(std::max<int64_t>(total, 1));
+    out.append(v->data + row_bytes * row, row_bytes * p.rows);
+  }
+}
+
 void Batch::Post() {
   sent_ = true;
   Bridge* bridge = lane_->bridge();
   for (auto& p : requests_) {
     Call* call = p->call;
-    if (p->stream) {
+    if (p->http) {  // NOTE: its connection's thread writes it; nothing for the outbox
+      if (p->outcome == kOk) {
+        p->http->Deliver(200, std::move(p->response), p->http_header_length);
+      } else {
+        p->http->Deliver(HttpStatusOf(p->status.error_code()),
+                         HttpErrorBody(p->status.error_message()), 0);
+      }
+    } else if (p->stream) {
       std::string body = p->outcome == kOk ? std::move(p->response)
                                            : StreamError(p->req, p->status.error_message());
       uint64_t slot = p->slot;
@@ -1239,7 +1354,7 @@ void Lane::ReportFailure(const char* reason, int64_t ns) {
 bool Lane::Admit(std::unique_ptr<Pending>& p) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!open_ || static_cast<int64_t>(queue_.size()) >= max_queue_) return false;
-  if (!p->stream) p->call->SetLane(shared_from_this());
+  if (p->call != nullptr && !p->stream) p->call->SetLane(shared_from_this());
   bool was_empty = queue_.empty();
   queued_rows_ += p->rows;
   queue_.push_back(std::move(p));
@@ -1360,7 +1475,9 @@ std::vector<int64_t> Lane::AbortQueued(int code, const std::string& message) {
   grpc::Status status(static_cast<grpc::StatusCode>(code), message);
   for (auto& p : queued) {
     Call* call = p->call;
-    if (p->stream) {
+    if (p->http) {
+      p->http->Deliver(HttpStatusOf(status.error_code()), HttpErrorBody(message), 0);
+    } else if (p->stream) {
       uint64_t slot = p->slot;
       bridge_->Post([call, slot, body = StreamError(p->req, message)]() mutable {
         call->FillLane(slot, std::move(body), false);
@@ -1457,6 +1574,41 @@ bool Bridge::TakeFast(Call* call, std::string& body) {
   return false;
 }
 
+#include "http_front.h"
+
+bool Bridge::TakeHttp(std::unique_ptr<Pending>& p) {
+  std::shared_ptr<Lane> lane;
+  {
+    std::lock_guard<std::mutex> lock(lanes_mu_);
+    if (!fast_) return false;
+    auto it = lanes_.find(p->req.model);
+    if (it == lanes_.end()) return false;
+    lane = it->second;
+  }
+  return lane->Accepts(p.get()) && lane->Admit(p);
+}
+
+int Bridge::ServeHttp(const std::string& host, int port, const std::string& upstream,
+                      uint64_t max_body, const std::string& restrict_header,
+                      const std::string& restrict_value) {
+  if (http_) throw std::runtime_error("HTTP is already served");
+  auto front = std::make_shared<HttpFront>(this, upstream, max_body, restrict_header,
+                                           restrict_value);
+  int bound = front->Listen(host, port);
+  front->Start();
+  http_ = front;
+  return bound;
+}
+
+std::pair<uint64_t, uint64_t> Bridge::HttpCounts() const {
+  return http_ ? http_->Counts() : std::pair<uint64_t, uint64_t>{0, 0};
+}
+
+void Bridge::StopHttp() {
+  if (!http_) return;
+  py::gil_scoped_release release;
+  http_->Shutdown();
+}
 
 // What Python holds for a unary call: answer it once; later answers are ignored.
 class CallHandle {
@@ -1786,5 +1938,9 @@ PYBIND11_MODULE(_grpc_bridge, m) {
       .def("remove_lane", [](Bridge& b, Lane& lane) { b.RemoveLane(&lane); })
       .def("set_fast", &Bridge::SetFast, py::arg("on"))
       .def("infer_counts", &Bridge::InferCounts)
+      .def("serve_http", &Bridge::ServeHttp, py::arg("host"), py::arg("port"),
+           py::arg("upstream"), py::arg("max_body"), py::arg("restrict_header") = "",
+           py::arg("restrict_value") = "")
+      .def("http_counts", &Bridge::HttpCounts)
       .def("shutdown", &Bridge::Shutdown, py::arg("grace_s"));
 }
