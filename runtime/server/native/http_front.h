@@ -481,6 +481,7 @@ void HttpFront::Track(int fd, bool on) {
   std::lock_guard<std::mutex> lock(mu_);
   if (on) {
     open_.insert(fd);
+    if (stopping_) ::shutdown(fd, SHUT_RDWR);  // NOTE: opened after Shutdown's sweep
   } else {
     open_.erase(fd);
   }
@@ -561,8 +562,9 @@ bool HttpFront::Answer(int fd, const http_front::Head& head, const std::string& 
                        std::string body, Upstream* up, bool* keep) {
   using namespace http_front;
   std::string model, version;
+  // NOTE: no Host (HTTP/1.1 requires one) or a coded body: aiohttp's to refuse or decode
   if (head.method == "POST" && InferTarget(head.target, &model, &version) && !Restricted(head) &&
-      head.Header("content-encoding") == nullptr) {
+      head.Header("host") != nullptr && head.Header("content-encoding") == nullptr) {
     auto p = std::make_unique<Pending>();
     p->arrival_ns = NowNs();
     std::shared_ptr<HttpReply> reply;
@@ -578,6 +580,7 @@ bool HttpFront::Answer(int fd, const http_front::Head& head, const std::string& 
       }
     } catch (...) {  // NOTE: e.g. bad_alloc: Python answers it
       taken = false;
+      if (p && body.empty()) body = std::move(p->body);
     }
     if (taken) {
       native_++;
