@@ -109,8 +109,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(405, "Method Not Allowed")
     except web.HTTPNotFound:
         return _error(404, "Not Found")
-    except web.HTTPException:
-        raise
+    except (web.HTTPException, ConnectionResetError):  # NOTE: the latter: a client gone mid-body
+        raise  # aiohttp answers these (or, for a client gone, logs it at debug level)
     except Exception:
         LOGGER.exception("unhandled error in HTTP %s %s", request.method, request.path)
         return _error(500, "internal error; see server log")
