@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "grpc_bridge.cc"
-HEADERS = (HERE / "http_front.h", HERE / "json_lite.h")  # included by SOURCE
+HEADERS = tuple(sorted(HERE.glob("*.h")))  # included by SOURCE (and packaged with it)
 MODULE = "_grpc_bridge"
 
 
