@@ -7,7 +7,9 @@ gRPC frontends call, and writes its answer as Triton's HTTP API does; errors are
 Why aiohttp: it serves on the running asyncio (uvloop) loop beside either gRPC frontend,
 so both transports share one servicer, batcher and event loop with no thread hand-off;
 its HTTP parser is C (llhttp), it is well kept, and tritonclient[http] (its aio client)
-installs it anyway.
+installs it anyway. With the native frontend and plain HTTP, the bridge's HTTP front
+(native/http_front.h) owns the TCP port, serves binary infers for native lanes itself and
+forwards everything else here, over a private Unix socket (`start_unix`).
 """
 
 from __future__ import annotations
