@@ -22,6 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from tests import conftest
 from tests.conftest import ServerProcess, copy_repo, native_bridge_missing, start_server
 from tests.test_http_wire import HLEN, INFER, Response, Wire, binary_body, request, rows
 
@@ -106,14 +107,10 @@ def _native_cases() -> list[bytes]:
         _infer(_header(X1, outputs=[], parameters={"binary_data_output": True}), X1.tobytes()),
         _infer(_header(X1, outputs=[{"name": "y"}], parameters={"binary_data_output": True}),
                X1.tobytes()),
-        _infer(_header(X1), X1.tobytes(), **{HLEN: "0" + _infer_len(X1)}),
+        _infer(_header(X1), X1.tobytes(), **{HLEN: f"0{binary_body(X1)[1]}"}),
         # the header twice: the first counts, as in aiohttp
-        _infer(_header(X1), X1.tobytes(), **{HLEN.lower(): _infer_len(X1), HLEN: "5"}),
+        _infer(_header(X1), X1.tobytes(), **{HLEN.lower(): str(binary_body(X1)[1]), HLEN: "5"}),
     ]  # fmt: skip
-
-
-def _infer_len(x: np.ndarray) -> str:
-    return str(binary_body(x)[1])
 
 
 def _python_cases() -> list[bytes]:
@@ -195,16 +192,31 @@ def test_unusual_requests_get_the_python_paths_answers(
     assert _same(servers, coded, "uncounted").status == 200
 
 
+def _counters(srv: ServerProcess) -> list[float]:
+    m = _stats(srv)
+    stats = [m["inference_count"], m["execution_count"]]
+    stats += [m["inference_stats"][k]["count"] for k in ("success", "fail", "queue")]
+    samples = conftest.parse_metrics(srv.scrape())
+    return stats + [conftest.metric(samples, name, model="mlp_dense") for name in METRICS]
+
+
+METRICS = ("nv_inference_request_success", "nv_inference_request_failure",
+           "nv_inference_count", "nv_inference_exec_count")  # fmt: skip
+
+
 def test_one_keep_alive_connection_mixing_both_paths(servers: dict[str, ServerProcess]) -> None:
     """Native and forwarded requests alternating on one connection: answers in order, each
-    the python server's."""
+    the python server's, and the same statistics and metrics deltas."""
     native, python = _native_cases(), _python_cases()
     mixed = [raw for pair in zip(native * 3, python, strict=False) for raw in pair]
-    answers = {}
+    answers, deltas = {}, {}
     for name, srv in servers.items():
+        before = _counters(srv)
         with Wire(srv) as w:
             answers[name] = [_key(w.call(raw)) for raw in mixed]
+        deltas[name] = [a - b for a, b in zip(_counters(srv), before, strict=True)]
     assert answers["native"] == answers["python"]
+    assert deltas["native"] == deltas["python"] and deltas["native"][2] >= len(mixed) // 2
     SENT["native"] += len(mixed) // 2
     SENT["python"] += len(mixed) // 2
 
