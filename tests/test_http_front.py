@@ -30,9 +30,8 @@ NOT_BUILT = native_bridge_missing()
 
 pytestmark = pytest.mark.skipif(bool(NOT_BUILT), reason=NOT_BUILT)
 ARGS = ("--model-control-mode", "explicit", "--load-model", "mlp_dense")
-# HTTP infers sent to the native server, by the path expected; NOTE: the exit log counts
-# neither a coded body (any Content-Encoding) nor a restricted infer without its header
-SENT = {"native": 0, "python": 0, "uncounted": 0}
+# HTTP infers sent to the native server, by the path expected
+SENT = {"native": 0, "python": 0}
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +188,7 @@ def test_unusual_requests_get_the_python_paths_answers(
     statuses = [_same(servers, raw, "python").status for raw in _python_cases()]
     assert statuses[:4] == [200] * 4 and statuses.count(200) < len(statuses), statuses
     coded = _infer(_header(X1), X1.tobytes(), **{"Content-Encoding": "identity"})
-    assert _same(servers, coded, "uncounted").status == 200
+    assert _same(servers, coded, "python").status == 200
 
 
 def _counters(srv: ServerProcess) -> list[float]:
@@ -303,34 +302,24 @@ def _json_infer(**headers: str) -> bytes:
     return request("POST", INFER, json.dumps(body).encode(), **headers)
 
 
-EARLY_BODY = ("body sent with the head: aiohttp still answers 100 Continue first, the native "
-              "front (both paths) only the final answer")  # fmt: skip
-
-
-@pytest.mark.xfail(strict=True, reason=EARLY_BODY)
 def test_expect_100_continue_with_the_body_already_sent(servers: dict[str, ServerProcess]) -> None:
     requests = [_infer(_header(X1), X1.tobytes(), Expect="100-continue"),
                 _json_infer(Expect="100-continue")]  # fmt: skip
     SENT["native"] += 1
     SENT["python"] += 1
     first = {name: [_ask(srv, raw).status for raw in requests] for name, srv in servers.items()}
-    assert first["native"] == first["python"]  # python [100, 100], native [200, 200]
+    assert first["native"] == first["python"] == [100, 100]
 
 
-AFTER_CLOSE = ("a request pipelined after one with `Connection: close`: aiohttp answers 400 "
-               "'Data after `Connection: close`', the native front (both paths) answers the "
-               "first request 200, then closes")  # fmt: skip
-
-
-@pytest.mark.xfail(strict=True, reason=AFTER_CLOSE)
-def test_data_after_connection_close(servers: dict[str, ServerProcess]) -> None:
+def test_data_after_connection_close_is_ignored(servers: dict[str, ServerProcess]) -> None:
+    """A deliberate difference: after a request with `Connection: close` the native front
+    answers it and closes, ignoring what follows (RFC 9112, 9.6); aiohttp's parser answers the
+    pair 400 "Data after `Connection: close`" instead."""
     requests = [_infer(_header(X1), X1.tobytes(), Connection="close"),
                 _json_infer(Connection="close")]  # fmt: skip
     SENT["native"] += 1
     SENT["python"] += 1
-    got = {name: [_ask(srv, raw + raw).status for raw in requests]
-           for name, srv in servers.items()}  # fmt: skip
-    assert got["native"] == got["python"]  # python [400, 400], native [200, 200]
+    assert [_ask(servers["native"], raw + raw).status for raw in requests] == [200, 200]
 
 
 def _http_counts(log: str) -> tuple[int, int] | None:
@@ -355,7 +344,7 @@ def test_restricted_infer_needs_its_header(
         finally:
             assert srv.stop() == 0
         if frontend == "native":
-            assert _http_counts(srv.log_text()) == (1, 0), srv.log_text()
+            assert _http_counts(srv.log_text()) == (1, 1), srv.log_text()
     refused, served = answers["native"]
     assert refused.status == 403
     assert refused.error() == "This API is restricted, expecting header 'infer-key'"

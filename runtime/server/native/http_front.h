@@ -529,7 +529,7 @@ void HttpFront::Serve(int fd) {
       Tunnel(fd, in);
       goto done;
     }
-    if (head.expect_continue && in.size() < head.size + head.length) {
+    if (head.expect_continue) {  // NOTE: even when the body came with the head, as aiohttp
       static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
       if (!Io::Send(fd, kContinue.data(), kContinue.size())) goto done;
     }
@@ -562,9 +562,10 @@ bool HttpFront::Answer(int fd, const http_front::Head& head, const std::string& 
                        std::string body, Upstream* up, bool* keep) {
   using namespace http_front;
   std::string model, version;
+  bool infer = head.method == "POST" && InferTarget(head.target, &model, &version);
   // NOTE: no Host (HTTP/1.1 requires one) or a coded body: aiohttp's to refuse or decode
-  if (head.method == "POST" && InferTarget(head.target, &model, &version) && !Restricted(head) &&
-      head.Header("host") != nullptr && head.Header("content-encoding") == nullptr) {
+  if (infer && !Restricted(head) && head.Header("host") != nullptr &&
+      head.Header("content-encoding") == nullptr) {
     auto p = std::make_unique<Pending>();
     p->arrival_ns = NowNs();
     std::shared_ptr<HttpReply> reply;
@@ -602,8 +603,8 @@ bool HttpFront::Answer(int fd, const http_front::Head& head, const std::string& 
       out += "\r\n";
       return Io::Send(fd, out, reply->body);
     }
-    forwarded_++;
   }
+  if (infer) forwarded_++;
   return Forward(fd, request, body, head.method == "HEAD", up, keep);
 }
 
