@@ -7,6 +7,7 @@ tritonclient.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -149,6 +150,24 @@ def server(sample_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     srv = start_server(repo, tmp)
     yield srv
     srv.stop()
+
+
+@contextlib.contextmanager
+def one_server_per_frontend(
+    sample_repo: Path, tmp: Path, args: Sequence[str]
+) -> Iterator[dict[str, ServerProcess]]:
+    """A native and a python (grpc.aio + aiohttp) server on one copy of the sample repo, for
+    tests that send both the same requests and compare the answers."""
+    copy_repo(sample_repo, tmp / "repo")
+    started: dict[str, ServerProcess] = {}
+    try:
+        for frontend in ("native", "python"):
+            started[frontend] = start_server(tmp / "repo", tmp,
+                                             ("--grpc-frontend", frontend, *args))  # fmt: skip
+        yield started
+    finally:
+        for srv in started.values():
+            srv.stop()
 
 
 def copy_repo(src: Path, dst: Path) -> None:

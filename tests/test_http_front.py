@@ -23,7 +23,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tests import conftest
-from tests.conftest import ServerProcess, copy_repo, native_bridge_missing, start_server
+from tests.conftest import (
+    ServerProcess,
+    native_bridge_missing,
+    one_server_per_frontend,
+    start_server,
+)
 from tests.test_http_wire import HLEN, INFER, Response, Wire, binary_body, request, rows
 
 NOT_BUILT = native_bridge_missing()
@@ -39,16 +44,8 @@ def servers(
     sample_repo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ServerProcess]]:
     tmp = tmp_path_factory.mktemp("http_front")
-    copy_repo(sample_repo, tmp / "repo")
-    started: dict[str, ServerProcess] = {}
-    try:
-        for frontend in ("native", "python"):
-            started[frontend] = start_server(tmp / "repo", tmp,
-                                             ("--grpc-frontend", frontend, *ARGS))  # fmt: skip
+    with one_server_per_frontend(sample_repo, tmp, ARGS) as started:
         yield started
-    finally:
-        for srv in started.values():
-            srv.stop()
 
 
 def _infer(header: dict | str, data: bytes, path: str = INFER, **headers: str) -> bytes:

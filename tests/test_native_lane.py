@@ -24,7 +24,12 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import ServerProcess, copy_repo, native_bridge_missing, start_server
+from tests.conftest import (
+    ServerProcess,
+    native_bridge_missing,
+    one_server_per_frontend,
+    start_server,
+)
 
 NOT_BUILT = native_bridge_missing()
 
@@ -37,18 +42,9 @@ def servers(
     sample_repo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ServerProcess]]:
     tmp = tmp_path_factory.mktemp("lane")
-    copy_repo(sample_repo, tmp / "repo")
-    started: dict[str, ServerProcess] = {}
-    try:
-        for frontend in ("native", "python"):
-            started[frontend] = start_server(
-                tmp / "repo", tmp, ("--grpc-frontend", frontend, "--model-control-mode",
-                                    "explicit", "--load-model", "mlp_dense")
-            )  # fmt: skip
+    args = ("--model-control-mode", "explicit", "--load-model", "mlp_dense")
+    with one_server_per_frontend(sample_repo, tmp, args) as started:
         yield started
-    finally:
-        for srv in started.values():
-            srv.stop()
 
 
 def _request(x: np.ndarray, **fields: object) -> pb.ModelInferRequest:

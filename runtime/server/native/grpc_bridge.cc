@@ -302,6 +302,8 @@ class Bridge {
     std::lock_guard<std::mutex> lock(lanes_mu_);
     fast_ = on;
   }
+  // The lane serving this model now, or null (none, or not while stopping).
+  std::shared_ptr<Lane> LaneFor(const std::string& model);
   // Completion-queue thread: a lane takes this ModelInfer call (true), or Python gets it.
   bool TryFast(Call* call, std::string& body);
   bool TakeFast(Call* call, std::string& body);
@@ -1537,18 +1539,19 @@ bool Bridge::TryFast(Call* call, std::string& body) {
   return true;
 }
 
+std::shared_ptr<Lane> Bridge::LaneFor(const std::string& model) {
+  std::lock_guard<std::mutex> lock(lanes_mu_);
+  if (!fast_) return nullptr;
+  auto it = lanes_.find(model);
+  return it == lanes_.end() ? nullptr : it->second;
+}
+
 bool Bridge::TakeFast(Call* call, std::string& body) {
   auto p = std::make_unique<Pending>();
   p->arrival_ns = NowNs();
   if (!ParseRequest(body, &p->req)) return false;
-  std::shared_ptr<Lane> lane;
-  {
-    std::lock_guard<std::mutex> lock(lanes_mu_);
-    if (!fast_) return false;
-    auto it = lanes_.find(p->req.model);
-    if (it == lanes_.end()) return false;
-    lane = it->second;
-  }
+  std::shared_ptr<Lane> lane = LaneFor(p->req.model);
+  if (!lane) return false;
   p->call = call;
   p->body = std::move(body);  // NOTE: parsed positions are offsets: they survive the move
   bool taken = false;
@@ -1577,15 +1580,8 @@ bool Bridge::TakeFast(Call* call, std::string& body) {
 #include "http_front.h"
 
 bool Bridge::TakeHttp(std::unique_ptr<Pending>& p) {
-  std::shared_ptr<Lane> lane;
-  {
-    std::lock_guard<std::mutex> lock(lanes_mu_);
-    if (!fast_) return false;
-    auto it = lanes_.find(p->req.model);
-    if (it == lanes_.end()) return false;
-    lane = it->second;
-  }
-  return lane->Accepts(p.get()) && lane->Admit(p);
+  std::shared_ptr<Lane> lane = LaneFor(p->req.model);
+  return lane && lane->Accepts(p.get()) && lane->Admit(p);
 }
 
 int Bridge::ServeHttp(const std::string& host, int port, const std::string& upstream,

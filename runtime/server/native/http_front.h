@@ -23,6 +23,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
+#include <system_error>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -472,7 +473,14 @@ void HttpFront::Accept() {
       }
       int one = 1;
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      std::thread([self = shared_from_this(), fd] { self->Serve(fd); }).detach();
+      try {
+        std::thread([self = shared_from_this(), fd] { self->Serve(fd); }).detach();
+      } catch (const std::system_error&) {  // NOTE: out of threads: refuse this one, go on
+        std::lock_guard<std::mutex> lock(mu_);
+        open_.erase(fd);
+        close(fd);
+        active_--;
+      }
     }
   }
 }
