@@ -51,7 +51,7 @@ test: models deploy-tools native $(VENV)/.test-extras-stamp
 
 SERVER_TESTS := tests/test_server_grpc.py tests/test_bad_input.py tests/test_lifecycle.py \
 	tests/test_metrics_and_health.py tests/test_startup_errors.py tests/test_packed_serving.py \
-	tests/test_classification.py
+	tests/test_classification.py tests/test_http.py tests/test_http_wire.py
 test-python: models
 	SPARSE_RUNTIME_GRPC_FRONTEND=python $(PY) -m pytest -q -ra $(SERVER_TESTS)
 
