@@ -105,6 +105,7 @@ class Server:
             self.servicer.extensions = (*self.servicer.extensions, *HTTP_EXTENSIONS)
         self._http: HttpFrontend | None = None
         self.http_port = -1  # -1: HTTP disabled (as the flag says)
+        self.http_front = "python"  # "native": the bridge serves the port (native/http_front.h)
         self._health = HealthState(self.manager)
         self._server: grpc.aio.Server | None = None
         self._native: NativeFrontend | None = None
@@ -224,9 +225,11 @@ class Server:
                         http_host, s.http_port, upstream, s.http_max_input_size,
                         self._http_restricted.get("inference"),
                     )  # fmt: skip
+                    self.http_front = "native"
                 else:
                     self.http_port = await self._http.start(http_host, s.http_port)
             except OSError as exc:
+                await self._http.stop()
                 raise OSError(f"cannot bind HTTP port {http_host}:{s.http_port}: {exc}") from exc
         await self._health.update(False)
         if self._native is not None:
@@ -244,8 +247,7 @@ class Server:
         if self._http is not None:
             http_security = ("mutual TLS" if http_use_ssl(s)[1] else "TLS") if self._http_tls \
                 else "plaintext"  # fmt: skip
-            front = "native" if self._native is not None and self._http_tls is None else "python"
-            http_at += f" via the {front} front ({http_security})"
+            http_at += f" via the {self.http_front} front ({http_security})"
             if self._tls is not None and self._http_tls is None:
                 LOGGER.warning(
                     "gRPC uses TLS but HTTP on port %d is plaintext (--http-use-ssl false): "

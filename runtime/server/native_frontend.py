@@ -39,6 +39,7 @@ from runtime.batching.native_lane import NativeLane, RequestObserver
 from runtime.dtypes import WIRE_ITEMSIZE, WIRE_TO_NUMPY
 from runtime.model import ServedModel
 from runtime.server import codec
+from runtime.server.restricted import Restriction
 
 LOGGER = logging.getLogger(__name__)
 
@@ -258,7 +259,8 @@ class NativeFrontend:
                 del self._lanes[key]
 
     def serve_http(
-        self, host: str, port: int, upstream: str, max_body: int, restriction: Any = None
+        self, host: str, port: int, upstream: str, max_body: int,
+        restriction: Restriction | None = None,
     ) -> int:
         """KServe v2 HTTP on host:port in the bridge (http_front.h): binary infer requests
         for models with a native lane are served there, everything else is forwarded to the

@@ -1,4 +1,5 @@
 // Native gRPC frontend: grpc++ does HTTP/2 and framing in C++ threads, Python does the rest.
+// (The same module serves KServe v2 HTTP/REST on the native lanes: see http_front.h.)
 //
 // Why: on a 2-core edge host the Python grpc.aio stack alone costs ~400-550 us of CPU per
 // request, a C++ grpc++ server with no model ~50-130 us (benchmarks/serve_bench.py measures
