@@ -69,6 +69,16 @@ inline std::string Trim(const std::string& s) {
   return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
 }
 
+// RFC 9110 token characters: a header name with any other byte is the Python side's to refuse.
+inline bool Token(const std::string& s) {
+  static const std::string kSymbols = "!#$%&'*+-.^_`|~";
+  for (unsigned char c : s) {
+    bool alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    if (!alnum && kSymbols.find(static_cast<char>(c)) == std::string::npos) return false;
+  }
+  return !s.empty();
+}
+
 // An HTTP/1.1 request (or, `response`, a response) head at the start of `buf`. kOdd: not
 // the plain framing this front relays (chunked, HTTP/1.0, folded or repeated lengths...).
 inline HeadResult ParseHead(const std::string& buf, bool response, Head* h) {
@@ -114,7 +124,7 @@ inline HeadResult ParseHead(const std::string& buf, bool response, Head* h) {
       return kOdd;
     }
     std::string name = Lower(line.substr(0, colon));
-    if (name.find_first_of(" \t") != std::string::npos) return kOdd;
+    if (!Token(name)) return kOdd;
     std::string value = Trim(line.substr(colon + 1));
     for (unsigned char c : value) {
       if (c < 0x20 && c != '\t') return kOdd;
