@@ -188,9 +188,10 @@ inline bool OnlyKeys(const json_lite::Value& object, std::initializer_list<const
   return true;
 }
 
-// An HTTP binary infer body -> the lane's ParsedRequest (raw inputs as offsets into `body`),
-// when it is exactly the simple request the lane serves; false sends it to aiohttp.
-inline bool ParseInfer(const std::string& body, const std::string* header_length,
+// An HTTP binary infer request (its body from `start` in `message`) -> the lane's
+// ParsedRequest, raw inputs as offsets into `message`, when it is exactly the simple request
+// the lane serves; false sends it to aiohttp.
+inline bool ParseInfer(const std::string& message, size_t start, const std::string* header_length,
                        const std::string& model, const std::string& version, ParsedRequest* r) {
   using json_lite::Value;
   if (header_length == nullptr || header_length->empty() || header_length->size() > 18 ||
@@ -198,9 +199,11 @@ inline bool ParseInfer(const std::string& body, const std::string* header_length
     return false;
   }
   size_t json_size = std::stoull(*header_length);
-  if (json_size > body.size()) return false;
+  if (json_size > message.size() - start) return false;
   Value top;
-  if (!json_lite::Parse(body.data(), json_size, &top) || !top.Is(Value::kObject)) return false;
+  if (!json_lite::Parse(message.data() + start, json_size, &top) || !top.Is(Value::kObject)) {
+    return false;
+  }
   if (!OnlyKeys(top, {"id", "inputs", "outputs", "parameters"})) return false;
   r->model = model;
   r->version = version;
@@ -220,7 +223,7 @@ inline bool ParseInfer(const std::string& body, const std::string* header_length
   if (inputs == nullptr || !inputs->Is(Value::kArray) || inputs->items.size() > kMaxTensors) {
     return false;
   }
-  size_t offset = json_size;
+  size_t offset = start + json_size;
   for (const Value& item : inputs->items) {
     if (!item.Is(Value::kObject) || !OnlyKeys(item, {"name", "datatype", "shape", "parameters"})) {
       return false;
@@ -237,7 +240,7 @@ inline bool ParseInfer(const std::string& body, const std::string* header_length
     }
     const Value* size = params->Get("binary_data_size");
     if (!size || !size->Is(Value::kNumber) || !size->integral || size->integer < 0 ||
-        static_cast<uint64_t>(size->integer) > body.size() - offset) {
+        static_cast<uint64_t>(size->integer) > message.size() - offset) {
       return false;
     }
     InputView in;
@@ -251,7 +254,7 @@ inline bool ParseInfer(const std::string& body, const std::string* header_length
     r->raw.emplace_back(offset, static_cast<size_t>(size->integer));
     offset += static_cast<size_t>(size->integer);
   }
-  if (offset != body.size()) return false;  // NOTE: Python words the extra bytes
+  if (offset != message.size()) return false;  // NOTE: Python words the extra bytes
   const Value* outputs = top.Get("outputs");
   if (outputs != nullptr) {
     if (!outputs->Is(Value::kArray) || outputs->items.size() > kMaxTensors) return false;
@@ -311,6 +314,23 @@ class Io {
       buf->append(chunk, static_cast<size_t>(n));
       return true;
     }
+  }
+  // Read into buf until it holds `total` bytes, in place: capacity is reserved up front
+  // (pages are only touched as bytes arrive) and grown 1 MiB at a time, so a large body costs
+  // no chunk copies or regrowth, and a client declaring a body it never sends costs little.
+  bool ReadBody(int fd, std::string* buf, size_t total) const {
+    buf->reserve(total);
+    size_t have = buf->size();
+    while (have < total) {
+      if (buf->size() == have) buf->resize(std::min(total, have + (size_t(1) << 20)));
+      if (!Readable(fd, kIdleMs)) return false;
+      ssize_t n = recv(fd, &(*buf)[have], buf->size() - have, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      have += static_cast<size_t>(n);
+    }
+    buf->resize(have);
+    return true;
   }
   static bool Send(int fd, const char* data, size_t len) {
     while (len > 0) {
@@ -386,12 +406,11 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
 
   void Accept();
   void Serve(int fd);
-  bool Answer(int fd, const http_front::Head& head, const std::string& request,
-              std::string body, Upstream* up, bool* keep);
-  bool Forward(int fd, const std::string& request, const std::string& body, bool head_only,
-               Upstream* up, bool* keep);
-  int Exchange(int fd, const std::string& request, const std::string& body, bool head_only,
-               Upstream* up, bool* keep);
+  // `message`: the request as read, head and body.
+  bool Answer(int fd, const http_front::Head& head, std::string message, Upstream* up,
+              bool* keep);
+  bool Forward(int fd, const std::string& message, bool head_only, Upstream* up, bool* keep);
+  int Exchange(int fd, const std::string& message, bool head_only, Upstream* up, bool* keep);
   void Tunnel(int fd, const std::string& buffered);
   int ConnectUpstream();
   void Track(int fd, bool on);
@@ -551,15 +570,18 @@ void HttpFront::Serve(int fd) {
       static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
       if (!Io::Send(fd, kContinue.data(), kContinue.size())) goto done;
     }
-    while (in.size() < head.size + head.length) {
-      if (!io.ReadMore(fd, &in)) goto done;
-    }
     {
-      std::string request = in.substr(0, head.size);
-      std::string body = in.substr(head.size, head.length);
-      in.erase(0, head.size + head.length);
+      size_t total = head.size + head.length;
+      if (in.size() < total && !io.ReadBody(fd, &in, total)) goto done;
+      std::string message;
+      if (in.size() == total) {
+        message.swap(in);  // NOTE: the usual case: a large body is never copied here
+      } else {  // pipelined: the next request's bytes stay
+        message.assign(in, 0, total);
+        in.erase(0, total);
+      }
       bool keep = !head.close;
-      if (!Answer(fd, head, request, std::move(body), &up, &keep) || !keep) goto done;
+      if (!Answer(fd, head, std::move(message), &up, &keep) || !keep) goto done;
     }
   }
 done:
@@ -576,8 +598,8 @@ done:
   idle_.notify_all();
 }
 
-bool HttpFront::Answer(int fd, const http_front::Head& head, const std::string& request,
-                       std::string body, Upstream* up, bool* keep) {
+bool HttpFront::Answer(int fd, const http_front::Head& head, std::string message, Upstream* up,
+                       bool* keep) {
   using namespace http_front;
   std::string model, version;
   bool infer = head.method == "POST" && InferTarget(head.target, &model, &version);
@@ -589,17 +611,17 @@ bool HttpFront::Answer(int fd, const http_front::Head& head, const std::string& 
     std::shared_ptr<HttpReply> reply;
     bool taken = false;
     try {
-      if (ParseInfer(body, head.Header("inference-header-content-length"), model, version,
-                     &p->req)) {
+      if (ParseInfer(message, head.size, head.Header("inference-header-content-length"), model,
+                     version, &p->req)) {
         reply = std::make_shared<HttpReply>();
         p->http = reply;
-        p->body = std::move(body);
+        p->body = std::move(message);  // NOTE: parsed positions are offsets: they survive
         taken = bridge_->TakeHttp(p);
-        if (!taken) body = std::move(p->body);
+        if (!taken) message = std::move(p->body);
       }
     } catch (...) {  // NOTE: e.g. bad_alloc: Python answers it
       taken = false;
-      if (p && body.empty()) body = std::move(p->body);
+      if (p && message.empty()) message = std::move(p->body);
     }
     if (taken) {
       native_++;
@@ -623,7 +645,7 @@ bool HttpFront::Answer(int fd, const http_front::Head& head, const std::string& 
     }
   }
   if (infer) forwarded_++;
-  return Forward(fd, request, body, head.method == "HEAD", up, keep);
+  return Forward(fd, message, head.method == "HEAD", up, keep);
 }
 
 int HttpFront::ConnectUpstream() {
@@ -642,8 +664,8 @@ int HttpFront::ConnectUpstream() {
 
 // A request for aiohttp: sent on this client's upstream connection, its answer relayed.
 // A kept-alive upstream connection aiohttp closed meanwhile gets one retry on a new one.
-bool HttpFront::Forward(int fd, const std::string& request, const std::string& body,
-                        bool head_only, Upstream* up, bool* keep) {
+bool HttpFront::Forward(int fd, const std::string& message, bool head_only, Upstream* up,
+                        bool* keep) {
   for (int attempt = 0; attempt < 2; attempt++) {
     bool reused = up->fd >= 0;
     if (!reused) {
@@ -658,7 +680,7 @@ bool HttpFront::Forward(int fd, const std::string& request, const std::string& b
         return false;
       }
     }
-    int done = Exchange(fd, request, body, head_only, up, keep);
+    int done = Exchange(fd, message, head_only, up, keep);
     if (done > 0 && *keep) return true;
     Track(up->fd, false);
     close(up->fd);
@@ -670,11 +692,11 @@ bool HttpFront::Forward(int fd, const std::string& request, const std::string& b
 }
 
 // 1: relayed; 0: the upstream connection failed before answering; -1: failed after.
-int HttpFront::Exchange(int fd, const std::string& request, const std::string& body,
-                        bool head_only, Upstream* up, bool* keep) {
+int HttpFront::Exchange(int fd, const std::string& message, bool head_only, Upstream* up,
+                        bool* keep) {
   using namespace http_front;
   Io io(stop_fd_);
-  if (!Io::Send(up->fd, request, body)) return 0;
+  if (!Io::Send(up->fd, message.data(), message.size())) return 0;
   Head head;
   bool any = !up->in.empty();
   while (true) {
