@@ -40,7 +40,7 @@ output [ {{ name: "y" data_type: TYPE_FP32 dims: [ {width} ] }} ]
 """
 
 
-def write_model(repo: Path, width: int, max_batch: int) -> None:
+def write_model(repo: Path, width: int, max_batch: int, batching: bool = False) -> None:
     """An Identity model: the engine does one copy, everything else is the wire."""
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])], "ident",
@@ -51,7 +51,10 @@ def write_model(repo: Path, width: int, max_batch: int) -> None:
     model.ir_version = 8
     (repo / "ident" / "1").mkdir(parents=True)
     onnx.save(model, str(repo / "ident" / "1" / "model.onnx"))
-    (repo / "ident" / "config.pbtxt").write_text(CONFIG.format(width=width, max_batch=max_batch))
+    config = CONFIG.format(width=width, max_batch=max_batch)
+    if batching:  # NOTE: on the native frontend, what puts the model on a native lane
+        config += "dynamic_batching { }\n"
+    (repo / "ident" / "config.pbtxt").write_text(config)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -156,12 +159,14 @@ def main() -> int:
     parser.add_argument("--frontends", default="python", help="python and/or native")
     parser.add_argument("--transports", default=",".join(TRANSPORTS), help=", ".join(TRANSPORTS))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/wire_cost.json")
+    parser.add_argument("--dynamic-batching", action="store_true",
+                        help="serve the model with dynamic batching (native frontend: its lane)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        write_model(tmp / "repo", args.width, max(batches))
+        write_model(tmp / "repo", args.width, max(batches), args.dynamic_batching)
         for frontend in args.frontends.split(","):
             proc, ports = start_server(tmp / "repo", tmp, frontend, args.out.parent)
             try:

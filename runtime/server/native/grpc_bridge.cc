@@ -1082,10 +1082,23 @@ class Batch {
     for (auto& p : requests_) rows_ += p->rows;
     py::dict inputs;
     const auto& specs = lane_->inputs();
+    // NOTE: a batch of one request needs no merging: its arrays are views of its own bytes
+    // (the body is no longer needed here once parsed), which the arrays then keep alive
+    std::shared_ptr<std::string> own;
+    if (requests_.size() == 1 && requests_.front()->typed.empty()) {
+      own = std::make_shared<std::string>(std::move(requests_.front()->body));
+    }
     for (size_t i = 0; i < specs.size(); i++) {
       const Pending& first = *requests_.front();
       std::vector<int64_t> shape = first.req.inputs[first.raw_of_input[i]].shape;
       shape[0] = rows_;
+      if (own) {
+        const char* data = own->data() + first.req.raw[first.raw_of_input[i]].first;
+        auto* keep = new std::shared_ptr<std::string>(own);
+        py::capsule owner(keep, [](void* k) { delete static_cast<std::shared_ptr<std::string>*>(k); });
+        inputs[py::str(specs[i].name)] = py::array(py::dtype(specs[i].dtype), shape, data, owner);
+        continue;
+      }
       auto bytes_of = [i](const Pending& p) -> std::pair<const char*, size_t> {
         if (!p.typed.empty()) return {p.typed[i].data(), p.typed[i].size()};
         auto [offset, len] = p.req.raw[p.raw_of_input[i]];
