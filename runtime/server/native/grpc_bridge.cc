@@ -1096,7 +1096,9 @@ class Batch {
         const char* data = own->data() + first.req.raw[first.raw_of_input[i]].first;
         auto* keep = new std::shared_ptr<std::string>(own);
         py::capsule owner(keep, [](void* k) { delete static_cast<std::shared_ptr<std::string>*>(k); });
-        inputs[py::str(specs[i].name)] = py::array(py::dtype(specs[i].dtype), shape, data, owner);
+        py::array view(py::dtype(specs[i].dtype), shape, data, owner);
+        view.attr("setflags")(py::arg("write") = false);  // NOTE: as the Python path's arrays
+        inputs[py::str(specs[i].name)] = view;
         continue;
       }
       auto bytes_of = [i](const Pending& p) -> std::pair<const char*, size_t> {
