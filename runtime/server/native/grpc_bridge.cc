@@ -868,6 +868,12 @@ struct Pending {
   bool stream = false;  // a ModelStreamInfer message: answered in-band, in its slot
   uint64_t slot = 0;
   size_t http_header_length = 0;  // HTTP: the answer's JSON header, before binary outputs
+
+  // NOTE: a safety net: an HTTP request dropped unanswered must not hold its thread forever
+  // (Deliver ignores this once answered)
+  ~Pending() {
+    if (http) http->Deliver(500, HttpErrorBody("internal error; see server log"), 0);
+  }
 };
 
 // ModelInferResponse.parameters {"triton_final_response": bool_param true}, serialized:

@@ -28,6 +28,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -35,9 +36,16 @@
 namespace http_front {
 
 constexpr size_t kMaxHead = 64 * 1024;     // a request head past this goes to aiohttp whole
+// NOTE: below aiohttp's limits (8190-byte lines, 128 headers): a head near them is aiohttp's
+// to judge, so the two never read one byte stream differently
+constexpr size_t kMaxLine = 8000;
+constexpr size_t kMaxHeaders = 100;
 constexpr int kIdleMs = 75 * 1000;          // aiohttp's keep-alive timeout
+constexpr int kHeadMs = 60 * 1000;          // a request's head, from its first byte
 constexpr int kMaxConnections = 4096;
 constexpr size_t kRelayChunk = 256 * 1024;
+constexpr size_t kReserveCap = 64 << 20;    // capacity reserved for a body up front, at most
+constexpr int kUpstreamIdleS = 30;          // reuse an aiohttp connection idle this long, no more
 
 struct Head {
   std::string method, target;
@@ -109,9 +117,10 @@ inline HeadResult ParseHead(const std::string& buf, bool response, Head* h) {
     }
     h->method = first.substr(0, a);
     h->target = first.substr(a + 1, b - a - 1);
-    for (char c : h->method) {
-      if (c < 'A' || c > 'Z') return kOdd;
-    }
+    // NOTE: CONNECT (llhttp ignores its body) or any method it might treat specially
+    static const std::set<std::string> kMethods = {"GET", "HEAD", "POST", "PUT", "DELETE",
+                                                   "OPTIONS", "PATCH"};
+    if (!kMethods.count(h->method) || first.size() > kMaxLine) return kOdd;
     if (h->target.empty() || h->target[0] != '/') return kOdd;
   }
   size_t at = line_end + 2;
@@ -119,6 +128,7 @@ inline HeadResult ParseHead(const std::string& buf, bool response, Head* h) {
     size_t next = buf.find("\r\n", at);
     std::string line = buf.substr(at, next - at);
     at = next + 2;
+    if (!response && (line.size() > kMaxLine || h->headers.size() >= kMaxHeaders)) return kOdd;
     size_t colon = line.find(':');
     if (colon == std::string::npos || colon == 0 || line[0] == ' ' || line[0] == '\t') {
       return kOdd;
@@ -127,7 +137,7 @@ inline HeadResult ParseHead(const std::string& buf, bool response, Head* h) {
     if (!Token(name)) return kOdd;
     std::string value = Trim(line.substr(colon + 1));
     for (unsigned char c : value) {
-      if (c < 0x20 && c != '\t') return kOdd;
+      if ((c < 0x20 && c != '\t') || c == 0x7F) return kOdd;
     }
     if (name == "content-length") {
       if (h->has_length || value.empty() || value.size() > 18 ||
@@ -316,13 +326,18 @@ class Io {
     }
   }
   // Read into buf until it holds `total` bytes, in place: capacity is reserved up front
-  // (pages are only touched as bytes arrive) and grown 1 MiB at a time, so a large body costs
-  // no chunk copies or regrowth, and a client declaring a body it never sends costs little.
+  // (untouched, so not committed) and the string grows to at most twice what has arrived, so
+  // a large body costs no chunk copies, and a client declaring one it never sends costs little.
   bool ReadBody(int fd, std::string* buf, size_t total) const {
-    buf->reserve(total);
+    try {
+      buf->reserve(std::min(total, kReserveCap));
+    } catch (const std::bad_alloc&) {  // NOTE: then it grows as it comes
+    }
     size_t have = buf->size();
     while (have < total) {
-      if (buf->size() == have) buf->resize(std::min(total, have + (size_t(1) << 20)));
+      if (buf->size() == have) {
+        buf->resize(std::min(total, have + std::max<size_t>(have, 64 * 1024)));
+      }
       if (!Readable(fd, kIdleMs)) return false;
       ssize_t n = recv(fd, &(*buf)[have], buf->size() - have, 0);
       if (n < 0 && errno == EINTR) continue;
@@ -402,10 +417,13 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   struct Upstream {  // one client's connection to aiohttp, kept alive between requests
     int fd = -1;
     std::string in;
+    std::chrono::steady_clock::time_point used;
   };
 
   void Accept();
   void Serve(int fd);
+  void ServeRequests(int fd, Upstream* up);
+  void Relay(int from, int to);
   // `message`: the request as read, head and body.
   bool Answer(int fd, const http_front::Head& head, std::string message, Upstream* up,
               bool* keep);
@@ -432,6 +450,13 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
 };
 
 int HttpFront::Listen(const std::string& host, int port) {
+  // NOTE: a connection takes up to three descriptors (client, relay, aiohttp's end): allow
+  // as many as the hard limit does, not the soft 1024 most shells start with
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -490,7 +515,13 @@ void HttpFront::Accept() {
     for (size_t i = 0; i + 1 < fds.size(); i++) {
       if (!(fds[i].revents & POLLIN)) continue;
       int fd = accept4(fds[i].fd, nullptr, nullptr, SOCK_CLOEXEC);
-      if (fd < 0) continue;
+      if (fd < 0) {
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+          pollfd stop = {stop_fd_, POLLIN, 0};
+          poll(&stop, 1, 100);  // NOTE: the listener stays readable: back off, do not spin
+        }
+        continue;
+      }
       {
         std::lock_guard<std::mutex> lock(mu_);
         if (stopping_ || active_ >= http_front::kMaxConnections) {
@@ -535,6 +566,8 @@ void HttpFront::Shutdown() {
   ssize_t written = write(stop_fd_, &one, sizeof one);
   (void)written;
   if (acceptor_.joinable()) acceptor_.join();
+  for (int fd : listeners_) close(fd);  // NOTE: no more connections queue in the backlog
+  listeners_.clear();
   std::unique_lock<std::mutex> lock(mu_);
   idle_.wait_for(lock, std::chrono::seconds(5), [this] { return active_ == 0; });
 }
@@ -546,45 +579,11 @@ bool HttpFront::Restricted(const http_front::Head& head) const {
 }
 
 void HttpFront::Serve(int fd) {
-  using namespace http_front;
-  Io io(stop_fd_);
   Upstream up;
-  std::string in;
-  while (true) {
-    Head head;
-    HeadResult parsed;
-    while ((parsed = ParseHead(in, false, &head)) == kIncomplete) {
-      if (in.size() > kMaxHead) {
-        parsed = kOdd;
-        break;
-      }
-      if (!io.ReadMore(fd, &in)) goto done;
-    }
-    // NOTE: framing we do not relay request by request, or a body aiohttp must refuse
-    // (it stops reading at the limit): the rest of this connection is aiohttp's
-    if (parsed == kOdd || head.length > max_body_) {
-      Tunnel(fd, in);
-      goto done;
-    }
-    if (head.expect_continue) {  // NOTE: even when the body came with the head, as aiohttp
-      static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
-      if (!Io::Send(fd, kContinue.data(), kContinue.size())) goto done;
-    }
-    {
-      size_t total = head.size + head.length;
-      if (in.size() < total && !io.ReadBody(fd, &in, total)) goto done;
-      std::string message;
-      if (in.size() == total) {
-        message.swap(in);  // NOTE: the usual case: a large body is never copied here
-      } else {  // pipelined: the next request's bytes stay
-        message.assign(in, 0, total);
-        in.erase(0, total);
-      }
-      bool keep = !head.close;
-      if (!Answer(fd, head, std::move(message), &up, &keep) || !keep) goto done;
-    }
+  try {
+    ServeRequests(fd, &up);
+  } catch (...) {  // NOTE: e.g. bad_alloc: this connection ends, the server does not
   }
-done:
   if (up.fd >= 0) {
     Track(up.fd, false);
     close(up.fd);
@@ -596,6 +595,57 @@ done:
     active_--;
   }
   idle_.notify_all();
+}
+
+void HttpFront::ServeRequests(int fd, Upstream* up) {
+  using namespace http_front;
+  Io io(stop_fd_);
+  std::string in;
+  while (true) {
+    Head head;
+    HeadResult parsed = ParseHead(in, false, &head);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kHeadMs);
+    while (parsed == kIncomplete) {
+      if (in.size() > kMaxHead) {
+        parsed = kOdd;
+        break;
+      }
+      int wait = kIdleMs;  // NOTE: between requests; a head once begun has kHeadMs in all
+      if (!in.empty()) {
+        wait = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    deadline - std::chrono::steady_clock::now()).count());
+        if (wait <= 0) return;
+      } else {
+        deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kHeadMs);
+      }
+      size_t from = in.size();
+      if (!io.ReadMore(fd, &in, wait)) return;
+      // NOTE: only a new line can complete (or spoil) the head: no rescans byte by byte
+      if (in.find('\n', from) != std::string::npos) parsed = ParseHead(in, false, &head);
+    }
+    // NOTE: framing we do not relay request by request, or a body aiohttp must refuse
+    // (it stops reading at the limit): the rest of this connection is aiohttp's
+    if (parsed == kOdd || head.length > max_body_) {
+      Tunnel(fd, in);
+      return;
+    }
+    if (head.expect_continue) {  // NOTE: even when the body came with the head, as aiohttp
+      static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+      if (!Io::Send(fd, kContinue.data(), kContinue.size())) return;
+    }
+    size_t total = head.size + head.length;
+    if (in.size() < total && !io.ReadBody(fd, &in, total)) return;
+    std::string message;
+    if (in.size() == total) {
+      message.swap(in);  // NOTE: the usual case: a large body is never copied here
+    } else {  // pipelined: the next request's bytes stay
+      message.assign(in, 0, total);
+      in.erase(0, total);
+      if (in.capacity() > kReserveCap / 64 && in.size() < in.capacity() / 4) in.shrink_to_fit();
+    }
+    bool keep = !head.close;
+    if (!Answer(fd, head, std::move(message), up, &keep) || !keep) return;
+  }
 }
 
 bool HttpFront::Answer(int fd, const http_front::Head& head, std::string message, Upstream* up,
@@ -666,6 +716,13 @@ int HttpFront::ConnectUpstream() {
 // A kept-alive upstream connection aiohttp closed meanwhile gets one retry on a new one.
 bool HttpFront::Forward(int fd, const std::string& message, bool head_only, Upstream* up,
                         bool* keep) {
+  auto now = std::chrono::steady_clock::now();
+  if (up->fd >= 0 && (!up->in.empty() || now - up->used > std::chrono::seconds(http_front::kUpstreamIdleS))) {
+    Track(up->fd, false);  // NOTE: bytes no request asked for, or aiohttp may be closing it
+    close(up->fd);
+    up->fd = -1;
+  }
+  up->used = now;
   for (int attempt = 0; attempt < 2; attempt++) {
     bool reused = up->fd >= 0;
     if (!reused) {
@@ -691,20 +748,19 @@ bool HttpFront::Forward(int fd, const std::string& message, bool head_only, Upst
   return false;
 }
 
-// 1: relayed; 0: the upstream connection failed before answering; -1: failed after.
+// 1: relayed; 0: the request could not be sent (a retry cannot run it twice); -1: failed
+// after it was sent.
 int HttpFront::Exchange(int fd, const std::string& message, bool head_only, Upstream* up,
                         bool* keep) {
   using namespace http_front;
   Io io(stop_fd_);
   if (!Io::Send(up->fd, message.data(), message.size())) return 0;
   Head head;
-  bool any = !up->in.empty();
   while (true) {
     HeadResult parsed = ParseHead(up->in, true, &head);
     if (parsed == kIncomplete) {
       if (up->in.size() > kMaxHead) return -1;
-      if (!io.ReadMore(up->fd, &up->in, -1)) return any ? -1 : 0;
-      any = true;
+      if (!io.ReadMore(up->fd, &up->in, -1)) return -1;
       continue;
     }
     if (parsed == kOdd) return -1;
@@ -735,34 +791,38 @@ int HttpFront::Exchange(int fd, const std::string& message, bool head_only, Upst
   return 1;
 }
 
-// The rest of this connection, both ways, to and from its own aiohttp connection.
+// The rest of this connection, both ways, to and from its own aiohttp connection: one thread
+// per direction, so neither side's unread data can stall the other. No timeouts here: aiohttp
+// closes what it considers idle, and that ends both directions.
 void HttpFront::Tunnel(int fd, const std::string& buffered) {
   int up = ConnectUpstream();
   if (up < 0) return;
   if (http_front::Io::Send(up, buffered.data(), buffered.size())) {
-    pollfd fds[3] = {{fd, POLLIN, 0}, {up, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-    std::vector<char> chunk(http_front::kRelayChunk);
-    bool client_open = true;
-    while (true) {
-      fds[0].fd = client_open ? fd : -1;  // NOTE: poll skips it once the client is done
-      int n = poll(fds, 3, http_front::kIdleMs);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0 || fds[2].revents != 0) break;
-      if (fds[1].revents != 0) {
-        ssize_t got = recv(up, chunk.data(), chunk.size(), 0);
-        if (got <= 0 || !http_front::Io::Send(fd, chunk.data(), static_cast<size_t>(got))) break;
-      }
-      if (client_open && fds[0].revents != 0) {
-        ssize_t got = recv(fd, chunk.data(), chunk.size(), 0);
-        if (got <= 0) {  // NOTE: the client is done sending; its answer may still come
-          client_open = false;
-          ::shutdown(up, SHUT_WR);
-        } else if (!http_front::Io::Send(up, chunk.data(), static_cast<size_t>(got))) {
-          break;
-        }
-      }
+    std::thread upward;
+    try {
+      upward = std::thread([this, fd, up] {
+        Relay(fd, up);
+        ::shutdown(up, SHUT_WR);  // NOTE: the client is done sending; its answers may follow
+      });
+    } catch (const std::system_error&) {
+    }
+    if (upward.joinable()) {
+      Relay(up, fd);
+      ::shutdown(fd, SHUT_RDWR);  // NOTE: wakes the other direction
+      ::shutdown(up, SHUT_RDWR);
+      upward.join();
     }
   }
   Track(up, false);
   close(up);
+}
+
+void HttpFront::Relay(int from, int to) {
+  http_front::Io io(stop_fd_);
+  std::vector<char> chunk(http_front::kRelayChunk);
+  while (io.Readable(from, -1)) {
+    ssize_t got = recv(from, chunk.data(), chunk.size(), 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0 || !http_front::Io::Send(to, chunk.data(), static_cast<size_t>(got))) return;
+  }
 }
