@@ -410,3 +410,52 @@ def test_many_keep_alive_connections_at_once(wire_server: ServerProcess, mlp: Mo
     for xs, resps in zip(inputs, answers, strict=True):
         for x, resp in zip(xs, resps, strict=True):
             assert_answer(resp, x, mlp)
+
+
+# ---- what a front end must not get wrong (found by a review of the native front) -----------
+def test_connect_is_read_by_one_parser(wire_server: ServerProcess) -> None:
+    """llhttp ignores a CONNECT's Content-Length: whatever follows is the next request. A
+    front that framed it by its length would answer later requests out of step."""
+    inner = ready()
+    raw = request("CONNECT", "/v2/health/ready", inner)
+    with Wire(wire_server) as w:
+        w.send(raw + request("GET", "/v2/models/mlp_dense/config"))
+        answers = [w.read() for _ in range(3)]
+    assert [a.status for a in answers] == [404, 200, 200]
+    assert answers[1].body == b"" and json.loads(answers[2].body)["name"] == "mlp_dense"
+
+
+def test_a_tunnelled_connection_never_stalls(wire_server: ServerProcess) -> None:
+    """A chunked request hands the connection to the Python frontend whole; pipelined large
+    answers and bodies after it must flow both ways at once."""
+    import threading
+
+    data = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [10, 256],
+                        "data": rows(10, 3).reshape(-1).tolist()}]}  # fmt: skip
+    infer = request("POST", INFER, json.dumps(data).encode())  # ~50 KB each way
+    index = request("POST", "/v2/repository/index", b" " * (MAX_INPUT - 1))
+    chunked = request("POST", "/v2/repository/index", b"2\r\n{}\r\n0\r\n\r\n",
+                      **{"Transfer-Encoding": "chunked"})  # fmt: skip
+    rounds = 32
+    with Wire(wire_server) as w:
+        sender = threading.Thread(target=w.send, args=(chunked + (infer + index) * rounds,))
+        sender.start()
+        statuses = [w.read().status for _ in range(1 + 2 * rounds)]
+        sender.join(TIMEOUT)
+    assert statuses == [200] * (1 + 2 * rounds)
+
+
+def test_a_body_larger_than_memory_is_refused_not_fatal(
+    sample_repo: Path, tmp_path: Path, mlp: Model
+) -> None:
+    """Content-Length under --http-max-input-size but past what the host could allocate."""
+    copy_repo(sample_repo / "mlp_dense", tmp_path / "repo" / "mlp_dense")
+    srv = start_server(tmp_path / "repo", tmp_path, ["--http-max-input-size", str(2**40)])
+    try:
+        with Wire(srv) as w:
+            w.send(POST_INFER + f"Content-Length: {2**40 - 1}\r\n\r\n".encode() + b"{}")
+        x = rows(2, 21)
+        with Wire(srv) as w:
+            assert_answer(w.call(binary_infer(x)), x, mlp)
+    finally:
+        assert srv.stop() == 0, srv.log_text()
