@@ -355,8 +355,11 @@ def test_model_without_config_gets_a_derived_one(repo: Path, tmp_path: Path) -> 
         assert config.name == "noconfig" and config.max_batch_size > 0
         assert [i.name for i in config.input] == ["x"] and list(config.input[0].dims) == [256]
         assert config.platform == "onnxruntime_onnx"
+        # NOTE: two sessions of one model agree to float32 rounding, not bit for bit (their
+        # thread pools may split the work differently): a clean-clone CI run once differed
+        # by 3.8e-6 (4e-5 relative) where atol was 1e-6
         np.testing.assert_allclose(infer(client, "noconfig", 3), infer(client, "mlp_dense", 3),
-                                   atol=1e-6)  # fmt: skip
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
     finally:
         srv.stop()
 
