@@ -505,34 +505,39 @@ class WireReader {
     return false;
   }
   // One field: its number and wire type; a varint's value, or a length-delimited span.
-  bool Next(uint32_t* field, int* type, uint64_t* value, const uint8_t** data, size_t* len) {
+  struct Field {
+    uint32_t number = 0;
+    int type = 0;
+    uint64_t value = 0;
+    const uint8_t* data = nullptr;
+    size_t len = 0;
+  };
+  bool Next(Field* f) {
+    *f = Field();
     uint64_t key;
     if (!Varint(&key)) return false;
     // NOTE: field numbers end at 2^29-1; a wider one must not wrap onto a known field
     if ((key >> 3) > kMaxFieldNumber) return false;
-    *field = static_cast<uint32_t>(key >> 3);
-    *type = static_cast<int>(key & 7);
-    if (*field == 0) return false;
-    switch (*type) {
+    f->number = static_cast<uint32_t>(key >> 3);
+    f->type = static_cast<int>(key & 7);
+    if (f->number == 0) return false;
+    switch (f->type) {
       case 0:
-        return Varint(value);
+        return Varint(&f->value);
       case 1:
-        if (end_ - p_ < 8) return false;
-        *data = p_;
-        *len = 8;
-        p_ += 8;
+      case 5: {
+        size_t width = f->type == 1 ? 8 : 4;
+        if (static_cast<size_t>(end_ - p_) < width) return false;
+        f->data = p_;
+        f->len = width;
+        p_ += width;
         return true;
-      case 5:
-        if (end_ - p_ < 4) return false;
-        *data = p_;
-        *len = 4;
-        p_ += 4;
-        return true;
+      }
       case 2: {
         uint64_t n;
         if (!Varint(&n) || n > static_cast<uint64_t>(end_ - p_)) return false;
-        *data = p_;
-        *len = static_cast<size_t>(n);
+        f->data = p_;
+        f->len = static_cast<size_t>(n);
         p_ += n;
         return true;
       }
@@ -580,22 +585,18 @@ bool ParseShape(int type, uint64_t value, const uint8_t* data, size_t len,
 bool ParseInput(const uint8_t* base, const uint8_t* data, size_t len, InputView* in) {
   WireReader r(data, len);
   while (!r.done()) {
-    uint32_t field;
-    int type;
-    uint64_t value = 0;
-    const uint8_t* d = nullptr;
-    size_t n = 0;
-    if (!r.Next(&field, &type, &value, &d, &n)) return false;
-    if (field == 1 && type == 2) {
-      in->name.assign(reinterpret_cast<const char*>(d), n);
-    } else if (field == 2 && type == 2) {
-      in->datatype.assign(reinterpret_cast<const char*>(d), n);
-    } else if (field == 3) {
-      if (!ParseShape(type, value, d, n, &in->shape)) return false;
-    } else if (field == 5 && type == 2 && !in->has_contents) {
+    WireReader::Field f;
+    if (!r.Next(&f)) return false;
+    if (f.number == 1 && f.type == 2) {
+      in->name.assign(reinterpret_cast<const char*>(f.data), f.len);
+    } else if (f.number == 2 && f.type == 2) {
+      in->datatype.assign(reinterpret_cast<const char*>(f.data), f.len);
+    } else if (f.number == 3) {
+      if (!ParseShape(f.type, f.value, f.data, f.len, &in->shape)) return false;
+    } else if (f.number == 5 && f.type == 2 && !in->has_contents) {
       in->has_contents = true;
-      in->contents_offset = static_cast<size_t>(d - base);
-      in->contents_len = n;
+      in->contents_offset = static_cast<size_t>(f.data - base);
+      in->contents_len = f.len;
     } else {
       return false;  // parameters, anything else: Python's path
     }
@@ -606,14 +607,10 @@ bool ParseInput(const uint8_t* base, const uint8_t* data, size_t len, InputView*
 bool ParseOutput(const uint8_t* data, size_t len, std::string* name) {
   WireReader r(data, len);
   while (!r.done()) {
-    uint32_t field;
-    int type;
-    uint64_t value = 0;
-    const uint8_t* d = nullptr;
-    size_t n = 0;
-    if (!r.Next(&field, &type, &value, &d, &n)) return false;
-    if (field == 1 && type == 2) {
-      name->assign(reinterpret_cast<const char*>(d), n);
+    WireReader::Field f;
+    if (!r.Next(&f)) return false;
+    if (f.number == 1 && f.type == 2) {
+      name->assign(reinterpret_cast<const char*>(f.data), f.len);
     } else {
       return false;  // parameters (classification, shared memory): Python's path
     }
@@ -635,14 +632,11 @@ bool Ascii(const uint8_t* data, size_t len) {
 bool ParameterValueValid(const uint8_t* data, size_t len) {
   WireReader r(data, len);
   while (!r.done()) {
-    uint32_t field;
-    int type;
-    uint64_t value = 0;
-    const uint8_t* d = nullptr;
-    size_t n = 0;
-    if (!r.Next(&field, &type, &value, &d, &n)) return false;
-    bool ok = ((field == 1 || field == 2 || field == 5) && type == 0) ||
-              (field == 3 && type == 2 && Ascii(d, n)) || (field == 4 && type == 1);
+    WireReader::Field f;
+    if (!r.Next(&f)) return false;
+    bool ok = ((f.number == 1 || f.number == 2 || f.number == 5) && f.type == 0) ||
+              (f.number == 3 && f.type == 2 && Ascii(f.data, f.len)) ||
+              (f.number == 4 && f.type == 1);
     if (!ok) return false;
   }
   return true;
@@ -654,16 +648,14 @@ bool ParameterValueValid(const uint8_t* data, size_t len) {
 bool ParameterIgnored(const uint8_t* data, size_t len) {
   WireReader r(data, len);
   while (!r.done()) {
-    uint32_t field;
-    int type;
-    uint64_t value = 0;
-    const uint8_t* d = nullptr;
-    size_t n = 0;
-    if (!r.Next(&field, &type, &value, &d, &n) || type != 2) return false;
-    if (field == 1) {
-      if (!Ascii(d, n) || std::string(reinterpret_cast<const char*>(d), n) == "timeout")
+    WireReader::Field f;
+    if (!r.Next(&f) || f.type != 2) return false;
+    if (f.number == 1) {
+      if (!Ascii(f.data, f.len) ||
+          std::string(reinterpret_cast<const char*>(f.data), f.len) == "timeout") {
         return false;
-    } else if (field != 2 || !ParameterValueValid(d, n)) {
+      }
+    } else if (f.number != 2 || !ParameterValueValid(f.data, f.len)) {
       return false;
     }
   }
@@ -674,14 +666,12 @@ bool ParseRequest(const std::string& body, ParsedRequest* out) {
   const uint8_t* base = reinterpret_cast<const uint8_t*>(body.data());
   WireReader r(base, body.size());
   while (!r.done()) {
-    uint32_t field;
-    int type;
-    uint64_t value = 0;
-    const uint8_t* d = nullptr;
-    size_t n = 0;
-    if (!r.Next(&field, &type, &value, &d, &n) || type != 2) return false;
+    WireReader::Field f;
+    if (!r.Next(&f) || f.type != 2) return false;
+    const uint8_t* d = f.data;
+    size_t n = f.len;
     const char* text = reinterpret_cast<const char*>(d);
-    switch (field) {
+    switch (f.number) {
       case 1:
         out->model.assign(text, n);
         break;
@@ -772,27 +762,23 @@ bool DecodeTyped(const uint8_t* data, size_t len, const std::string& datatype, s
   };
   WireReader r(data, len);
   while (!r.done()) {
-    uint32_t field;
-    int type;
-    uint64_t value = 0;
-    const uint8_t* d = nullptr;
-    size_t n = 0;
-    if (!r.Next(&field, &type, &value, &d, &n) || field != want) return false;
-    if (type == 2 && width > 0) {  // packed fixed-width
-      if (n % width || n > limit - out->size()) return false;
-      out->append(reinterpret_cast<const char*>(d), n);
-    } else if (type == 2) {  // packed varints
-      WireReader packed(d, n);
+    WireReader::Field f;
+    if (!r.Next(&f) || f.number != want) return false;
+    if (f.type == 2 && width > 0) {  // packed fixed-width
+      if (f.len % width || f.len > limit - out->size()) return false;
+      out->append(reinterpret_cast<const char*>(f.data), f.len);
+    } else if (f.type == 2) {  // packed varints
+      WireReader packed(f.data, f.len);
       while (!packed.done()) {
         uint64_t v;
         if (!packed.Varint(&v)) return false;
         put_varint(v);
         if (out->size() > limit) return false;
       }
-    } else if ((type == 5 && width == 4) || (type == 1 && width == 8)) {
-      out->append(reinterpret_cast<const char*>(d), n);
-    } else if (type == 0 && width == 0) {
-      put_varint(value);
+    } else if ((f.type == 5 && width == 4) || (f.type == 1 && width == 8)) {
+      out->append(reinterpret_cast<const char*>(f.data), f.len);
+    } else if (f.type == 0 && width == 0) {
+      put_varint(f.value);
     } else {
       return false;
     }
