@@ -604,6 +604,7 @@ void HttpFront::ServeRequests(int fd, Upstream* up) {
   while (true) {
     Head head;
     HeadResult parsed = ParseHead(in, false, &head);
+    // a head already begun (pipelined bytes) has its time from now
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kHeadMs);
     while (parsed == kIncomplete) {
       if (in.size() > kMaxHead) {
@@ -615,11 +616,12 @@ void HttpFront::ServeRequests(int fd, Upstream* up) {
         wait = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                     deadline - std::chrono::steady_clock::now()).count());
         if (wait <= 0) return;
-      } else {
-        deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kHeadMs);
       }
       size_t from = in.size();
       if (!io.ReadMore(fd, &in, wait)) return;
+      if (from == 0) {  // the head's first bytes: its time starts now
+        deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kHeadMs);
+      }
       // NOTE: only a new line can complete (or spoil) the head: no rescans byte by byte
       if (in.find('\n', from) != std::string::npos) parsed = ParseHead(in, false, &head);
     }
