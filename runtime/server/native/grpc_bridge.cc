@@ -1087,7 +1087,9 @@ class Batch {
       if (own) {
         const char* data = own->data() + first.req.raw[first.raw_of_input[i]].first;
         auto* keep = new std::shared_ptr<std::string>(own);
-        py::capsule owner(keep, [](void* k) { delete static_cast<std::shared_ptr<std::string>*>(k); });
+        py::capsule owner(keep, [](void* k) {
+          delete static_cast<std::shared_ptr<std::string>*>(k);
+        });
         py::array view(py::dtype(specs[i].dtype), shape, data, owner);
         view.attr("setflags")(py::arg("write") = false);  // NOTE: as the Python path's arrays
         inputs[py::str(specs[i].name)] = view;

@@ -170,7 +170,8 @@ inline bool InferTarget(const std::string& target, std::string* model, std::stri
   }
   // NOTE: percent-escapes, queries and odd bytes are aiohttp's to decode
   if (target.find_first_of("%?#;\\") != std::string::npos) return false;
-  std::string middle = target.substr(kPrefix.size(), target.size() - kPrefix.size() - kSuffix.size());
+  std::string middle =
+      target.substr(kPrefix.size(), target.size() - kPrefix.size() - kSuffix.size());
   size_t slash = middle.find('/');
   if (slash == std::string::npos) {
     *model = middle;
@@ -476,8 +477,9 @@ int HttpFront::Listen(const std::string& host, int port) {
     sockaddr_storage address{};
     std::memcpy(&address, a->ai_addr, a->ai_addrlen);
     if (bound != 0) {  // NOTE: with port 0, every address shares the first one's port
-      if (a->ai_family == AF_INET) reinterpret_cast<sockaddr_in*>(&address)->sin_port = htons(bound);
-      if (a->ai_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&address)->sin6_port = htons(bound);
+      uint16_t net = htons(static_cast<uint16_t>(bound));
+      if (a->ai_family == AF_INET) reinterpret_cast<sockaddr_in*>(&address)->sin_port = net;
+      if (a->ai_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&address)->sin6_port = net;
     }
     if (bind(fd, reinterpret_cast<sockaddr*>(&address), a->ai_addrlen) != 0 ||
         listen(fd, 1024) != 0) {
@@ -714,12 +716,13 @@ int HttpFront::ConnectUpstream() {
   return fd;
 }
 
-// A request for aiohttp: sent on this client's upstream connection, its answer relayed.
-// A kept-alive upstream connection aiohttp closed meanwhile gets one retry on a new one.
+// A request for aiohttp: sent on this client's upstream connection, its answer relayed. A
+// request that could not be sent on a kept-alive connection is sent once more on a new one.
 bool HttpFront::Forward(int fd, const std::string& message, bool head_only, Upstream* up,
                         bool* keep) {
   auto now = std::chrono::steady_clock::now();
-  if (up->fd >= 0 && (!up->in.empty() || now - up->used > std::chrono::seconds(http_front::kUpstreamIdleS))) {
+  bool stale = now - up->used > std::chrono::seconds(http_front::kUpstreamIdleS);
+  if (up->fd >= 0 && (!up->in.empty() || stale)) {
     Track(up->fd, false);  // NOTE: bytes no request asked for, or aiohttp may be closing it
     close(up->fd);
     up->fd = -1;

@@ -198,7 +198,8 @@ class Parser {
     uint64_t limit = negative ? (uint64_t(1) << 63) : (uint64_t(1) << 63) - 1;
     out->integral = !fraction && fits && magnitude <= limit;
     if (out->integral) {
-      out->integer = negative ? static_cast<int64_t>(0 - magnitude) : static_cast<int64_t>(magnitude);
+      out->integer = negative ? static_cast<int64_t>(0 - magnitude)
+                              : static_cast<int64_t>(magnitude);
     }
     return p_ > start;
   }
