@@ -325,6 +325,25 @@ def _http_counts(log: str) -> tuple[int, int] | None:
     return (int(found[1]), int(found[2])) if found else None
 
 
+def test_without_a_private_socket_http_is_served_by_aiohttp(
+    servers: dict[str, ServerProcess], tmp_path: Path
+) -> None:
+    """The front needs a Unix socket in TMPDIR; where it cannot have one (here: a path past
+    AF_UNIX's 108 bytes), the server still starts and aiohttp serves HTTP, saying so."""
+    long_tmp = tmp_path / ("t" * 120)
+    long_tmp.mkdir()
+    srv = start_server(servers["python"].repo, tmp_path, ("--grpc-frontend", "native", *ARGS),
+                       env={"TMPDIR": str(long_tmp)})  # fmt: skip
+    try:
+        body, size = binary_body(X1)
+        answer = _ask(srv, request("POST", INFER, body, **{HLEN: str(size)}))
+        assert answer.status == 200 and HLEN.lower() in answer.headers
+        assert "HTTP served by aiohttp alone" in srv.log_text()
+        assert "via the python front" in srv.log_text()
+    finally:
+        assert srv.stop() == 0, srv.log_text()
+
+
 def test_restricted_infer_needs_its_header(
     servers: dict[str, ServerProcess], tmp_path: Path
 ) -> None:

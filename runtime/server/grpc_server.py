@@ -217,10 +217,16 @@ class Server:
                 self.servicer, s.http_max_input_size,
                 self._http_tls.context if self._http_tls else None, self._http_restricted,
             )  # fmt: skip
-            try:
-                if self._native is not None and self._http_tls is None:
-                    # NOTE: no TLS in the C++ front: HTTPS stays aiohttp's (ssl module)
+            upstream = None
+            if self._native is not None and self._http_tls is None:
+                # NOTE: no TLS in the C++ front: HTTPS stays aiohttp's (ssl module)
+                try:
                     upstream = await self._http.start_unix()
+                except OSError as exc:  # e.g. a read-only filesystem with no writable TMPDIR
+                    LOGGER.warning("HTTP served by aiohttp alone (slower): the native front "
+                                   "needs a private socket in TMPDIR: %s", exc)  # fmt: skip
+            try:
+                if upstream is not None:
                     self.http_port = self._native.serve_http(
                         http_host, s.http_port, upstream, s.http_max_input_size,
                         self._http_restricted.get("inference"),
