@@ -1329,32 +1329,37 @@ void Batch::EncodeHttp(Pending& p, const std::vector<const OutView*>& chosen, in
   }
 }
 
+// A request's answer (its response when its outcome is kOk, else its status) on its way:
+// to its HTTP connection's thread, or to the outbox for its gRPC call or stream slot. The
+// caller flushes the outbox.
+void PostAnswer(Bridge* bridge, Pending& p) {
+  Call* call = p.call;
+  bool ok = p.outcome == kOk;
+  if (p.http) {  // NOTE: its connection's thread writes it; nothing for the outbox
+    if (ok) {
+      p.http->Deliver(200, std::move(p.response), p.http_header_length);
+    } else {
+      p.http->Deliver(HttpStatusOf(p.status.error_code()),
+                      HttpErrorBody(p.status.error_message()), 0);
+    }
+  } else if (p.stream) {
+    std::string body = ok ? std::move(p.response) : StreamError(p.req, p.status.error_message());
+    uint64_t slot = p.slot;
+    bridge->Post([call, slot, body = std::move(body)]() mutable {
+      call->FillLane(slot, std::move(body), false);
+    });
+  } else if (ok) {
+    bridge->Post([call, body = std::move(p.response)]() mutable { call->Write(std::move(body)); });
+  } else {
+    grpc::Status status = p.status;
+    bridge->Post([call, status] { call->Finish(status); });
+  }
+}
+
 void Batch::Post() {
   sent_ = true;
   Bridge* bridge = lane_->bridge();
-  for (auto& p : requests_) {
-    Call* call = p->call;
-    if (p->http) {  // NOTE: its connection's thread writes it; nothing for the outbox
-      if (p->outcome == kOk) {
-        p->http->Deliver(200, std::move(p->response), p->http_header_length);
-      } else {
-        p->http->Deliver(HttpStatusOf(p->status.error_code()),
-                         HttpErrorBody(p->status.error_message()), 0);
-      }
-    } else if (p->stream) {
-      std::string body = p->outcome == kOk ? std::move(p->response)
-                                           : StreamError(p->req, p->status.error_message());
-      uint64_t slot = p->slot;
-      bridge->Post([call, slot, body = std::move(body)]() mutable {
-        call->FillLane(slot, std::move(body), false);
-      });
-    } else if (p->outcome == kOk) {
-      bridge->Post([call, body = std::move(p->response)]() mutable { call->Write(std::move(body)); });
-    } else {
-      grpc::Status status = p->status;
-      bridge->Post([call, status] { call->Finish(status); });
-    }
-  }
+  for (auto& p : requests_) PostAnswer(bridge, *p);
   bridge->Flush();
   lane_->Done(requests_.size());
 }
@@ -1486,17 +1491,9 @@ std::vector<int64_t> Lane::AbortQueued(int code, const std::string& message) {
   std::vector<int64_t> arrivals;
   grpc::Status status(static_cast<grpc::StatusCode>(code), message);
   for (auto& p : queued) {
-    Call* call = p->call;
-    if (p->http) {
-      p->http->Deliver(HttpStatusOf(status.error_code()), HttpErrorBody(message), 0);
-    } else if (p->stream) {
-      uint64_t slot = p->slot;
-      bridge_->Post([call, slot, body = StreamError(p->req, message)]() mutable {
-        call->FillLane(slot, std::move(body), false);
-      });
-    } else {
-      bridge_->Post([call, status] { call->Finish(status); });
-    }
+    p->status = status;
+    p->outcome = kFailedByPython;  // NOTE: not kOk: PostAnswer sends the status
+    PostAnswer(bridge_, *p);
     arrivals.push_back(p->arrival_ns);
   }
   bridge_->Flush();
