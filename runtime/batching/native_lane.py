@@ -30,6 +30,7 @@ from runtime.batching.batcher import ENGINE_THREAD_PREFIX, BatchObserver, BatchT
 from runtime.dtypes import numpy_to_wire
 from runtime.engines.base import Engine
 from runtime.errors import InferenceFailed, RuntimeServerError, ServerShuttingDown
+from runtime.server.codec import wire_order
 from runtime.stats import ModelStats
 
 LOGGER = logging.getLogger(__name__)
@@ -133,9 +134,7 @@ class NativeLane:
             datatype = numpy_to_wire(array.dtype)
             if datatype == "BYTES":
                 raise InferenceFailed(f"output '{name}' is BYTES; the native lane sends no BYTES")
-            if array.dtype.byteorder == ">":
-                array = array.astype(array.dtype.newbyteorder("<"))
-            listed.append((name, datatype, np.ascontiguousarray(array)))
+            listed.append((name, datatype, np.ascontiguousarray(wire_order(array))))
         return listed
 
     def _run(self, batch: Any, inputs: Mapping[str, np.ndarray], index: int) -> BatchTiming:

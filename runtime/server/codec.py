@@ -389,8 +389,18 @@ _STREAM_RESPONSE_FIELD = pb.ModelStreamInferResponse.DESCRIPTOR.fields_by_name[
 ].number
 
 
-def _raw_view(array: np.ndarray) -> np.ndarray:
-    """The array's row-major bytes as a flat uint8 array (a view where it already is)."""
+def wire_order(array: np.ndarray) -> np.ndarray:
+    """`array` in the wire's byte order, little-endian (itself where it already is)."""
+    if array.dtype.byteorder == ">":
+        return array.astype(array.dtype.newbyteorder("<"))
+    return array
+
+
+def output_blob(array: np.ndarray, datatype: str) -> bytes | np.ndarray:
+    """An output's bytes on the wire: BYTES serialized, any other datatype its row-major
+    bytes as a flat uint8 array (a view where it already is one)."""
+    if datatype == "BYTES":
+        return serialize_bytes(array)
     return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
 
 
@@ -409,15 +419,13 @@ def encode_response(
         response.id = request_id
     blobs: list[bytes | np.ndarray] = []
     for name in names:
-        array = outputs[name]
-        if array.dtype.byteorder == ">":  # NOTE: the wire is little-endian
-            array = array.astype(array.dtype.newbyteorder("<"))
+        array = wire_order(outputs[name])
         datatype = numpy_to_wire(array.dtype)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
         if name in in_shared_memory:
             blobs.append(b"")
         else:
-            blobs.append(serialize_bytes(array) if datatype == "BYTES" else _raw_view(array))
+            blobs.append(output_blob(array, datatype))
     parts: list[bytes | np.ndarray] = [response.SerializeToString()]
     for blob in blobs:
         parts += [length_delimited_header(_RAW_OUTPUT_FIELD, len(blob)), blob]

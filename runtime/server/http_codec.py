@@ -313,19 +313,13 @@ def encode_response(
     entries = []
     blobs: list[bytes | np.ndarray] = []
     for name in names:
-        array = outputs[name]
-        if array.dtype.byteorder == ">":
-            array = array.astype(array.dtype.newbyteorder("<"))
+        array = codec.wire_order(outputs[name])
         datatype = numpy_to_wire(array.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if name in in_shared_memory:
             pass
         elif binary_outputs.get(name, binary_default):
-            blob = (
-                codec.serialize_bytes(array)
-                if datatype == "BYTES"
-                else np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-            )
+            blob = codec.output_blob(array, datatype)
             entry["parameters"] = {BINARY_SIZE: len(blob)}
             blobs.append(blob)
         else:
