@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import onnx
 
-from runtime.commands import positive_int, prune_structured
+from runtime.commands import positive_int, prune_structured, write_pruned
 from runtime.errors import ConfigError, ModelLoadError
-from runtime.fileio import output_problem, read_model, write_atomic
+from runtime.fileio import output_problem, read_model
 from runtime.sparsity.inputs import (
     Feeds,
     generate_inputs,
@@ -154,17 +153,11 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    write_atomic(args.output, pruned.SerializeToString())
-    print(format_report(report))
-    print(f"deviation measured on {source}")
-    print(f"wrote {args.output}")
-    if args.json:
-        write_atomic(args.json, json.dumps({
-            "method": report.method,
-            "pattern": report.pattern,
-            "seconds": report.seconds,
-            "deviation": report.deviation.as_dict(),
-            "stop_metric": report.stop_metric,
-            "layers": [r.__dict__ for r in report.layers],
-        }, indent=2).encode())
-    return 0
+    return write_pruned(pruned, args.output, format_report(report), source, args.json, {
+        "method": report.method,
+        "pattern": report.pattern,
+        "seconds": report.seconds,
+        "deviation": report.deviation.as_dict(),
+        "stop_metric": report.stop_metric,
+        "layers": [r.__dict__ for r in report.layers],
+    })

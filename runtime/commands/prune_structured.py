@@ -7,13 +7,12 @@ structured path and prints its per-block table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import onnx
 
+from runtime.commands import write_pruned
 from runtime.errors import ConfigError, ModelLoadError
-from runtime.fileio import write_atomic
 from runtime.sparsity.inputs import Feeds, load_npz, split_holdout
 from runtime.sparsity.structured_prune import (
     StructuredConfig,
@@ -120,19 +119,13 @@ def run(args: argparse.Namespace, model: onnx.ModelProto, calibration: Feeds | N
     except (ConfigError, ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    write_atomic(args.output, pruned.SerializeToString())
-    print(format_report(report))
-    print(f"deviation measured on {source}")
-    print(f"wrote {args.output}")
-    if args.json:
-        write_atomic(args.json, json.dumps({
-            "structured": True,
-            "seconds": report.seconds,
-            "prune_seconds": report.prune_seconds,
-            "cpu_seconds": report.cpu_seconds,
-            "deviation": report.deviation.as_dict(),
-            "stop_metric": report.stop_metric,
-            "speed": dict(report.speed) if report.speed else None,
-            "blocks": [r.__dict__ for r in report.rows],
-        }, indent=2).encode())
-    return 0
+    return write_pruned(pruned, args.output, format_report(report), source, args.json, {
+        "structured": True,
+        "seconds": report.seconds,
+        "prune_seconds": report.prune_seconds,
+        "cpu_seconds": report.cpu_seconds,
+        "deviation": report.deviation.as_dict(),
+        "stop_metric": report.stop_metric,
+        "speed": dict(report.speed) if report.speed else None,
+        "blocks": [r.__dict__ for r in report.rows],
+    })
