@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from conftest import ROOT, ServerProcess, copy_repo, start_server, wait_for
-from tls_certs import Ca, Pair
+from tls_certs import Ca, Pair, live_copy, make_pki
 
 INFER_BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 256], "datatype": "FP32",
                                      "data": [1.0] * 256}]}).encode()  # fmt: skip
@@ -68,11 +68,7 @@ def _infer_ok(client: httpclient.InferenceServerClient) -> bool:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("http-pki")
-    ca, other = Ca(tmp / "ca"), Ca(tmp / "other", "other-ca")
-    return {"ca": ca, "other": other, "server": ca.issue("server"),
-            "client": ca.issue("client", server=False),
-            "stranger": other.issue("stranger", server=False), "tmp": tmp}  # fmt: skip
+    return make_pki(tmp_path_factory.mktemp("http-pki"))
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +77,7 @@ def mutual(pki: dict[str, Any], sample_repo: Path,
     """HTTP under mutual TLS (gRPC left plaintext); the tests may rotate its files."""
     tmp = tmp_path_factory.mktemp("https-mutual")
     copy_repo(sample_repo / "mlp_dense", tmp / "repo" / "mlp_dense")
-    live = Pair(tmp / "live.crt", tmp / "live.key")
-    shutil.copy(pki["server"].cert, live.cert)
-    shutil.copy(pki["server"].key, live.key)
+    live = live_copy(pki["server"], tmp)
     srv = start_server(tmp / "repo", tmp, ["--http-use-ssl-mutual", "true",
                                            "--http-server-cert", str(live.cert),
                                            "--http-server-key", str(live.key),

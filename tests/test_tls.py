@@ -22,7 +22,7 @@ from conftest import (
     start_server,
     wait_for,
 )
-from tls_certs import Ca, Pair
+from tls_certs import Ca, Pair, live_copy, make_pki
 from tritonclient.utils import InferenceServerException
 
 FRONTENDS = [
@@ -58,11 +58,7 @@ def _refused(client: grpcclient.InferenceServerClient) -> bool:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("pki")
-    ca, other = Ca(tmp / "ca"), Ca(tmp / "other", "other-ca")
-    return {"ca": ca, "other": other, "server": ca.issue("server"),
-            "client": ca.issue("client", server=False),
-            "stranger": other.issue("stranger", server=False), "tmp": tmp}  # fmt: skip
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module", params=FRONTENDS)
@@ -72,9 +68,7 @@ def mutual(request: pytest.FixtureRequest, pki: dict[str, Any], sample_repo: Pat
     tmp = tmp_path_factory.mktemp(f"mtls-{request.param}")
     repo = tmp / "repo"
     copy_repo(sample_repo / "mlp_dense", repo / "mlp_dense")
-    live = Pair(tmp / "live.crt", tmp / "live.key")
-    shutil.copy(pki["server"].cert, live.cert)
-    shutil.copy(pki["server"].key, live.key)
+    live = live_copy(pki["server"], tmp)
     srv = start_server(repo, tmp, ["--grpc-frontend", request.param,
                                    "--grpc-use-ssl-mutual", "true",
                                    "--grpc-server-cert", str(live.cert),

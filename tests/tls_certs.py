@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -78,3 +80,20 @@ class Ca:
         pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key, pair.key)
         return pair
+
+
+def make_pki(tmp: Path) -> dict[str, Any]:
+    """What the TLS tests use: our CA and a stranger's, a server and a client pair from ours,
+    and a client pair from the stranger's."""
+    ca, other = Ca(tmp / "ca"), Ca(tmp / "other", "other-ca")
+    return {"ca": ca, "other": other, "server": ca.issue("server"),
+            "client": ca.issue("client", server=False),
+            "stranger": other.issue("stranger", server=False), "tmp": tmp}  # fmt: skip
+
+
+def live_copy(pair: Pair, tmp: Path) -> Pair:
+    """A copy of `pair` a test may overwrite, to rotate a running server's certificate."""
+    live = Pair(tmp / "live.crt", tmp / "live.key")
+    shutil.copy(pair.cert, live.cert)
+    shutil.copy(pair.key, live.key)
+    return live
