@@ -300,6 +300,21 @@ inline const char* Reason(int status) {
   }
 }
 
+// The head of an answer this front writes itself: binary outputs after `header_length`
+// bytes of JSON, or (0) all JSON, as the Python frontend's responses are typed.
+inline std::string ResponseHead(int status, size_t length, size_t header_length, bool close) {
+  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + Reason(status) + "\r\n";
+  if (header_length > 0) {
+    out += "Content-Type: application/octet-stream\r\nInference-Header-Content-Length: " +
+           std::to_string(header_length) + "\r\n";
+  } else {
+    out += "Content-Type: application/json; charset=utf-8\r\n";
+  }
+  out += "Content-Length: " + std::to_string(length) + "\r\n";
+  if (close) out += "Connection: close\r\n";
+  return out + "\r\n";
+}
+
 // Blocking socket helpers. Each returns false when the peer is gone or the front stops.
 class Io {
  public:
@@ -684,18 +699,9 @@ bool HttpFront::Answer(int fd, const http_front::Head& head, std::string message
         reply->cv.wait_for(lock, std::chrono::milliseconds(100));
         if (!reply->done && stopping_) return false;  // NOTE: lanes drain before the front stops
       }
-      std::string out = "HTTP/1.1 " + std::to_string(reply->status) + " " +
-                        Reason(reply->status) + "\r\n";
-      if (reply->header_length > 0) {
-        out += "Content-Type: application/octet-stream\r\nInference-Header-Content-Length: " +
-               std::to_string(reply->header_length) + "\r\n";
-      } else {
-        out += "Content-Type: application/json; charset=utf-8\r\n";
-      }
-      out += "Content-Length: " + std::to_string(reply->body.size()) + "\r\n";
-      if (!*keep) out += "Connection: close\r\n";
-      out += "\r\n";
-      return Io::Send(fd, out, reply->body);
+      std::string head_out =
+          ResponseHead(reply->status, reply->body.size(), reply->header_length, !*keep);
+      return Io::Send(fd, head_out, reply->body);
     }
   }
   if (infer) forwarded_++;
@@ -734,11 +740,8 @@ bool HttpFront::Forward(int fd, const std::string& message, bool head_only, Upst
       up->fd = ConnectUpstream();
       up->in.clear();
       if (up->fd < 0) {
-        static const std::string kBody = "{\"error\": \"the HTTP frontend is not available\"}";
-        std::string out = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; "
-                          "charset=utf-8\r\nContent-Length: " + std::to_string(kBody.size()) +
-                          "\r\nConnection: close\r\n\r\n";
-        http_front::Io::Send(fd, out, kBody);
+        std::string body = HttpErrorBody("the HTTP frontend is not available");
+        http_front::Io::Send(fd, http_front::ResponseHead(503, body.size(), 0, true), body);
         return false;
       }
     }
